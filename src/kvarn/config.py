@@ -1,0 +1,228 @@
+"""Presets, numerics options and the byte layout of a kvarn tile record.
+
+One frozen object, :class:`KvarnConfig`, names everything the codec, the kernels and the vLLM
+backend need: bit widths, tile length G (= vLLM block size), head_dim D, the numerics option,
+and every derived byte size and offset of the per-(block, KV head) record.
+
+Record layout (method.md §1.5), all scales fp16, LSB-first packed codes::
+
+    K codes  [D, G*kb/8] | K row_scale [D] | K row_zero [D] | K col_scale [G]
+    V codes  [G, D*vb/8] | V col_scale [D] | V row_scale [G] | V row_zero [G] | pad
+
+K tiles are [D, G] (rows = channels, columns = tokens): per-channel step/zero, per-token scale.
+V tiles are [G, D] (rows = tokens, columns = channels): per-token step/zero, per-channel scale.
+The record is padded to ``G * bytes_per_token`` bytes so vLLM can see it as G cells of
+``bytes_per_token`` bytes (one cell per token per KV head).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+SUPPORTED_HEAD_DIMS = (64, 128, 256)
+SUPPORTED_BITS = (2, 4)
+SUPPORTED_GROUPS = (64, 128)
+DTYPE_PREFIX = "kvarn_"
+
+
+@dataclass(frozen=True)
+class Numerics:
+    """How a tile is balanced and rounded.
+
+    iters: alternating column/row std passes (method.md §1.3, default 8).
+    log_clamp: (lo, hi) bounds of the accumulated log-scales; the reference uses (-0.3, 10).
+    std_clamp: bounds of each pass's std before the log; the reference uses (1e-3, 1e3).
+    prescale_rms: divide each tile by its global RMS before balancing (fixes flaw 1: with the
+        -0.3 clamp a tile of RMS << 0.74 is otherwise only rescaled uniformly).
+    clip_ratios: candidate shrink factors of each row's [min, max] range for round-to-nearest; the
+        one with the lowest row MSE wins (fixes flaw 2). ``(1.0,)`` is the reference: full range.
+    """
+
+    name: str
+    iters: int = 8
+    log_clamp: tuple[float, float] = (-0.3, 10.0)
+    std_clamp: tuple[float, float] = (1e-3, 1e3)
+    prescale_rms: bool = False
+    clip_ratios: tuple[float, ...] = (1.0,)
+
+    def __post_init__(self) -> None:
+        if self.iters < 0:
+            raise ValueError(f"iters must be >= 0, got {self.iters}")
+        if not self.clip_ratios or any(not (0.0 < r <= 1.0) for r in self.clip_ratios):
+            raise ValueError(f"clip_ratios must be in (0, 1], got {self.clip_ratios}")
+
+
+NUMERICS = {
+    # The upstream numerics, copied exactly (method.md §5 item 4).
+    "reference": Numerics(name="reference"),
+    # Same bytes, fixes flaws 1 and 2: RMS prescale, then per-row MSE-optimal range clipping.
+    "improved": Numerics(
+        name="improved",
+        prescale_rms=True,
+        clip_ratios=(1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.55, 0.5),
+    ),
+}
+DEFAULT_NUMERICS = "improved"
+
+# name -> (key bits, value bits, group)
+PRESETS: dict[str, tuple[int, int, int]] = {
+    "k4v2_g128": (4, 2, 128),
+    "k4v2_g64": (4, 2, 64),
+    "k4v4_g128": (4, 4, 128),
+    "k4v4_g64": (4, 4, 64),
+    "k2v2_g128": (2, 2, 128),
+}
+DEFAULT_PRESET = "k4v2_g128"
+
+
+def kv_cache_dtype_names() -> list[str]:
+    """Every ``--kv-cache-dtype`` string kvarn accepts, e.g. ``kvarn_k4v2_g128``."""
+    return [DTYPE_PREFIX + p for p in PRESETS]
+
+
+def _packed_bytes(rows: int, cols: int, bits: int) -> int:
+    return rows * cols * bits // 8
+
+
+@dataclass(frozen=True)
+class KvarnConfig:
+    """A kvarn cache format for one head_dim. Build with :meth:`from_name` or directly."""
+
+    key_bits: int = 4
+    value_bits: int = 2
+    group: int = 128
+    head_dim: int = 128
+    numerics: Numerics = NUMERICS[DEFAULT_NUMERICS]
+
+    def __post_init__(self) -> None:
+        if self.key_bits not in SUPPORTED_BITS or self.value_bits not in SUPPORTED_BITS:
+            raise ValueError(
+                f"bits must be one of {SUPPORTED_BITS}, got k{self.key_bits}v{self.value_bits}"
+            )
+        if self.group not in SUPPORTED_GROUPS:
+            raise ValueError(f"group (tile length) must be one of {SUPPORTED_GROUPS}, got {self.group}")
+        if self.head_dim not in SUPPORTED_HEAD_DIMS:
+            raise ValueError(
+                f"head_dim {self.head_dim} is not supported by kvarn; supported: {SUPPORTED_HEAD_DIMS}"
+            )
+
+    # ---- construction -------------------------------------------------------------------
+    @classmethod
+    def from_name(cls, name: str, head_dim: int = 128, numerics: str | Numerics | None = None) -> "KvarnConfig":
+        """Parse ``kvarn_k4v2_g128`` or ``k4v2_g128`` (optionally ``...@reference`` for numerics)."""
+        raw = name.strip().lower()
+        if "@" in raw:
+            raw, num_name = raw.split("@", 1)
+            if numerics is None:
+                numerics = num_name
+        preset = raw[len(DTYPE_PREFIX):] if raw.startswith(DTYPE_PREFIX) else raw
+        if preset not in PRESETS:
+            raise ValueError(
+                f"unknown kvarn preset {name!r}; valid names: {', '.join(kv_cache_dtype_names())}"
+            )
+        kb, vb, g = PRESETS[preset]
+        return cls(key_bits=kb, value_bits=vb, group=g, head_dim=head_dim, numerics=get_numerics(numerics))
+
+    def with_head_dim(self, head_dim: int) -> "KvarnConfig":
+        return dataclasses.replace(self, head_dim=head_dim)
+
+    def with_numerics(self, numerics: str | Numerics) -> "KvarnConfig":
+        return dataclasses.replace(self, numerics=get_numerics(numerics))
+
+    @property
+    def preset(self) -> str:
+        return f"k{self.key_bits}v{self.value_bits}_g{self.group}"
+
+    @property
+    def kv_cache_dtype(self) -> str:
+        return DTYPE_PREFIX + self.preset
+
+    # ---- record layout (bytes) ----------------------------------------------------------
+    @property
+    def k_codes_bytes(self) -> int:
+        return _packed_bytes(self.head_dim, self.group, self.key_bits)
+
+    @property
+    def v_codes_bytes(self) -> int:
+        return _packed_bytes(self.group, self.head_dim, self.value_bits)
+
+    @property
+    def k_scale_bytes(self) -> int:
+        return 2 * (2 * self.head_dim + self.group)
+
+    @property
+    def v_scale_bytes(self) -> int:
+        return 2 * (self.head_dim + 2 * self.group)
+
+    @property
+    def raw_record_bytes(self) -> int:
+        return self.k_codes_bytes + self.k_scale_bytes + self.v_codes_bytes + self.v_scale_bytes
+
+    @property
+    def bytes_per_token(self) -> int:
+        """Bytes per token per KV head (K and V, scales included): vLLM's cell size."""
+        return math.ceil(self.raw_record_bytes / self.group)
+
+    @property
+    def record_bytes(self) -> int:
+        """Bytes of one (block, KV head) tile record, padded to G cells."""
+        return self.group * self.bytes_per_token
+
+    @property
+    def bits_per_element(self) -> float:
+        return 8.0 * self.bytes_per_token / (2 * self.head_dim)
+
+    def ratio_vs(self, elem_bytes: float) -> float:
+        """Capacity ratio against an uncompressed cache of ``elem_bytes`` per element (2 = bf16)."""
+        return 2 * self.head_dim * elem_bytes / self.bytes_per_token
+
+    @property
+    def offsets(self) -> dict[str, tuple[int, int]]:
+        """(start, length in bytes) of each region of the record, in record order."""
+        d, g = self.head_dim, self.group
+        regions = [
+            ("k_codes", self.k_codes_bytes),
+            ("k_row_scale", 2 * d),
+            ("k_row_zero", 2 * d),
+            ("k_col_scale", 2 * g),
+            ("v_codes", self.v_codes_bytes),
+            ("v_col_scale", 2 * d),
+            ("v_row_scale", 2 * g),
+            ("v_row_zero", 2 * g),
+        ]
+        out, pos = {}, 0
+        for name, n in regions:
+            out[name] = (pos, n)
+            pos += n
+        return out
+
+    def describe(self) -> str:
+        return (
+            f"{self.kv_cache_dtype} (numerics={self.numerics.name}, head_dim={self.head_dim}): "
+            f"{self.bytes_per_token} B/token/head, {self.bits_per_element:.3f} bits/elem, "
+            f"{self.ratio_vs(2):.2f}x smaller than bf16"
+        )
+
+
+def get_numerics(numerics: str | Numerics | None) -> Numerics:
+    if numerics is None:
+        return NUMERICS[DEFAULT_NUMERICS]
+    if isinstance(numerics, Numerics):
+        return numerics
+    if numerics not in NUMERICS:
+        raise ValueError(f"unknown numerics {numerics!r}; valid: {', '.join(NUMERICS)}")
+    return NUMERICS[numerics]
+
+
+def parse_kv_cache_dtype(value: str) -> str | None:
+    """Return the preset for a ``kvarn_*`` dtype string, None for a non-kvarn string.
+
+    Raises ValueError (listing valid names) for a ``kvarn_`` string that names no preset.
+    """
+    if not isinstance(value, str) or not value.lower().startswith(DTYPE_PREFIX):
+        return None
+    return KvarnConfig.from_name(value).preset
+
+
