@@ -226,3 +226,15 @@ def parse_kv_cache_dtype(value: str) -> str | None:
     return KvarnConfig.from_name(value).preset
 
 
+
+
+def pool_slots(max_num_seqs: int, max_num_batched_tokens: int, group: int) -> int:
+    """Slots of the fp16 sink/tail pool (method.md §1.6): 2 per sequence (sink + tail), one per
+    tile a step can fill, plus 8 spare. Each slot holds G rows of rotated K and V for every KV
+    head of one layer: ``G * num_kv_heads * head_dim * 2 (K,V) * 2 bytes`` per layer."""
+    return 2 * max_num_seqs + math.ceil(max_num_batched_tokens / group) + 8
+
+
+def pool_bytes_per_layer(slots: int, group: int, num_kv_heads: int, head_dim: int) -> int:
+    """fp16 pool bytes of one attention layer (K and V)."""
+    return slots * group * num_kv_heads * head_dim * 2 * 2
