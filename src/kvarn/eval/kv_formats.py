@@ -1,0 +1,193 @@
+"""One interface over every KV-cache format the evaluation compares.
+
+A :class:`KVFormat` says what attention reads back for a sequence's keys and values, and *when*:
+
+* ``quantize(k, v)`` -- k, v ``[T, H, D]`` (post-RoPE keys, one sequence, heads folded in freely) of
+  ``T`` a multiple of ``tile`` tokens, all of them *complete* quantization units; returns the
+  dequantized ``(k_hat, v_hat)`` fp32, same shape. Units are independent, so a sequence can be
+  quantized incrementally, one completed unit at a time.
+* ``tile`` -- tokens per quantization unit (kvarn: G; per-token formats: 1; KIVI: its residual length).
+* ``sink`` -- the first unit is never quantized (kvarn: block 0 stays fp16).
+* ``fp16_tail`` -- a unit still filling is read back as fp16 (kvarn/KIVI keep the tail in an fp16
+  pool); when False, each token is quantized the moment it is written and read back quantized, its
+  own step included (fp8, int4 per token-head).
+
+Names (``format_names(head_dim)``)::
+
+    bf16                                  no-op: the unquantized cache (the reference)
+    kvarn_<preset>@reference|improved     kvarn.reference.roundtrip, every preset x numerics
+    fp8_e4m3, int4_per_token_head, kivi2  kvarn.reference.baselines.fake_quant(name, k, v)
+
+``bits_per_element`` counts K and V together, scales included, at the given head_dim.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from kvarn.config import NUMERICS, PRESETS, KvarnConfig
+
+BASELINES = ("fp8_e4m3", "int4_per_token_head", "kivi2")
+# KIVI-2 (method.md 3.5): 2-bit keys per channel / values per token, group 32, fp16 residual window.
+KIVI_GROUP = 32
+KIVI_RESIDUAL = 128
+
+
+@dataclass(frozen=True)
+class KVFormat:
+    """A KV-cache format as the attention sees it (see module doc)."""
+
+    name: str
+    bits_per_element: float
+    tile: int
+    sink: bool
+    fp16_tail: bool
+    quantize_fn: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = dataclasses.field(
+        default=None, repr=False, compare=False
+    )
+    description: str = ""
+
+    @property
+    def is_exact(self) -> bool:
+        """True for the unquantized reference (no quantization anywhere)."""
+        return self.quantize_fn is None
+
+    def quantize(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Dequantized (k_hat, v_hat) fp32 [T, H, D] of complete units; T % tile == 0."""
+        if k.shape[0] % self.tile:
+            raise ValueError(f"{self.name}: {k.shape[0]} tokens is not a multiple of the unit {self.tile}")
+        if self.quantize_fn is None or k.shape[0] == 0:
+            return k.float(), v.float()
+        return self.quantize_fn(k.float(), v.float())
+
+    def cache_view(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the cache holds for a whole sequence k, v [T, H, D] after all T tokens were written.
+
+        The sink unit (if any) and the ragged filling unit are fp16 (when ``fp16_tail``), complete
+        units are quantized. This is the view a query *after* the sequence sees; it is used by tests
+        and by the one-shot helpers (the attention simulator applies the per-query rule itself).
+        """
+        if self.is_exact:
+            return k.float(), v.float()
+        t = k.shape[0]
+        n_full = t // self.tile
+        k_out, v_out = k.half().float(), v.half().float()
+        first = 1 if self.sink else 0
+        if n_full > first:
+            sl = slice(first * self.tile, n_full * self.tile)
+            k_out[sl], v_out[sl] = self.quantize(k[sl], v[sl])
+        if not self.fp16_tail and n_full * self.tile < t:
+            raise ValueError(f"{self.name}: per-token format with tile {self.tile} cannot leave a ragged tail")
+        return k_out, v_out
+
+
+def _kvarn_format(preset: str, numerics: str, head_dim: int) -> KVFormat:
+    cfg = KvarnConfig.from_name(preset, head_dim=head_dim, numerics=numerics)
+    from kvarn.reference import roundtrip
+
+    def fn(k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return roundtrip(k, v, cfg, keep_sink=False)
+
+    return KVFormat(
+        name=f"{cfg.kv_cache_dtype}@{numerics}",
+        bits_per_element=cfg.bits_per_element,
+        tile=cfg.group,
+        sink=True,
+        fp16_tail=True,
+        quantize_fn=fn,
+        description=cfg.describe(),
+    )
+
+
+def baseline_bits(name: str, head_dim: int) -> float:
+    """Bits per element (K and V, scales included) of a baseline at its byte budget.
+
+    fp8_e4m3: 8 (one per-tensor scale). int4_per_token_head: 4 + a 4-byte scale per token per head
+    (vLLM's inline scales). kivi2: 2 + fp16 scale and zero per group of 32 (K per channel, V per token);
+    the fp16 residual window of <= 128 tokens per sequence is not counted (it does not scale with context).
+    """
+    if name == "fp8_e4m3":
+        return 8.0
+    if name == "int4_per_token_head":
+        return 4.0 + 32.0 / head_dim
+    if name == "kivi2":
+        return 2.0 + 2 * 16.0 / KIVI_GROUP
+    raise ValueError(f"unknown baseline {name!r}; valid: {', '.join(BASELINES)}")
+
+
+def _baseline_format(name: str, head_dim: int) -> KVFormat:
+    def fn(k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        try:
+            from kvarn.reference.baselines import fake_quant
+        except ImportError as e:  # pragma: no cover - depends on another module landing
+            raise RuntimeError(f"baseline {name} needs kvarn.reference.baselines.fake_quant: {e}") from e
+        kh, vh = fake_quant(name, k, v)
+        return kh.float(), vh.float()
+
+    per_token = name != "kivi2"
+    return KVFormat(
+        name=name,
+        bits_per_element=baseline_bits(name, head_dim),
+        tile=1 if per_token else KIVI_RESIDUAL,
+        sink=False,
+        fp16_tail=not per_token,
+        quantize_fn=fn,
+        description=(
+            "per-token, quantized on write" if per_token else f"fp16 residual of {KIVI_RESIDUAL} tokens, group {KIVI_GROUP}"
+        ),
+    )
+
+
+def format_names(head_dim: int = 128, include_baselines: bool = True) -> list[str]:
+    """Every format name, reference first: bf16, kvarn presets x numerics, then the baselines."""
+    names = ["bf16"]
+    for preset in PRESETS:
+        for num in NUMERICS:
+            names.append(f"kvarn_{preset}@{num}")
+    if include_baselines:
+        names.extend(BASELINES)
+    return names
+
+
+def resolve_names(spec: str | list[str], head_dim: int) -> list[str]:
+    """Expand a comma list / list of names and aliases into canonical names (bf16 always first).
+
+    Aliases: ``all``, ``kvarn`` (all presets x numerics), ``baselines``, ``k4v2_g128`` (both numerics),
+    ``kvarn_k4v2_g128@improved`` (one). Unknown names raise with the valid list.
+    """
+    items = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
+    all_names = format_names(head_dim)
+    out: list[str] = ["bf16"]
+    for item in items:
+        low = item.lower()
+        if low == "all":
+            cand = all_names
+        elif low == "kvarn":
+            cand = [n for n in all_names if n.startswith("kvarn_")]
+        elif low == "baselines":
+            cand = list(BASELINES)
+        else:
+            base = low if low.startswith("kvarn_") or low in ("bf16",) + BASELINES else "kvarn_" + low
+            cand = [n for n in all_names if n == base or n.split("@")[0] == base]
+        if not cand:
+            raise ValueError(f"unknown KV format {item!r}; valid: all, kvarn, baselines, {', '.join(all_names)}")
+        out.extend(c for c in cand if c not in out)
+    return out
+
+
+def make_format(name: str, head_dim: int) -> KVFormat:
+    """Build the :class:`KVFormat` called ``name`` for a model of ``head_dim`` (see :func:`format_names`)."""
+    if name == "bf16":
+        return KVFormat(name="bf16", bits_per_element=16.0, tile=1, sink=False, fp16_tail=False,
+                        description="unquantized cache (reference)")
+    if name in BASELINES:
+        return _baseline_format(name, head_dim)
+    if name.startswith("kvarn_") and "@" in name:
+        preset, num = name[len("kvarn_"):].split("@", 1)
+        if preset in PRESETS and num in NUMERICS:
+            return _kvarn_format(preset, num, head_dim)
+    raise ValueError(f"unknown KV format {name!r}; valid: {', '.join(format_names(head_dim))}")

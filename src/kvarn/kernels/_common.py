@@ -1,0 +1,87 @@
+"""Shared helpers of the Triton launchers: Hadamard operands, record-layout constants, checks.
+
+Nothing here launches a kernel. The launchers pass every record offset as a ``tl.constexpr`` so
+the kernels compile one specialization per (preset, head_dim).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+
+from kvarn.config import KvarnConfig
+from kvarn.reference.hadamard import hadamard_matrix
+
+LOG2E = 1.4426950408889634
+POOL_DTYPES = (torch.float16, torch.bfloat16)
+ACT_DTYPES = (torch.float16, torch.bfloat16)
+
+
+@functools.lru_cache(maxsize=None)
+def _hadamard_cached(d: int, dtype: torch.dtype, device: str) -> torch.Tensor:
+    return hadamard_matrix(d, dtype, torch.device(device)).contiguous()
+
+
+def hadamard(d: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Normalized Sylvester Hadamard H_D [D, D] (kvarn.reference.hadamard_matrix), cached per device."""
+    return _hadamard_cached(d, dtype, str(device))
+
+
+@functools.lru_cache(maxsize=None)
+def _signs_cached(d: int, dtype: torch.dtype, device: str) -> torch.Tensor:
+    return (hadamard_matrix(d, torch.float64) * math.sqrt(d)).round().to(dtype=dtype, device=torch.device(device))
+
+
+def hadamard_signs(d: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """sqrt(D) * H_D: the +-1 Sylvester matrix [D, D], exact in fp16/bf16 (used as a tl.dot operand)."""
+    return _signs_cached(d, dtype, str(device))
+
+
+def layout_constexprs(cfg: KvarnConfig) -> dict[str, int]:
+    """Record byte offsets and sizes of ``cfg`` as kernel keyword arguments (all tl.constexpr)."""
+    off = cfg.offsets
+    return dict(
+        D=cfg.head_dim,
+        G=cfg.group,
+        KB=cfg.key_bits,
+        VB=cfg.value_bits,
+        R=cfg.record_bytes,
+        K_CODES=off["k_codes"][0],
+        K_RS=off["k_row_scale"][0],
+        K_RZ=off["k_row_zero"][0],
+        K_CS=off["k_col_scale"][0],
+        V_CODES=off["v_codes"][0],
+        V_CS=off["v_col_scale"][0],
+        V_RS=off["v_row_scale"][0],
+        V_RZ=off["v_row_zero"][0],
+    )
+
+
+def check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ValueError(msg)
+
+
+def check_cache(kv_cache: torch.Tensor, pool_k: torch.Tensor, pool_v: torch.Tensor,
+                block_to_slot: torch.Tensor, cfg: KvarnConfig) -> tuple[int, int]:
+    """Validate one layer's cache state; returns (num_blocks, num_kv_heads)."""
+    check(kv_cache.dtype == torch.uint8 and kv_cache.dim() == 3 and kv_cache.shape[2] == cfg.record_bytes,
+          f"kv_cache must be uint8 [num_blocks, num_kv_heads, {cfg.record_bytes}] for {cfg.kv_cache_dtype} "
+          f"at head_dim {cfg.head_dim}, got {kv_cache.dtype} {tuple(kv_cache.shape)}")
+    check(kv_cache.stride(2) == 1 and kv_cache.stride(1) == cfg.record_bytes,
+          f"kv_cache records must be contiguous per block, got strides {kv_cache.stride()}")
+    nb, hk = kv_cache.shape[0], kv_cache.shape[1]
+    for name, p in (("pool_k", pool_k), ("pool_v", pool_v)):
+        check(p.dim() == 4 and p.shape[1:] == (cfg.group, hk, cfg.head_dim),
+              f"{name} must be [num_slots, {cfg.group}, {hk}, {cfg.head_dim}], got {tuple(p.shape)}")
+        check(p.dtype in POOL_DTYPES, f"{name} dtype must be one of {POOL_DTYPES}, got {p.dtype}")
+        check(p.stride(3) == 1, f"{name} last dim must be contiguous, got strides {p.stride()}")
+    check(pool_k.stride() == pool_v.stride() and pool_k.dtype == pool_v.dtype,
+          "pool_k and pool_v must share dtype and strides")
+    check(block_to_slot.dtype == torch.int32 and block_to_slot.dim() == 1 and block_to_slot.shape[0] >= nb,
+          f"block_to_slot must be int32 [>= {nb}], got {block_to_slot.dtype} {tuple(block_to_slot.shape)}")
+    devs = {t.device for t in (kv_cache, pool_k, pool_v, block_to_slot)}
+    check(len(devs) == 1, f"all cache tensors must be on one device, got {devs}")
+    return nb, hk

@@ -1,0 +1,110 @@
+"""Reference paged attention: equals SDPA on the dequantized cache; close to full precision."""
+
+import math
+
+import pytest
+import torch
+
+from kvarn.config import KvarnConfig
+from kvarn.reference import decode_tiles, encode_tiles, rotate
+from kvarn.reference.paged_attention import gqa_attention, paged_attention
+
+
+def build_cache(ks, vs, cfg, sink=True, seed=0):
+    """Write each request's context K/V ([L, Hkv, D], original frame) into a paged cache the way the
+    backend does: block 0 and the partial last block in the fp16 pool, full blocks as records.
+    Blocks are assigned in a shuffled order to exercise the block table."""
+    g = cfg.group
+    hkv, d = ks[0].shape[1], ks[0].shape[2]
+    n_blocks_each = [max(1, -(-k.shape[0] // g)) for k in ks]
+    total = sum(n_blocks_each) + 3
+    gen = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(total, generator=gen)
+    kv_cache = torch.randint(0, 255, (total, hkv, cfg.record_bytes), dtype=torch.uint8, generator=gen)
+    pool_k = torch.full((total, g, hkv, d), float("nan"), dtype=torch.float16)  # poison
+    pool_v = pool_k.clone()
+    b2s = torch.full((total,), -1, dtype=torch.int32)
+    dense = []  # per request: what the cache holds, un-rotated: ([L, Hkv, D], [L, Hkv, D])
+    table = torch.full((len(ks), max(n_blocks_each) + 1), -1, dtype=torch.int32)
+    nxt = 0
+    for r, (k, v) in enumerate(zip(ks, vs)):
+        L = k.shape[0]
+        kr, vr = rotate(k), rotate(v)
+        dk, dv = torch.empty_like(kr), torch.empty_like(vr)
+        for j in range(n_blocks_each[r]):
+            b = int(perm[nxt]); nxt += 1
+            table[r, j] = b
+            rows = slice(j * g, min(L, (j + 1) * g))
+            n = rows.stop - rows.start
+            if (j == 0 and sink) or n < g:
+                slot = b  # any distinct slot
+                b2s[b] = slot
+                pool_k[slot, :n] = kr[rows].half()
+                pool_v[slot, :n] = vr[rows].half()
+                dk[rows], dv[rows] = kr[rows].half().float(), vr[rows].half().float()
+            else:
+                tk = kr[rows].transpose(0, 1)  # [Hkv, G, D]
+                kv_cache[b] = encode_tiles(tk, vr[rows].transpose(0, 1), cfg)
+                hk, hv = decode_tiles(kv_cache[b], cfg)
+                dk[rows], dv[rows] = hk.transpose(0, 1), hv.transpose(0, 1)
+        dense.append((rotate(dk), rotate(dv)))
+    return kv_cache, pool_k, pool_v, b2s, table, dense
+
+
+@pytest.mark.parametrize("hq,hkv,d,preset", [(8, 2, 128, "k4v2_g128"), (9, 3, 64, "k4v2_g64"), (4, 4, 64, "k4v4_g128")])
+def test_paged_equals_sdpa_on_dequantized(hq, hkv, d, preset):
+    torch.manual_seed(0)
+    cfg = KvarnConfig.from_name(preset, d)
+    g = cfg.group
+    ctx_lens = [1, g - 1, g, 2 * g + 5, 3 * g + g // 2]  # ragged, crossing tile boundaries; odd batch
+    q_lens = [1, 3, 1, 17, 1]
+    ks = [torch.randn(L, hkv, d) * 2 for L in ctx_lens]
+    vs = [torch.randn(L, hkv, d) * 0.3 for L in ctx_lens]
+    cache = build_cache(ks, vs, cfg)
+    T = sum(q_lens)
+    query = torch.randn(T, hq, d)
+    key = torch.randn(T, hkv, d)
+    value = torch.randn(T, hkv, d)
+    qsl = torch.tensor([0] + list(torch.tensor(q_lens).cumsum(0)))
+    seq_lens = torch.tensor([c + q for c, q in zip(ctx_lens, q_lens)])
+    scale = 1 / math.sqrt(d)
+    out = paged_attention(query, key, value, *cache[:3], cache[3], cache[4], seq_lens, qsl, cfg, scale)
+    assert torch.isfinite(out).all()
+    for r, (L, ql) in enumerate(zip(ctx_lens, q_lens)):
+        s, e = int(qsl[r]), int(qsl[r + 1])
+        kd, vd = cache[5][r]
+        k_all = torch.cat([kd, key[s:e]])
+        v_all = torch.cat([vd, value[s:e]])
+        rep = hq // hkv
+        mask = torch.ones(ql, L + ql, dtype=torch.bool).tril(L)
+        ref = torch.nn.functional.scaled_dot_product_attention(
+            query[s:e].transpose(0, 1),
+            k_all.repeat_interleave(rep, 1).transpose(0, 1),
+            v_all.repeat_interleave(rep, 1).transpose(0, 1),
+            attn_mask=mask,
+            scale=scale,
+        ).transpose(0, 1)
+        torch.testing.assert_close(out[s:e], ref, rtol=1e-4, atol=1e-4)
+
+
+def test_close_to_full_precision():
+    """Stated bound, unit Gaussian q/K/V over 700 tokens. With independent V entries the output error
+    is about sqrt(NMSE of V) (errors average down exactly as the signal does): measured 0.29 for
+    k4v2 (2-bit V) and 0.08 for k4v4. Bounds: < 0.35 (k4v2), < 0.12 (k4v4)."""
+    torch.manual_seed(3)
+    for preset, bound in (("k4v2_g128", 0.35), ("k4v4_g128", 0.12)):
+        cfg = KvarnConfig.from_name(preset, 128)
+        L, hkv, hq = 700, 2, 8
+        k, v = torch.randn(L, hkv, 128), torch.randn(L, hkv, 128)
+        cache = build_cache([k], [v], cfg)
+        q = torch.randn(1, hq, 128)
+        nk, nv = torch.randn(1, hkv, 128), torch.randn(1, hkv, 128)
+        out = paged_attention(q, nk, nv, *cache[:3], cache[3], cache[4], torch.tensor([L + 1]), torch.tensor([0, 1]), cfg, 128**-0.5)
+        ref = gqa_attention(q, torch.cat([k, nk]), torch.cat([v, nv]), 128**-0.5, q_offset=L)
+        rel = ((out - ref).norm() / ref.norm()).item()
+        assert rel < bound, (preset, rel)
+
+
+def test_gqa_rejects_bad_heads():
+    with pytest.raises(ValueError, match="multiple"):
+        gqa_attention(torch.randn(1, 5, 64), torch.randn(3, 2, 64), torch.randn(3, 2, 64), 0.1, 2)
