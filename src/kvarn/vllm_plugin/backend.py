@@ -1,0 +1,336 @@
+"""The kvarn attention backend for vLLM (imported by vLLM workers; imports vLLM).
+
+Cache page: uint8, one tile record per (block, KV head) of ``cfg.record_bytes`` bytes, exposed to
+vLLM as ``block_size`` cells of ``cfg.bytes_per_token`` bytes, i.e. kv_cache [num_blocks, Hkv, G, C].
+Side state per layer: fp16 pool ``[num_slots, G, Hkv, D]`` of rotated K and V rows for sinks, tails
+and tiles that have not been flushed yet (see :mod:`kvarn.vllm_plugin.pool`).
+
+Per step: the metadata builder plans the step once for all layers (which tiles to flush, which
+pool row each new token goes to); each layer then (1) flushes: pool rows -> encode -> records,
+(2) writes its new rotated K/V rows into the pool, (3) attends: context from the cache, new tokens
+losslessly. The CPU path runs :func:`kvarn.reference.paged_attention`; a CUDA path plugs in
+Triton kernels from :mod:`kvarn.kernels` where available.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import torch
+from vllm.v1.attention.backend import (
+    AttentionBackend,
+    AttentionImpl,
+    AttentionMetadataBuilder,
+    AttentionType,
+    CommonAttentionMetadata,
+)
+
+from kvarn.config import (
+    DEFAULT_PRESET,
+    PRESETS,
+    SUPPORTED_HEAD_DIMS,
+    KvarnConfig,
+    kv_cache_dtype_names,
+    pool_bytes_per_layer,
+    pool_slots,
+)
+from kvarn.reference import encode_tiles, rotate
+from kvarn.reference.paged_attention import paged_attention
+from kvarn.vllm_plugin.pool import registry
+from kvarn.vllm_plugin.patches import backend_class_name
+
+logger = logging.getLogger("vllm.kvarn")
+
+try:  # cpu-0.32 / 0.33
+    from vllm.v1.kv_cache_interface import KVCacheLayout
+except ImportError:  # 0.26
+    KVCacheLayout = None
+
+
+def _vllm_config():
+    from vllm.config import get_current_vllm_config
+
+    return get_current_vllm_config()
+
+
+def num_pool_slots(vllm_config, group: int) -> int:
+    sc = vllm_config.scheduler_config
+    return pool_slots(sc.max_num_seqs, sc.max_num_batched_tokens, group)
+
+
+class KvarnBackend(AttentionBackend):
+    """Base class; one subclass per preset (``Kvarn_K4V2_G128_Backend`` ...) fixes ``PRESET``."""
+
+    PRESET: ClassVar[str] = DEFAULT_PRESET
+    forward_includes_kv_cache_update: bool = False
+    accept_output_buffer: bool = True
+    supported_dtypes: ClassVar[list[torch.dtype]] = [torch.float16, torch.bfloat16, torch.float32]
+    supported_kv_cache_dtypes: ClassVar[list] = ["auto", *kv_cache_dtype_names()]
+
+    @classmethod
+    def config(cls, head_dim: int = 128) -> KvarnConfig:
+        return KvarnConfig.from_name(cls.PRESET, head_dim=head_dim)
+
+    @staticmethod
+    def get_name() -> str:
+        return "CUSTOM"
+
+    @staticmethod
+    def get_impl_cls():
+        return KvarnImpl
+
+    @staticmethod
+    def get_builder_cls():
+        return KvarnMetadataBuilder
+
+    @classmethod
+    def get_supported_kernel_block_sizes(cls, kv_cache_spec=None):
+        return [PRESETS[cls.PRESET][2]]
+
+    @classmethod
+    def get_supported_head_sizes(cls) -> list[int]:
+        return list(SUPPORTED_HEAD_DIMS)
+
+    @classmethod
+    def customize_spec(cls, spec):
+        """cpu-0.32/0.33 page hook: a page is [H, N, C] with C = bytes per token per head."""
+        cfg = cls.config(spec.head_size)
+        return dataclasses.replace(spec, dtype=torch.uint8, state_content_bytes=cfg.bytes_per_token)
+
+    @classmethod
+    def supported_kv_cache_layouts(cls):
+        if KVCacheLayout is None:
+            return None
+        # both keep each (block, head) record contiguous
+        return (KVCacheLayout.LBHNC, KVCacheLayout.BLHNC)
+
+    @classmethod
+    def get_kv_cache_shape(cls, num_blocks, block_size, num_kv_heads, head_size, cache_dtype_str="auto"):
+        """0.23/0.26 allocation shape (uint8); ignores cache_dtype_str, which is "auto" there."""
+        return (num_blocks, num_kv_heads, block_size, cls.config(head_size).bytes_per_token)
+
+    @classmethod
+    def is_mla(cls) -> bool:
+        return False
+
+    @classmethod
+    def supports_sink(cls) -> bool:
+        return False
+
+    @classmethod
+    def supports_sliding_window(cls) -> bool:
+        return False
+
+    @classmethod
+    def supports_kv_connector(cls) -> bool:
+        return False
+
+    @classmethod
+    def supports_attn_type(cls, attn_type: str) -> bool:
+        return attn_type == AttentionType.DECODER
+
+
+def _make_preset_backends() -> dict[str, type[KvarnBackend]]:
+    out = {}
+    for preset in PRESETS:
+        name = backend_class_name(preset)
+        out[name] = type(name, (KvarnBackend,), {"PRESET": preset, "__module__": __name__})
+    return out
+
+
+globals().update(_make_preset_backends())
+
+
+@dataclass
+class KvarnMetadata:
+    num_actual_tokens: int
+    max_query_len: int
+    query_start_loc: torch.Tensor  # [B + 1] device
+    query_start_loc_cpu: torch.Tensor  # [B + 1] cpu
+    seq_lens: torch.Tensor  # [B]
+    block_table: torch.Tensor  # [B, M]
+    slot_mapping: torch.Tensor  # [T]
+    flush_blocks: torch.Tensor  # [F]
+    flush_slots: torch.Tensor  # [F]
+    write_rows: torch.Tensor  # [T] rows of the flattened pool, -1 = skip
+    block_to_slot: torch.Tensor  # [num_blocks]
+
+
+class KvarnMetadataBuilder(AttentionMetadataBuilder[KvarnMetadata]):
+    reorder_batch_threshold: int | None = 1
+
+    def __init__(self, kv_cache_spec, layer_names, vllm_config, device):
+        super().__init__(kv_cache_spec, layer_names, vllm_config, device)
+        self.group = kv_cache_spec.block_size
+        self.num_slots = num_pool_slots(vllm_config, self.group)
+        prefix_caching = bool(getattr(vllm_config.cache_config, "enable_prefix_caching", False))
+        self.pool = registry.create(self.num_slots, self.group, retire_sinks=prefix_caching)
+        self._log_capacity(kv_cache_spec, layer_names, vllm_config)
+
+    def _log_capacity(self, spec, layer_names, vllm_config) -> None:
+        dtype = vllm_config.cache_config.cache_dtype
+        cfg = KvarnConfig.from_name(dtype, head_dim=spec.head_size)
+        per_layer = pool_bytes_per_layer(self.num_slots, cfg.group, spec.num_kv_heads, spec.head_size)
+        pool_total = per_layer * len(layer_names)
+        msg = (
+            f"kvarn: {cfg.kv_cache_dtype} (numerics={cfg.numerics.name}): {cfg.bytes_per_token} B/token/KV head, "
+            f"{cfg.ratio_vs(2):.2f}x smaller than bf16; fp16 sink/tail pool {self.num_slots} slots "
+            f"(2 x max_num_seqs={vllm_config.scheduler_config.max_num_seqs} + batch tiles + 8) x "
+            f"{len(layer_names)} layers = {pool_total / 2**20:.1f} MiB (pool_bytes={pool_total}), not included in "
+            f"the KV cache size vLLM prints; at most {vllm_config.scheduler_config.max_num_seqs} concurrent sequences"
+        )
+        num_blocks = getattr(vllm_config.cache_config, "num_gpu_blocks", None)
+        if num_blocks:
+            kv_bytes = num_blocks * cfg.group * spec.num_kv_heads * cfg.bytes_per_token * len(layer_names)
+            bf16_tokens = kv_bytes / (2 * spec.head_size * 2 * spec.num_kv_heads * len(layer_names))
+            eff = num_blocks * cfg.group * kv_bytes / (kv_bytes + pool_total) / bf16_tokens
+            msg += f"; effective capacity vs bf16 with the pool counted: {eff:.2f}x"
+        logger.warning(msg)
+
+    def build(self, common_prefix_len: int, common_attn_metadata: CommonAttentionMetadata, fast_build: bool = False):
+        cm = common_attn_metadata
+        n = cm.num_reqs
+        slot_mapping = cm.slot_mapping[: cm.num_actual_tokens]
+        first = cm.block_table_tensor[:n, 0]
+        plan = self.pool.plan_step(slot_mapping.cpu().numpy(), first.cpu().numpy())
+        dev = cm.slot_mapping.device
+
+        def t(x):
+            return torch.from_numpy(x).to(dev)
+
+        return KvarnMetadata(
+            num_actual_tokens=cm.num_actual_tokens,
+            max_query_len=cm.max_query_len,
+            query_start_loc=cm.query_start_loc,
+            query_start_loc_cpu=cm.query_start_loc_cpu,
+            seq_lens=cm.seq_lens,
+            block_table=cm.block_table_tensor,
+            slot_mapping=slot_mapping,
+            flush_blocks=t(plan.flush_blocks),
+            flush_slots=t(plan.flush_slots),
+            write_rows=t(plan.write_rows),
+            block_to_slot=t(plan.block_to_slot),
+        )
+
+
+class KvarnImpl(AttentionImpl[KvarnMetadata]):
+    def __init__(
+        self,
+        num_heads: int,
+        head_size: int,
+        scale: float,
+        num_kv_heads: int | None = None,
+        alibi_slopes=None,
+        sliding_window: int | None = None,
+        kv_cache_dtype: str = "auto",
+        logits_soft_cap: float | None = None,
+        attn_type: str = AttentionType.DECODER,
+        kv_sharing_target_layer_name: str | None = None,
+        **kwargs,
+    ) -> None:
+        unsupported = []
+        if alibi_slopes is not None:
+            unsupported.append("ALiBi")
+        if sliding_window not in (None, -1):
+            unsupported.append("sliding-window attention")
+        if logits_soft_cap:
+            unsupported.append("logit soft-capping")
+        if attn_type != AttentionType.DECODER:
+            unsupported.append(f"attention type {attn_type}")
+        if kv_sharing_target_layer_name is not None:
+            unsupported.append("cross-layer KV sharing")
+        if kwargs.get("sinks") is not None:
+            unsupported.append("attention sinks")
+        if unsupported:
+            raise ValueError(f"kvarn backend: {', '.join(unsupported)} not supported by {kv_cache_dtype}.")
+        self.num_heads = num_heads
+        self.head_size = head_size
+        self.scale = float(scale)
+        self.num_kv_heads = num_kv_heads or num_heads
+        self.kv_cache_dtype = kv_cache_dtype
+        self.sliding_window = None
+        self.kv_sharing_target_layer_name = None
+        dtype_name = kv_cache_dtype if kv_cache_dtype.startswith("kvarn_") else DEFAULT_PRESET
+        self.cfg = KvarnConfig.from_name(dtype_name, head_dim=head_size)
+        self.num_slots = num_pool_slots(_vllm_config(), self.cfg.group)
+        self.pool_k: torch.Tensor | None = None
+        self.pool_v: torch.Tensor | None = None
+
+    def _ensure_pool(self, device) -> None:
+        if self.pool_k is None or self.pool_k.device != torch.device(device):
+            shape = (self.num_slots, self.cfg.group, self.num_kv_heads, self.head_size)
+            self.pool_k = torch.zeros(shape, dtype=torch.float16, device=device)
+            self.pool_v = torch.zeros(shape, dtype=torch.float16, device=device)
+
+    def process_weights_after_loading(self, act_dtype: torch.dtype) -> None:
+        # allocate now so the GPU memory profiler charges the pool to non-KV memory
+        self._ensure_pool(_vllm_config().device_config.device)
+
+    def _records(self, kv_cache: torch.Tensor) -> torch.Tensor:
+        """kv_cache [num_blocks, Hkv, G, C] uint8 -> [num_blocks, Hkv, R] view."""
+        if kv_cache.dtype != torch.uint8 or kv_cache.dim() != 4 or kv_cache.shape[1] != self.num_kv_heads:
+            raise ValueError(
+                f"kvarn expects a uint8 KV cache [blocks, {self.num_kv_heads}, G, C], got "
+                f"{kv_cache.dtype} {tuple(kv_cache.shape)}: the page-size hook did not apply"
+            )
+        return kv_cache.flatten(2)
+
+    @staticmethod
+    def _metadata(layer):
+        from vllm.forward_context import get_forward_context
+
+        md = get_forward_context().attn_metadata
+        if isinstance(md, list):
+            md = md[0]
+        if isinstance(md, dict):
+            md = md.get(layer.layer_name)
+        return md
+
+    def do_kv_cache_update(self, layer, key, value, kv_cache, slot_mapping) -> None:
+        md = self._metadata(layer)
+        if md is None or kv_cache.numel() == 0:
+            return
+        self._ensure_pool(key.device)
+        records = self._records(kv_cache)
+        g, hkv, d = self.cfg.group, self.num_kv_heads, self.head_size
+        if md.flush_slots.numel():
+            k = self.pool_k[md.flush_slots].transpose(1, 2).reshape(-1, g, d)  # [F*Hkv, G, D]
+            v = self.pool_v[md.flush_slots].transpose(1, 2).reshape(-1, g, d)
+            recs = encode_tiles(k, v, self.cfg).view(-1, hkv, self.cfg.record_bytes)
+            records[md.flush_blocks] = recs
+        rows = md.write_rows[: key.shape[0]]
+        ok = rows >= 0
+        if ok.any():
+            pk = self.pool_k.view(-1, hkv, d)
+            pv = self.pool_v.view(-1, hkv, d)
+            pk[rows[ok]] = rotate(key[: rows.shape[0]][ok]).half()
+            pv[rows[ok]] = rotate(value[: rows.shape[0]][ok]).half()
+
+    def forward(self, layer, query, key, value, kv_cache, attn_metadata, output, output_scale=None, output_block_scale=None):
+        if output_scale is not None or output_block_scale is not None:
+            raise NotImplementedError("kvarn: fused output quantization is not supported")
+        if attn_metadata is None:  # profiling / warm-up
+            return output
+        md: KvarnMetadata = attn_metadata
+        n = md.num_actual_tokens
+        self._ensure_pool(query.device)
+        out = paged_attention(
+            query[:n],
+            key[:n],
+            value[:n],
+            self._records(kv_cache),
+            self.pool_k,
+            self.pool_v,
+            md.block_to_slot,
+            md.block_table,
+            md.seq_lens,
+            md.query_start_loc_cpu,
+            self.cfg,
+            self.scale,
+        )
+        output[:n] = out.reshape(output[:n].shape).to(output.dtype)
+        return output

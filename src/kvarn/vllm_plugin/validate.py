@@ -1,0 +1,76 @@
+"""Front-end checks for a kvarn run: clear errors at startup, never a silent fallback.
+
+``prepare_engine_args`` runs before vLLM builds its config (fills in / checks --block-size);
+``validate_vllm_config`` runs on the built VllmConfig (model and feature checks).
+"""
+
+from __future__ import annotations
+
+from kvarn.config import KvarnConfig
+
+
+class KvarnConfigError(ValueError):
+    """A setting kvarn cannot serve. The message is one sentence naming the fix."""
+
+
+def prepare_engine_args(args) -> None:
+    """args: vllm EngineArgs with a kvarn kv_cache_dtype. Sets block_size to the preset's tile
+    length when omitted; refuses a different one."""
+    cfg = KvarnConfig.from_name(args.kv_cache_dtype)
+    if args.block_size is None:
+        args.block_size = cfg.group
+    elif int(args.block_size) != cfg.group:
+        raise KvarnConfigError(
+            f"--kv-cache-dtype {cfg.kv_cache_dtype} stores {cfg.group}-token tiles and needs "
+            f"--block-size {cfg.group} (got {args.block_size}); omit --block-size to get it."
+        )
+
+
+def _sliding_layers(hf_text_config) -> bool:
+    layer_types = getattr(hf_text_config, "layer_types", None) or ()
+    if any("sliding" in str(t) or "chunked" in str(t) for t in layer_types):
+        return True
+    use_sw = getattr(hf_text_config, "use_sliding_window", None)
+    if use_sw is False:
+        return False
+    if layer_types:  # every layer named, none sliding
+        return False
+    return bool(getattr(hf_text_config, "sliding_window", None)) and use_sw is not False and (
+        getattr(hf_text_config, "model_type", "") not in ("qwen2", "qwen3", "qwen2_moe", "qwen3_moe")
+    )
+
+
+def validate_vllm_config(config) -> None:
+    """config: vllm VllmConfig. Raises KvarnConfigError listing what is unsupported."""
+    dtype = config.cache_config.cache_dtype
+    cfg = KvarnConfig.from_name(dtype)
+    problems = []
+    mc = config.model_config
+    if mc is not None:
+        if getattr(mc, "use_mla", False):
+            problems.append("MLA models (latent KV cache) are not supported")
+        if getattr(mc, "is_hybrid", False):
+            problems.append("hybrid models (Mamba / linear-attention layers) are not supported")
+        if getattr(mc, "is_encoder_decoder", False):
+            problems.append("encoder-decoder models are not supported")
+        if getattr(mc, "is_attention_free", False):
+            problems.append("attention-free models have no KV cache to quantize")
+        if _sliding_layers(mc.hf_text_config):
+            problems.append("models with sliding-window attention layers are not supported yet")
+        try:
+            head = mc.get_head_size()
+            KvarnConfig.from_name(dtype, head_dim=head)
+        except ValueError as e:
+            problems.append(str(e))
+    if config.speculative_config is not None:
+        problems.append("speculative decoding is not supported yet (remove --speculative-config)")
+    kvt = getattr(config, "kv_transfer_config", None)
+    if kvt is not None and getattr(kvt, "is_kv_transfer_instance", True):
+        problems.append("KV connectors / KV offloading / disaggregated prefill are not supported")
+    pc = config.parallel_config
+    if getattr(pc, "decode_context_parallel_size", 1) > 1 or getattr(pc, "prefill_context_parallel_size", 1) > 1:
+        problems.append("decode/prefill context parallelism is not supported")
+    if config.cache_config.block_size != cfg.group:
+        problems.append(f"block size must be {cfg.group} for {cfg.kv_cache_dtype} (got {config.cache_config.block_size})")
+    if problems:
+        raise KvarnConfigError(f"--kv-cache-dtype {dtype}: " + "; ".join(problems) + ".")
