@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -55,6 +56,11 @@ def _vllm_config():
     from vllm.config import get_current_vllm_config
 
     return get_current_vllm_config()
+
+
+def kvarn_config(kv_cache_dtype: str, head_dim: int) -> KvarnConfig:
+    """The format of a layer; numerics from ``KVARN_NUMERICS`` (reference|improved) if set."""
+    return KvarnConfig.from_name(kv_cache_dtype, head_dim=head_dim, numerics=os.environ.get("KVARN_NUMERICS") or None)
 
 
 def num_pool_slots(vllm_config, group: int) -> int:
@@ -173,7 +179,7 @@ class KvarnMetadataBuilder(AttentionMetadataBuilder[KvarnMetadata]):
 
     def _log_capacity(self, spec, layer_names, vllm_config) -> None:
         dtype = vllm_config.cache_config.cache_dtype
-        cfg = KvarnConfig.from_name(dtype, head_dim=spec.head_size)
+        cfg = kvarn_config(dtype, spec.head_size)
         per_layer = pool_bytes_per_layer(self.num_slots, cfg.group, spec.num_kv_heads, spec.head_size)
         pool_total = per_layer * len(layer_names)
         msg = (
@@ -255,7 +261,7 @@ class KvarnImpl(AttentionImpl[KvarnMetadata]):
         self.sliding_window = None
         self.kv_sharing_target_layer_name = None
         dtype_name = kv_cache_dtype if kv_cache_dtype.startswith("kvarn_") else DEFAULT_PRESET
-        self.cfg = KvarnConfig.from_name(dtype_name, head_dim=head_size)
+        self.cfg = kvarn_config(dtype_name, head_size)
         self.num_slots = num_pool_slots(_vllm_config(), self.cfg.group)
         self.pool_k: torch.Tensor | None = None
         self.pool_v: torch.Tensor | None = None

@@ -213,3 +213,11 @@ class _Registry:
 
 
 registry = _Registry()
+
+
+def worker_pool_stats(worker=None) -> dict | None:
+    """For ``LLM.collective_rpc``: this worker's pool statistics (None without a kvarn pool)."""
+    if registry.pool is None:
+        return None
+    registry.pool.check_invariants()
+    return registry.pool.stats()

@@ -1,0 +1,124 @@
+"""SlotPool bookkeeping: invariants under a random serving workload, exact reclaim, sink retirement."""
+
+import random
+
+import numpy as np
+import pytest
+
+from kvarn.vllm_plugin.pool import PoolExhausted, SlotPool
+
+G = 8
+
+
+class FakeScheduler:
+    """Minimal vLLM-like block allocation: each request owns a block list; freed blocks are reused."""
+
+    def __init__(self, num_blocks):
+        self.free = list(range(num_blocks))
+        random.shuffle(self.free)
+        self.reqs = {}  # rid -> dict(blocks, computed, total)
+
+    def add(self, rid, total):
+        self.reqs[rid] = {"blocks": [], "computed": 0, "total": total}
+
+    def step(self, rids, budget):
+        slot_mapping, first = [], []
+        for rid in rids:
+            r = self.reqs[rid]
+            n = min(budget, r["total"] - r["computed"])
+            for pos in range(r["computed"], r["computed"] + n):
+                if pos // G >= len(r["blocks"]):
+                    r["blocks"].append(self.free.pop())
+                slot_mapping.append(r["blocks"][pos // G] * G + pos % G)
+            r["computed"] += n
+            first.append(r["blocks"][0])
+        return np.array(slot_mapping), np.array(first)
+
+    def finish(self, rid):
+        r = self.reqs.pop(rid)
+        self.free.extend(r["blocks"])
+        return r["blocks"]
+
+
+@pytest.mark.parametrize("retire", [False, True])
+def test_random_workload_keeps_invariants_and_reclaims_everything(retire):
+    random.seed(0)
+    max_seqs, budget = 6, 20
+    slots = 2 * max_seqs + -(-budget // G) * max_seqs + 8
+    pool = SlotPool(slots, G, retire_sinks=retire, num_blocks=4)
+    sch = FakeScheduler(400)
+    live, next_id, finished = [], 0, 0
+    for step in range(600):
+        while len(live) < max_seqs and next_id < 150:
+            sch.add(next_id, random.randint(1, 60))
+            live.append(next_id)
+            next_id += 1
+        batch = random.sample(live, k=random.randint(1, len(live)))
+        sm, first = sch.step(batch, budget)
+        plan = pool.plan_step(sm, first)
+        pool.check_invariants()
+        # every written token has a pool row, rows are distinct
+        assert (plan.write_rows >= 0).all() and len(set(plan.write_rows.tolist())) == len(sm)
+        # flushed blocks are full and not mapped any more (unless re-owned this step)
+        for b in plan.flush_blocks:
+            assert b not in set((sm // G).tolist()) or plan.block_to_slot[b] >= 0
+        for rid in [r for r in live if sch.reqs[r]["computed"] == sch.reqs[r]["total"]]:
+            pool.release(sch.finish(rid))
+            live.remove(rid)
+            finished += 1
+        if not live and next_id >= 150:
+            break
+    pool.plan_step(np.array([], dtype=np.int64), np.array([], dtype=np.int64))  # drain flushes
+    pool.check_invariants()
+    st = pool.stats()
+    assert finished == 150
+    assert st["live"] == 0 and st["pending_flush"] == 0
+    if retire:
+        assert st["free"] + st["retired_sinks"] == slots and st["retired_sinks"] > 0
+    else:
+        assert st["free"] == slots
+
+
+def test_sink_stays_tail_moves_full_tiles_flush_next_step():
+    pool = SlotPool(8, G)
+    # request with blocks [5, 9, 2]: prefill of 20 tokens
+    sm = np.array([5 * G + i for i in range(G)] + [9 * G + i for i in range(G)] + [2 * G + i for i in range(4)])
+    plan = pool.plan_step(sm, np.array([5]))
+    assert len(plan.flush_blocks) == 0 and plan.block_to_slot[5] >= 0 and plan.block_to_slot[9] >= 0
+    plan = pool.plan_step(np.array([2 * G + 4]), np.array([5]))  # next decode step
+    assert plan.flush_blocks.tolist() == [9] and plan.block_to_slot[9] == -1
+    assert plan.block_to_slot[5] >= 0 and plan.block_to_slot[2] >= 0  # sink and tail stay fp16
+    pool.release([5, 9, 2])
+    st = pool.stats()
+    assert st["retired_sinks"] == 1 and st["free"] == 7 and st["live"] == 0
+
+
+def test_retired_sink_reused_by_prefix_hit_then_evicted_lru():
+    pool = SlotPool(3, G)
+    pool.plan_step(np.arange(G) + 4 * G, np.array([4]))  # request A: block 4 full sink
+    pool.release([4])
+    assert pool.stats()["retired_sinks"] == 1
+    # request B hits block 4 as its sink and writes block 7
+    plan = pool.plan_step(np.array([7 * G]), np.array([4]))
+    assert plan.block_to_slot[4] >= 0 and len(plan.flush_blocks) == 0
+    # pool pressure: two new requests need 2 more slots -> the retired sink is evicted (flushed)
+    plan = pool.plan_step(np.array([10 * G, 11 * G]), np.array([10, 11]))
+    assert plan.flush_blocks.tolist() == [4] and plan.block_to_slot[4] == -1
+    pool.check_invariants()
+    with pytest.raises(PoolExhausted, match="exhausted"):
+        pool.plan_step(np.array([12 * G]), np.array([12]))
+
+
+def test_write_at_offset_zero_reowns_a_held_block():
+    pool = SlotPool(4, G)
+    pool.plan_step(np.arange(G) + 3 * G, np.array([3]))
+    pool.release([3])  # retired
+    plan = pool.plan_step(np.array([3 * G, 3 * G + 1]), np.array([6]))  # block 3 is now someone's 2nd block
+    assert pool.stats()["retired_sinks"] == 0 and pool.block_fill[3] == 2 and not pool.block_sink[3]
+    assert plan.write_rows.tolist() == [plan.block_to_slot[3] * G, plan.block_to_slot[3] * G + 1]
+
+
+def test_padding_tokens_are_skipped():
+    pool = SlotPool(4, G)
+    plan = pool.plan_step(np.array([G, -1, -1]), np.array([1]))
+    assert plan.write_rows.tolist()[1:] == [-1, -1]

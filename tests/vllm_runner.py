@@ -1,0 +1,51 @@
+"""Run one vLLM (CPU) engine in a subprocess for the end-to-end tests.
+
+    python tests/vllm_runner.py '<json>'
+JSON: {"model": path, "kv_cache_dtype": "auto"|"kvarn_...", "engine": {extra LLM kwargs},
+       "prompts": [[token ids]] | ["text"], "max_tokens": int, "ignore_eos": bool,
+       "waves": int (repeat the prompt set this many times, sequentially), "pool_stats": bool}
+Prints ``RESULT {"tokens": [[...], ...], "pool": {...} | null}`` as its last line; vLLM's own log
+(including the "KV cache size" line and the kvarn line) goes to the same output.
+"""
+
+import json
+import os
+import sys
+
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")  # collective_rpc(worker_pool_stats)
+
+
+def main(spec: dict) -> None:
+    from vllm import LLM, SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    engine = dict(
+        model=spec["model"],
+        kv_cache_dtype=spec.get("kv_cache_dtype", "auto"),
+        enforce_eager=True,
+        dtype=spec.get("dtype", "bfloat16"),
+        seed=0,
+        max_model_len=spec.get("max_model_len", 2048),
+    )
+    engine.update(spec.get("engine", {}))
+    llm = LLM(**engine)
+    prompts = [TokensPrompt(prompt_token_ids=p) if isinstance(p, list) else p for p in spec["prompts"]]
+    sp = SamplingParams(max_tokens=spec.get("max_tokens", 8), temperature=0, ignore_eos=spec.get("ignore_eos", True))
+    tokens = []
+    for _ in range(spec.get("waves", 1)):
+        if spec.get("sequential"):
+            outs = [llm.generate([p], sp, use_tqdm=False)[0] for p in prompts]
+        else:
+            outs = llm.generate(prompts, sp, use_tqdm=False)
+        tokens.extend(list(o.outputs[0].token_ids) for o in outs)
+    pool = None
+    if spec.get("pool_stats"):
+        from kvarn.vllm_plugin.pool import worker_pool_stats
+
+        pool = llm.collective_rpc(worker_pool_stats)[0]
+    print("RESULT " + json.dumps({"tokens": tokens, "pool": pool}), flush=True)
+
+
+if __name__ == "__main__":
+    main(json.loads(sys.argv[1]))
