@@ -39,8 +39,7 @@ from kvarn.config import (
     pool_bytes_per_layer,
     pool_slots,
 )
-from kvarn.reference import encode_tiles, rotate
-from kvarn.reference.paged_attention import paged_attention
+from kvarn.vllm_plugin.layer_cache import LayerCache
 from kvarn.vllm_plugin.pool import registry
 from kvarn.vllm_plugin.patches import backend_class_name
 
@@ -173,8 +172,16 @@ class KvarnMetadataBuilder(AttentionMetadataBuilder[KvarnMetadata]):
         super().__init__(kv_cache_spec, layer_names, vllm_config, device)
         self.group = kv_cache_spec.block_size
         self.num_slots = num_pool_slots(vllm_config, self.group)
+        num_blocks = getattr(vllm_config.cache_config, "num_gpu_blocks", None)
+        if num_blocks:
+            # a slot always belongs to one distinct vLLM block, so more slots than blocks never help
+            self.num_slots = min(self.num_slots, int(num_blocks))
+        keep_fp16 = os.environ.get("KVARN_DEBUG_KEEP_FP16") == "1"
+        if keep_fp16:  # debug: every block keeps an fp16 slot, nothing is quantized
+            self.num_slots = int(num_blocks)
+            logger.warning("kvarn: KVARN_DEBUG_KEEP_FP16=1: nothing is quantized (debugging only)")
         prefix_caching = bool(getattr(vllm_config.cache_config, "enable_prefix_caching", False))
-        self.pool = registry.create(self.num_slots, self.group, retire_sinks=prefix_caching)
+        self.pool = registry.create(self.num_slots, self.group, retire_sinks=prefix_caching, keep_fp16=keep_fp16)
         self._log_capacity(kv_cache_spec, layer_names, vllm_config)
 
     def _log_capacity(self, spec, layer_names, vllm_config) -> None:
@@ -185,7 +192,7 @@ class KvarnMetadataBuilder(AttentionMetadataBuilder[KvarnMetadata]):
         msg = (
             f"kvarn: {cfg.kv_cache_dtype} (numerics={cfg.numerics.name}): {cfg.bytes_per_token} B/token/KV head, "
             f"{cfg.ratio_vs(2):.2f}x smaller than bf16; fp16 sink/tail pool {self.num_slots} slots "
-            f"(2 x max_num_seqs={vllm_config.scheduler_config.max_num_seqs} + batch tiles + 8) x "
+            f"(min(2 x max_num_seqs={vllm_config.scheduler_config.max_num_seqs} + batch tiles + 8, KV blocks)) x "
             f"{len(layer_names)} layers = {pool_total / 2**20:.1f} MiB (pool_bytes={pool_total}), not included in "
             f"the KV cache size vLLM prints; at most {vllm_config.scheduler_config.max_num_seqs} concurrent sequences"
         )
@@ -263,18 +270,20 @@ class KvarnImpl(AttentionImpl[KvarnMetadata]):
         dtype_name = kv_cache_dtype if kv_cache_dtype.startswith("kvarn_") else DEFAULT_PRESET
         self.cfg = kvarn_config(dtype_name, head_size)
         self.num_slots = num_pool_slots(_vllm_config(), self.cfg.group)
-        self.pool_k: torch.Tensor | None = None
-        self.pool_v: torch.Tensor | None = None
+        self.cache: LayerCache | None = None
 
-    def _ensure_pool(self, device) -> None:
-        if self.pool_k is None or self.pool_k.device != torch.device(device):
-            shape = (self.num_slots, self.cfg.group, self.num_kv_heads, self.head_size)
-            self.pool_k = torch.zeros(shape, dtype=torch.float16, device=device)
-            self.pool_v = torch.zeros(shape, dtype=torch.float16, device=device)
+    def _layer_cache(self, device) -> LayerCache:
+        """The layer's pool, sized to the process pool's slot count (known once the builder exists)."""
+        slots = registry.pool.num_slots if registry.pool is not None else self.num_slots
+        if self.cache is None:
+            self.cache = LayerCache(self.cfg, self.num_kv_heads, slots, device)
+        else:
+            self.cache.resize(slots, device)
+        return self.cache
 
     def process_weights_after_loading(self, act_dtype: torch.dtype) -> None:
         # allocate now so the GPU memory profiler charges the pool to non-KV memory
-        self._ensure_pool(_vllm_config().device_config.device)
+        self._layer_cache(_vllm_config().device_config.device)
 
     def _records(self, kv_cache: torch.Tensor) -> torch.Tensor:
         """kv_cache [num_blocks, Hkv, G, C] uint8 -> [num_blocks, Hkv, R] view."""
@@ -300,21 +309,8 @@ class KvarnImpl(AttentionImpl[KvarnMetadata]):
         md = self._metadata(layer)
         if md is None or kv_cache.numel() == 0:
             return
-        self._ensure_pool(key.device)
-        records = self._records(kv_cache)
-        g, hkv, d = self.cfg.group, self.num_kv_heads, self.head_size
-        if md.flush_slots.numel():
-            k = self.pool_k[md.flush_slots].transpose(1, 2).reshape(-1, g, d)  # [F*Hkv, G, D]
-            v = self.pool_v[md.flush_slots].transpose(1, 2).reshape(-1, g, d)
-            recs = encode_tiles(k, v, self.cfg).view(-1, hkv, self.cfg.record_bytes)
-            records[md.flush_blocks] = recs
-        rows = md.write_rows[: key.shape[0]]
-        ok = rows >= 0
-        if ok.any():
-            pk = self.pool_k.view(-1, hkv, d)
-            pv = self.pool_v.view(-1, hkv, d)
-            pk[rows[ok]] = rotate(key[: rows.shape[0]][ok]).half()
-            pv[rows[ok]] = rotate(value[: rows.shape[0]][ok]).half()
+        cache = self._layer_cache(key.device)
+        cache.update(self._records(kv_cache), key, value, md.flush_blocks, md.flush_slots, md.write_rows)
 
     def forward(self, layer, query, key, value, kv_cache, attn_metadata, output, output_scale=None, output_block_scale=None):
         if output_scale is not None or output_block_scale is not None:
@@ -323,20 +319,10 @@ class KvarnImpl(AttentionImpl[KvarnMetadata]):
             return output
         md: KvarnMetadata = attn_metadata
         n = md.num_actual_tokens
-        self._ensure_pool(query.device)
-        out = paged_attention(
-            query[:n],
-            key[:n],
-            value[:n],
-            self._records(kv_cache),
-            self.pool_k,
-            self.pool_v,
-            md.block_to_slot,
-            md.block_table,
-            md.seq_lens,
-            md.query_start_loc_cpu,
-            self.cfg,
-            self.scale,
+        cache = self._layer_cache(query.device)
+        out = cache.attend(
+            self._records(kv_cache), query[:n], key[:n], value[:n], md.block_to_slot, md.block_table,
+            md.seq_lens, md.query_start_loc_cpu, self.scale,
         )
         output[:n] = out.reshape(output[:n].shape).to(output.dtype)
         return output

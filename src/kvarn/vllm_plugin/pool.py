@@ -44,12 +44,15 @@ class StepPlan:
 
 
 class SlotPool:
-    def __init__(self, num_slots: int, group: int, retire_sinks: bool = True, num_blocks: int = 1024):
+    def __init__(
+        self, num_slots: int, group: int, retire_sinks: bool = True, num_blocks: int = 1024, keep_fp16: bool = False
+    ):
         if num_slots < 1:
             raise ValueError("the fp16 pool needs at least one slot")
         self.num_slots = num_slots
         self.group = group
         self.retire_sinks = retire_sinks
+        self.keep_fp16 = keep_fp16  # debug: never flush (needs a slot per block); isolates quantization error
         self.block_slot = np.full(num_blocks, -1, dtype=np.int64)
         self.block_fill = np.zeros(num_blocks, dtype=np.int64)
         self.block_sink = np.zeros(num_blocks, dtype=bool)
@@ -141,7 +144,7 @@ class SlotPool:
                     self.block_fill[b] = 0
                 self.block_sink[b] = b in first
                 self.block_fill[b] = max(int(self.block_fill[b]), mo + 1)
-                if self.block_fill[b] >= g and not self.block_sink[b]:
+                if self.block_fill[b] >= g and not self.block_sink[b] and not self.keep_fp16:
                     self.pending_flush[b] = None
         used = self.num_slots - len(self.free)
         self.peak_used = max(self.peak_used, used)
@@ -162,7 +165,9 @@ class SlotPool:
             if b in self.pending_flush or b in self.retired:
                 continue
             if self.block_fill[b] >= g:
-                if self.block_sink[b] and self.retire_sinks:
+                if self.keep_fp16:
+                    self.free.append(self._free_slot_of(b))
+                elif self.block_sink[b] and self.retire_sinks:
                     self.retired[b] = None
                 else:
                     self.pending_flush[b] = None
@@ -200,9 +205,9 @@ class _Registry:
     def active(self) -> bool:
         return self.pool is not None
 
-    def create(self, num_slots: int, group: int, retire_sinks: bool) -> SlotPool:
+    def create(self, num_slots: int, group: int, retire_sinks: bool, keep_fp16: bool = False) -> SlotPool:
         if self.pool is None or (self.pool.num_slots, self.pool.group) != (num_slots, group):
-            self.pool = SlotPool(num_slots, group, retire_sinks)
+            self.pool = SlotPool(num_slots, group, retire_sinks, keep_fp16=keep_fp16)
         return self.pool
 
     def release(self, block_ids_per_group) -> None:

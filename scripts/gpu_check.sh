@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# One command on a CUDA host: kvarn kernel tests, then the write-path and decode-attention
+# microbenchmarks. Logs and JSON go to $OUT (the device tool's output folder) or ./gpu_results.
+#   bash scripts/gpu_check.sh            # tests + benchmarks (~5-8 min on an H200)
+#   QUICK=1 bash scripts/gpu_check.sh    # tests + a reduced decode grid
+#   SWEEP=1 bash scripts/gpu_check.sh    # also the block_n / num_warps / split sweep
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-gpu_results}"
+mkdir -p "$OUT"
+PY="${PYTHON:-python3}"
+export PYTHONPATH="$PWD/src:$PWD/benchmarks/gpu${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv | tee "$OUT/device.txt"
+$PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/device.txt"
+
+$PY -m pytest tests/gpu -m gpu -q -rs -p no:cacheprovider 2>&1 | tee "$OUT/tests.log"
+rc_tests=${PIPESTATUS[0]}
+
+$PY benchmarks/gpu/bench_write.py --json "$OUT/bench_write.json" 2>&1 | tee "$OUT/bench_write.log"
+rc_write=${PIPESTATUS[0]}
+
+args=()
+if [ "${QUICK:-0}" = 1 ]; then args+=(--batches 1 32 256 --contexts 2048 32768); fi
+if [ "${SWEEP:-0}" = 1 ]; then args+=(--sweep); fi
+$PY benchmarks/gpu/bench_decode.py --json "$OUT/bench_decode.json" "${args[@]}" 2>&1 | tee "$OUT/bench_decode.log"
+rc_decode=${PIPESTATUS[0]}
+
+echo "gpu_check: tests rc=$rc_tests bench_write rc=$rc_write bench_decode rc=$rc_decode"
+[ "$rc_tests" = 0 ] && [ "$rc_write" = 0 ] && [ "$rc_decode" = 0 ]

@@ -1,0 +1,75 @@
+"""Per-layer cache state and step logic of the kvarn backend, free of vLLM imports (unit-tested).
+
+One :class:`LayerCache` per attention layer holds the fp16 pool ``pool_k/pool_v [num_slots, G,
+Hkv, D]`` (rotated rows). Each step, given the shared :class:`~kvarn.vllm_plugin.pool.StepPlan`:
+  1. :meth:`update`: flush planned tiles (pool slot -> encode -> record), then write the new
+     tokens' rotated K/V into their pool rows (flush first, so a slot freed by a flush can be reused
+     in the same step);
+  2. :meth:`attend`: causal GQA attention, context from the cache, new tokens losslessly.
+records: uint8 [num_blocks, Hkv, R] (the vLLM page, one tile record per (block, KV head)).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from kvarn.config import KvarnConfig
+from kvarn.reference import encode_tiles, rotate
+from kvarn.reference.paged_attention import paged_attention
+
+
+class LayerCache:
+    def __init__(self, cfg: KvarnConfig, num_kv_heads: int, num_slots: int, device="cpu"):
+        self.cfg = cfg
+        self.num_kv_heads = num_kv_heads
+        self.num_slots = num_slots
+        self.device = torch.device(device)
+        shape = (num_slots, cfg.group, num_kv_heads, cfg.head_dim)
+        self.pool_k = torch.zeros(shape, dtype=torch.float16, device=self.device)
+        self.pool_v = torch.zeros(shape, dtype=torch.float16, device=self.device)
+
+    def resize(self, num_slots: int, device=None) -> None:
+        device = torch.device(device) if device is not None else self.device
+        if num_slots != self.num_slots or device != self.device:
+            self.__init__(self.cfg, self.num_kv_heads, num_slots, device)
+
+    def update(
+        self,
+        records: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        flush_blocks: torch.Tensor,
+        flush_slots: torch.Tensor,
+        write_rows: torch.Tensor,
+    ) -> None:
+        """records [num_blocks, Hkv, R] uint8; key/value [T, Hkv, D] (original frame; T may include
+        padding beyond len(write_rows)); flush_* [F]; write_rows [T'] (-1 = skip)."""
+        g, hkv, d = self.cfg.group, self.num_kv_heads, self.cfg.head_dim
+        if flush_slots.numel():
+            k = self.pool_k[flush_slots].transpose(1, 2).reshape(-1, g, d)  # [F*Hkv, G, D]
+            v = self.pool_v[flush_slots].transpose(1, 2).reshape(-1, g, d)
+            records[flush_blocks] = encode_tiles(k, v, self.cfg).view(-1, hkv, self.cfg.record_bytes)
+        n = write_rows.shape[0]
+        ok = write_rows >= 0
+        if n and bool(ok.any()):
+            rows = write_rows[ok]
+            self.pool_k.view(-1, hkv, d)[rows] = rotate(key[:n][ok]).half()
+            self.pool_v.view(-1, hkv, d)[rows] = rotate(value[:n][ok]).half()
+
+    def attend(
+        self,
+        records: torch.Tensor,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        block_to_slot: torch.Tensor,
+        block_table: torch.Tensor,
+        seq_lens: torch.Tensor,
+        query_start_loc_cpu: torch.Tensor,
+        scale: float,
+    ) -> torch.Tensor:
+        """fp32 [T, Hq, D] for query [T, Hq, D] (T = real tokens)."""
+        return paged_attention(
+            query, key, value, records, self.pool_k, self.pool_v, block_to_slot, block_table,
+            seq_lens, query_start_loc_cpu, self.cfg, scale,
+        )
