@@ -38,6 +38,9 @@ class Numerics:
         -0.3 clamp a tile of RMS << 0.74 is otherwise only rescaled uniformly).
     clip_ratios: candidate shrink factors of each row's [min, max] range for round-to-nearest; the
         one with the lowest row MSE wins (fixes flaw 2). ``(1.0,)`` is the reference: full range.
+    clip_max_bits: the clip search runs only for tensors quantized to at most this many bits
+        (2-bit values and keys); 4-bit rows keep their full range, since clipping a rare large
+        4-bit key cost attention-probability cosine in `kvarn fidelity`.
     """
 
     name: str
@@ -46,18 +49,25 @@ class Numerics:
     std_clamp: tuple[float, float] = (1e-3, 1e3)
     prescale_rms: bool = False
     clip_ratios: tuple[float, ...] = (1.0,)
+    clip_max_bits: int = 2
 
     def __post_init__(self) -> None:
         if self.iters < 0:
             raise ValueError(f"iters must be >= 0, got {self.iters}")
         if not self.clip_ratios or any(not (0.0 < r <= 1.0) for r in self.clip_ratios):
             raise ValueError(f"clip_ratios must be in (0, 1], got {self.clip_ratios}")
+        if self.clip_ratios[0] != 1.0:
+            raise ValueError("clip_ratios must start with 1.0 (the full range), so ties keep it")
+
+    def clip_ratios_for(self, bits: int) -> tuple[float, ...]:
+        """The clip candidates used for a tensor of ``bits`` bits."""
+        return self.clip_ratios if bits <= self.clip_max_bits else (1.0,)
 
 
 NUMERICS = {
     # The upstream numerics, copied exactly (method.md §5 item 4).
     "reference": Numerics(name="reference"),
-    # Same bytes, fixes flaws 1 and 2: RMS prescale, then per-row MSE-optimal range clipping.
+    # Same bytes, fixes flaws 1 and 2: RMS prescale, then per-row MSE-optimal range clipping at 2 bits.
     "improved": Numerics(
         name="improved",
         prescale_rms=True,

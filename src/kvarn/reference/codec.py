@@ -31,7 +31,7 @@ def _check_finite(name: str, x: torch.Tensor) -> None:
 def _quantize_tile(m: torch.Tensor, bits: int, cfg: KvarnConfig):
     """m [N, R, C] -> (codes [N, R, C], row_scale fp16 [N, R], row_zero fp16 [N, R], col_scale fp16 [N, C])."""
     balanced, col, row = balance(m, cfg.numerics)
-    codes, step, lo = rtn(balanced, bits, cfg.numerics.clip_ratios)
+    codes, step, lo = rtn(balanced, bits, cfg.numerics.clip_ratios_for(bits))
     return codes, (row * step).half(), (row * lo).half(), col.half()
 
 

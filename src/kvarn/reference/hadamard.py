@@ -25,10 +25,15 @@ def _sylvester(d: int) -> torch.Tensor:
 
 def hadamard_matrix(d: int, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
     """[d, d] normalized Sylvester Hadamard matrix (no random signs, no permutation)."""
+    return _cached(d, dtype, torch.device(device) if device is not None else torch.device("cpu")).clone()
+
+
+@functools.lru_cache(maxsize=64)
+def _cached(d: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     return _sylvester(d).to(dtype=dtype, device=device)
 
 
 def rotate(x: torch.Tensor) -> torch.Tensor:
     """x [..., D] -> x @ H_D in fp32 (also the inverse, since H is an involution)."""
-    h = hadamard_matrix(x.shape[-1], torch.float32, x.device)
-    return x.float() @ h
+    dev = x.device
+    return x.float() @ _cached(x.shape[-1], torch.float32, dev)

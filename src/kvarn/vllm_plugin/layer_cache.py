@@ -7,6 +7,9 @@ Hkv, D]`` (rotated rows). Each step, given the shared :class:`~kvarn.vllm_plugin
      in the same step);
   2. :meth:`attend`: causal GQA attention, context from the cache, new tokens losslessly.
 records: uint8 [num_blocks, Hkv, R] (the vLLM page, one tile record per (block, KV head)).
+
+On CUDA the step uses the Triton kernels of :mod:`kvarn.kernels` (flush, rotate-append, fused decode
+attention for decode-only batches); other batches and the CPU run the pure-PyTorch reference.
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ from kvarn.reference.paged_attention import paged_attention
 
 
 class LayerCache:
-    def __init__(self, cfg: KvarnConfig, num_kv_heads: int, num_slots: int, device="cpu"):
+    def __init__(self, cfg: KvarnConfig, num_kv_heads: int, num_slots: int, device="cpu", use_kernels=None):
+        """use_kernels: run the Triton kernels (default: on CUDA; True on CPU needs TRITON_INTERPRET=1)."""
+        self.use_kernels = use_kernels
         self.cfg = cfg
         self.num_kv_heads = num_kv_heads
         self.num_slots = num_slots
@@ -31,7 +36,10 @@ class LayerCache:
     def resize(self, num_slots: int, device=None) -> None:
         device = torch.device(device) if device is not None else self.device
         if num_slots != self.num_slots or device != self.device:
-            self.__init__(self.cfg, self.num_kv_heads, num_slots, device)
+            self.__init__(self.cfg, self.num_kv_heads, num_slots, device, self.use_kernels)
+
+    def _kernels(self, t: torch.Tensor) -> bool:
+        return t.is_cuda if self.use_kernels is None else self.use_kernels
 
     def update(
         self,
@@ -45,6 +53,16 @@ class LayerCache:
         """records [num_blocks, Hkv, R] uint8; key/value [T, Hkv, D] (original frame; T may include
         padding beyond len(write_rows)); flush_* [F]; write_rows [T'] (-1 = skip)."""
         g, hkv, d = self.cfg.group, self.num_kv_heads, self.cfg.head_dim
+        if self._kernels(records):
+            from kvarn.kernels import flush_tiles, rotate_append
+
+            if flush_slots.numel():
+                flush_tiles(self.pool_k, self.pool_v, records, flush_slots.to(torch.int32),
+                            flush_blocks.to(torch.int32), self.cfg)
+            n = write_rows.shape[0]
+            if n:
+                rotate_append(key[:n], value[:n], self.pool_k, self.pool_v, None, write_rows, g)
+            return
         if flush_slots.numel():
             k = self.pool_k[flush_slots].transpose(1, 2).reshape(-1, g, d)  # [F*Hkv, G, D]
             v = self.pool_v[flush_slots].transpose(1, 2).reshape(-1, g, d)
@@ -68,7 +86,14 @@ class LayerCache:
         query_start_loc_cpu: torch.Tensor,
         scale: float,
     ) -> torch.Tensor:
-        """fp32 [T, Hq, D] for query [T, Hq, D] (T = real tokens)."""
+        """[T, Hq, D] for query [T, Hq, D] (T = real tokens); fp32 on the reference path."""
+        if self._kernels(records) and query.shape[0] == seq_lens.shape[0]:  # decode-only batch: fused kernel
+            from kvarn.kernels import kvarn_decode_attention
+
+            return kvarn_decode_attention(
+                query, records, self.pool_k, self.pool_v, block_to_slot.to(torch.int32),
+                block_table.to(torch.int32), seq_lens.to(torch.int32), scale, self.cfg,
+            )
         return paged_attention(
             query, key, value, records, self.pool_k, self.pool_v, block_to_slot, block_table,
             seq_lens, query_start_loc_cpu, self.cfg, scale,

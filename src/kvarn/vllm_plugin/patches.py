@@ -29,6 +29,10 @@ PATCH_TARGETS = (
     ("vllm.engine.arg_utils", "EngineArgs.create_engine_config"),  # 3: startup validation
     ("vllm.v1.worker.gpu_model_runner", "GPUModelRunner._update_states"),  # 4: pool reclaim
 )
+# only where AttentionBackend has no customize_spec (0.23 / 0.26)
+PATCH_TARGETS_NO_CUSTOMIZE_SPEC = (
+    ("vllm.model_executor.layers.attention.attention", "Attention.get_kv_cache_spec"),  # 5: page size
+)
 
 
 def backend_class_path(preset: str) -> str:
@@ -186,6 +190,10 @@ def patch_runner_release() -> None:
         if registry.active():
             gone = set(scheduler_output.finished_req_ids)
             gone |= set(getattr(scheduler_output, "preempted_req_ids", None) or ())
+            # versions without preempted_req_ids: a resumed request still holds its pre-preemption
+            # block ids here (the original call replaces them); vLLM freed those blocks already
+            cached = getattr(scheduler_output, "scheduled_cached_reqs", None)
+            gone |= set(getattr(cached, "resumed_req_ids", None) or ())
             for req_id in gone:
                 state = self.requests.get(req_id)
                 if state is not None:
@@ -196,9 +204,44 @@ def patch_runner_release() -> None:
     GPUModelRunner._update_states = _update_states
 
 
+# ---------------------------------------------------------------------------------------------
+# 5. Page size on 0.23 / 0.26 (no customize_spec there). Why: the engine core sizes pages from the
+#    layer's spec before the backend is asked for a shape; without this the pages stay bf16-sized.
+# ---------------------------------------------------------------------------------------------
+def patch_page_size_without_customize_spec() -> None:
+    from vllm.v1.attention.backend import AttentionBackend
+
+    if "customize_spec" in vars(AttentionBackend):
+        return  # cpu-0.32 / 0.33: KvarnBackend.customize_spec is called by vLLM itself
+    from vllm.model_executor.layers.attention.attention import Attention
+    from vllm.v1.kv_cache_interface import FullAttentionSpec
+
+    original = Attention.get_kv_cache_spec
+    if getattr(original, "_kvarn_wrapped", False):
+        return
+
+    @functools.wraps(original)
+    def get_kv_cache_spec(self, vllm_config, *args, **kwargs):
+        spec = original(self, vllm_config, *args, **kwargs)
+        backend = getattr(self, "attn_backend", None)
+        if type(spec) is FullAttentionSpec and getattr(backend, "__module__", "") == BACKEND_MODULE:
+            import torch
+
+            from kvarn.vllm_plugin.spec_v026 import KvarnFullAttentionSpec
+
+            cell = backend.config(spec.head_size).bytes_per_token
+            fields = {f: getattr(spec, f) for f in spec.__dataclass_fields__ if f != "dtype"}
+            spec = KvarnFullAttentionSpec(**fields, dtype=torch.uint8, kvarn_cell_bytes=cell)
+        return spec
+
+    get_kv_cache_spec._kvarn_wrapped = True  # type: ignore[attr-defined]
+    Attention.get_kv_cache_spec = get_kv_cache_spec
+
+
 def apply_all() -> None:
     patch_dtype_strings()
     register_custom_backend()
     patch_backend_selection()
     patch_engine_args()
     patch_runner_release()
+    patch_page_size_without_customize_spec()

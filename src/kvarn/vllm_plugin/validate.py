@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import os
+
 from kvarn.config import KvarnConfig
 
 
@@ -17,6 +19,9 @@ def prepare_engine_args(args) -> None:
     """args: vllm EngineArgs with a kvarn kv_cache_dtype. Sets block_size to the preset's tile
     length when omitted; refuses a different one."""
     cfg = KvarnConfig.from_name(args.kv_cache_dtype)
+    # The pool is released through the V1 runner's _update_states (patches.py, patch 4); vLLM 0.26
+    # defaults dense models to the V2 runner, which that hook does not cover.
+    os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")
     if args.block_size is None:
         args.block_size = cfg.group
     elif int(args.block_size) != cfg.group:
