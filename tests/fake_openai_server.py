@@ -6,7 +6,8 @@ streaming /v1/completions with usage and logprobs.
 
 Timing of one request (all sleeps are exact targets; the OS adds ~1 ms of jitter):
     wait for KV admission (see below), then TTFT = ttft_ms, then one chunk per token every itl_ms.
-    A request body may override them with ``fake_ttft_ms`` / ``fake_itl_ms``.
+    A request may override them with body fields ``fake_ttft_ms`` / ``fake_itl_ms`` or with the same
+    words in its prompt (``fake_ttft_ms=120 fake_itl_ms=15``), so one workload can mix timings.
 Tokens: output token i is text " w{i}" (id 1000+i), logprob -0.5; with ``--diverge-at K`` a non-bf16
 KV dtype emits id 5000+i from position K on and logprob -0.6 everywhere (so the quality code sees a
 known first divergence and a known mean logprob difference of -0.1).
@@ -49,6 +50,11 @@ class FakeConfig:
     def capacity(self) -> int:
         mult = 4 if self.kv_cache_dtype.startswith("kvarn_") else 2 if self.kv_cache_dtype.startswith("fp8") else 1
         return self.capacity_tokens * mult
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 256  # the default backlog of 5 drops bursts of connections
 
 
 class FakeState:
@@ -129,8 +135,9 @@ def make_handler(state: FakeState):
             prompt = body.get("prompt", "")
             n_prompt = len(prompt.split()) if isinstance(prompt, str) else len(prompt)
             n_out = int(body.get("max_tokens", 16))
-            ttft = float(body.get("fake_ttft_ms", cfg.ttft_ms)) / 1000.0
-            itl = float(body.get("fake_itl_ms", cfg.itl_ms)) / 1000.0
+            words = dict(w.split("=", 1) for w in str(prompt).split() if w.startswith("fake_") and "=" in w)
+            ttft = float(body.get("fake_ttft_ms", words.get("fake_ttft_ms", cfg.ttft_ms))) / 1000.0
+            itl = float(body.get("fake_itl_ms", words.get("fake_itl_ms", cfg.itl_ms))) / 1000.0
             if cfg.quantized:
                 itl *= cfg.itl_factor_quant
             want_lp = body.get("logprobs") is not None
@@ -169,8 +176,7 @@ def make_handler(state: FakeState):
 
 def start_in_thread(cfg: FakeConfig, port: int = 0) -> tuple[ThreadingHTTPServer, str]:
     """Serve in a daemon thread; returns (server, base_url). Stop with ``server.shutdown()``."""
-    srv = ThreadingHTTPServer(("127.0.0.1", port), make_handler(FakeState(cfg)))
-    srv.daemon_threads = True
+    srv = _Server(("127.0.0.1", port), make_handler(FakeState(cfg)))
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     return srv, f"http://127.0.0.1:{srv.server_address[1]}"
 
@@ -198,10 +204,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.fail_dtype and args.fail_dtype == args.kv_cache_dtype:
         print("ERROR torch.OutOfMemoryError: CUDA out of memory (fake)", file=sys.stderr, flush=True)
         return 1
+    if cfg.kv_cache_dtype.startswith("kvarn_"):
+        print("WARNING kvarn: fp16 sink/tail pool 8 slots = 1.0 MiB (pool_bytes=1048576), not included", flush=True)
     print(f"INFO [kv_cache_utils.py:2328] CPU KV cache size: {cfg.capacity:,} tokens, "
           f"Maximum concurrency for 4,096 tokens per request: {cfg.capacity / 4096:.2f}x", flush=True)
-    srv = ThreadingHTTPServer((args.host, args.port), make_handler(FakeState(cfg)))
-    srv.daemon_threads = True
+    srv = _Server((args.host, args.port), make_handler(FakeState(cfg)))
     print(f"INFO Uvicorn running on http://{args.host}:{args.port}", flush=True)
     try:
         srv.serve_forever()

@@ -37,6 +37,8 @@ def test_format_names_and_bits():
     assert f.bits_per_element == pytest.approx(3.375) and f.tile == 128 and f.sink and f.fp16_tail
     assert make_format("kvarn_k4v2_g128@reference", 64).bits_per_element == pytest.approx(3.5625)
     assert make_format("int4_per_token_head", 128).bits_per_element == pytest.approx(4.25)
+    assert make_format("kivi2", 128).bits_per_element == pytest.approx(2.25)
+    assert make_format("fp8_e4m3", 64).bits_per_element == 8.0
     assert resolve_names("k4v2_g128,fp8_e4m3", 128) == [
         "bf16", "kvarn_k4v2_g128@reference", "kvarn_k4v2_g128@improved", "fp8_e4m3"]
     with pytest.raises(ValueError, match="valid"):

@@ -241,10 +241,8 @@ def _patch_config(path: Path) -> None:
     cfg = json.loads(path.read_text())
     cfg.pop("quantization_config", None)
     for c in (cfg, cfg.get("text_config") or {}):
-        if "rope_theta" in c:
-            continue
         rp = c.get("rope_parameters") or c.get("rope_scaling") or {}
-        theta = rp.get("rope_theta")
+        theta = c.get("rope_theta", rp.get("rope_theta"))
         if theta is None:  # per-layer-type dict (gemma3: full_attention / sliding_attention)
             full = rp.get("full_attention") or {}
             theta = full.get("rope_theta")
@@ -255,6 +253,9 @@ def _patch_config(path: Path) -> None:
                         break
         if theta is not None:
             c["rope_theta"] = theta
+        local = (rp.get("sliding_attention") or {}).get("rope_theta")
+        if local is not None and "rope_local_base_freq" not in c:  # gemma3 sliding layers, transformers-4 name
+            c["rope_local_base_freq"] = local
     path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 
 

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-import httpx
+from kvarn.bench._http import httpx
 
 from kvarn.bench.workloads import Session, Workload
 

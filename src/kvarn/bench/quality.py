@@ -10,7 +10,8 @@ Against the baseline outputs b and an arm's outputs a (token-id sequences):
 * token_agreement        = mean over prompts of d / len(b) (the agreeing greedy prefix fraction)
 * mean_logprob_diff      = mean over positions < d of (logprob_a - logprob_b) of the chosen token
   (same token on both sides, so this is the drift of the model's confidence; negative = less sure);
-  ``mean_abs_logprob_diff`` is the mean of |.|. None when the server returned no logprobs.
+  ``mean_abs_logprob_diff`` is the mean of |.|. None when the server returned no logprobs (then
+  sequences are compared character by character).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import random
 
-import httpx
+from kvarn.bench._http import httpx
 
 from kvarn.bench.client import RequestResult, completion_body, stream_completion
 from kvarn.bench.workloads import TextSource
@@ -49,11 +50,9 @@ def collect_outputs(base_url: str, model: str, prompts: list[str], max_tokens: i
 
 
 def first_divergence(a: list, b: list) -> int:
+    """First index where the sequences differ (the shorter length when one is a prefix of the other)."""
     n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n if len(a) == len(b) else n
+    return next((i for i in range(n) if a[i] != b[i]), n)
 
 
 def compare_outputs(arm: list[dict], base: list[dict]) -> dict:

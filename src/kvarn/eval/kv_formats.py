@@ -6,8 +6,8 @@ A :class:`KVFormat` says what attention reads back for a sequence's keys and val
   ``T`` a multiple of ``tile`` tokens, all of them *complete* quantization units; returns the
   dequantized ``(k_hat, v_hat)`` fp32, same shape. Units are independent, so a sequence can be
   quantized incrementally, one completed unit at a time.
-* ``tile`` -- tokens per quantization unit (kvarn: G; per-token formats: 1; KIVI: its residual length).
-* ``sink`` -- the first unit is never quantized (kvarn: block 0 stays fp16).
+* ``tile`` -- tokens per quantization unit (kvarn and KIVI: G = 128 or 64; per-token formats: 1).
+* ``sink`` -- the first unit is never quantized (kvarn, KIVI: block 0 stays fp16).
 * ``fp16_tail`` -- a unit still filling is read back as fp16 (kvarn/KIVI keep the tail in an fp16
   pool); when False, each token is quantized the moment it is written and read back quantized, its
   own step included (fp8, int4 per token-head).
@@ -32,9 +32,8 @@ import torch
 from kvarn.config import NUMERICS, PRESETS, KvarnConfig
 
 BASELINES = ("fp8_e4m3", "int4_per_token_head", "kivi2")
-# KIVI-2 (method.md 3.5): 2-bit keys per channel / values per token, group 32, fp16 residual window.
-KIVI_GROUP = 32
-KIVI_RESIDUAL = 128
+# KIVI-2 as kvarn.reference.baselines implements it: K per channel over 128-token groups, fp16 sink + tail.
+KIVI_GROUP = 128
 
 
 @dataclass(frozen=True)
@@ -104,41 +103,36 @@ def _kvarn_format(preset: str, numerics: str, head_dim: int) -> KVFormat:
 
 
 def baseline_bits(name: str, head_dim: int) -> float:
-    """Bits per element (K and V, scales included) of a baseline at its byte budget.
+    """Bits per element (K and V, scales included) of a baseline at its byte budget
+    (:func:`kvarn.reference.baselines.baseline_bits_per_element`; KIVI at group 128)."""
+    if name not in BASELINES:
+        raise ValueError(f"unknown baseline {name!r}; valid: {', '.join(BASELINES)}")
+    from kvarn.reference.baselines import baseline_bits_per_element
 
-    fp8_e4m3: 8 (one per-tensor scale). int4_per_token_head: 4 + a 4-byte scale per token per head
-    (vLLM's inline scales). kivi2: 2 + fp16 scale and zero per group of 32 (K per channel, V per token);
-    the fp16 residual window of <= 128 tokens per sequence is not counted (it does not scale with context).
-    """
-    if name == "fp8_e4m3":
-        return 8.0
-    if name == "int4_per_token_head":
-        return 4.0 + 32.0 / head_dim
-    if name == "kivi2":
-        return 2.0 + 2 * 16.0 / KIVI_GROUP
-    raise ValueError(f"unknown baseline {name!r}; valid: {', '.join(BASELINES)}")
+    return baseline_bits_per_element(name, head_dim, group=KIVI_GROUP)
 
 
 def _baseline_format(name: str, head_dim: int) -> KVFormat:
+    from kvarn.reference.baselines import fake_quant
+
     def fn(k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        try:
-            from kvarn.reference.baselines import fake_quant
-        except ImportError as e:  # pragma: no cover - depends on another module landing
-            raise RuntimeError(f"baseline {name} needs kvarn.reference.baselines.fake_quant: {e}") from e
-        kh, vh = fake_quant(name, k, v)
+        kh, vh = fake_quant(name, k, v, group=KIVI_GROUP, keep_sink=False)
         return kh.float(), vh.float()
 
     per_token = name != "kivi2"
+    desc = {
+        "fp8_e4m3": "per-token write, one per-tensor scale = amax of the K (V) block written at once",
+        "int4_per_token_head": "vLLM int4_per_token_head (RHT + 4-bit RTN, fp32 scale per token-head)",
+        "kivi2": f"2-bit K per channel over {KIVI_GROUP}-token groups, V per token; fp16 sink and tail like kvarn",
+    }[name]
     return KVFormat(
         name=name,
         bits_per_element=baseline_bits(name, head_dim),
-        tile=1 if per_token else KIVI_RESIDUAL,
-        sink=False,
+        tile=1 if per_token else KIVI_GROUP,
+        sink=not per_token,
         fp16_tail=not per_token,
         quantize_fn=fn,
-        description=(
-            "per-token, quantized on write" if per_token else f"fp16 residual of {KIVI_RESIDUAL} tokens, group {KIVI_GROUP}"
-        ),
+        description=desc,
     )
 
 

@@ -7,14 +7,20 @@ the kernels compile one specialization per (preset, head_dim).
 from __future__ import annotations
 
 import functools
+import os
 import math
 
 import torch
+import triton
+import triton.language as tl
 
 from kvarn.config import KvarnConfig
 from kvarn.reference.hadamard import hadamard_matrix
 
 LOG2E = 1.4426950408889634
+# Triton's CPU interpreter (TRITON_INTERPRET=1) mis-computes bf16 tl.dot: kernels then upcast
+# bf16 dot operands to fp32 (exact for the +-1 / probability operands used here).
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 POOL_DTYPES = (torch.float16, torch.bfloat16)
 ACT_DTYPES = (torch.float16, torch.bfloat16)
 
@@ -85,3 +91,11 @@ def check_cache(kv_cache: torch.Tensor, pool_k: torch.Tensor, pool_v: torch.Tens
     devs = {t.device for t in (kv_cache, pool_k, pool_v, block_to_slot)}
     check(len(devs) == 1, f"all cache tensors must be on one device, got {devs}")
     return nb, hk
+
+
+@triton.jit
+def dot_bf16_safe(a, b, acc, UPCAST: tl.constexpr):
+    """tl.dot(a, b, acc); with UPCAST (interpreter + bf16) the operands go through fp32."""
+    if UPCAST:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc)
+    return tl.dot(a, b, acc)

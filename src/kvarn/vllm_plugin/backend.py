@@ -181,7 +181,10 @@ class KvarnMetadataBuilder(AttentionMetadataBuilder[KvarnMetadata]):
             self.num_slots = int(num_blocks)
             logger.warning("kvarn: KVARN_DEBUG_KEEP_FP16=1: nothing is quantized (debugging only)")
         prefix_caching = bool(getattr(vllm_config.cache_config, "enable_prefix_caching", False))
-        self.pool = registry.create(self.num_slots, self.group, retire_sinks=prefix_caching, keep_fp16=keep_fp16)
+        # block_to_slot covers every block id (the fused decode kernel indexes it directly)
+        self.pool = registry.create(
+            self.num_slots, self.group, retire_sinks=prefix_caching, keep_fp16=keep_fp16, num_blocks=int(num_blocks or 1024)
+        )
         self._log_capacity(kv_cache_spec, layer_names, vllm_config)
 
     def _log_capacity(self, spec, layer_names, vllm_config) -> None:

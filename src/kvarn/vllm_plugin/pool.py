@@ -205,9 +205,13 @@ class _Registry:
     def active(self) -> bool:
         return self.pool is not None
 
-    def create(self, num_slots: int, group: int, retire_sinks: bool, keep_fp16: bool = False) -> SlotPool:
+    def create(
+        self, num_slots: int, group: int, retire_sinks: bool, keep_fp16: bool = False, num_blocks: int = 1024
+    ) -> SlotPool:
         if self.pool is None or (self.pool.num_slots, self.pool.group) != (num_slots, group):
-            self.pool = SlotPool(num_slots, group, retire_sinks, keep_fp16=keep_fp16)
+            self.pool = SlotPool(num_slots, group, retire_sinks, num_blocks=num_blocks, keep_fp16=keep_fp16)
+        else:  # a builder made before the KV cache was sized (CUDA-graph profiling) saw fewer blocks
+            self.pool._grow(num_blocks - 1)
         return self.pool
 
     def release(self, block_ids_per_group) -> None:

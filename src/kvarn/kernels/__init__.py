@@ -1,0 +1,26 @@
+"""Triton kernels of kvarn's GPU path (import triton; never vllm).
+
+  rotate_append    rotate incoming K/V by H_D and write them into the fp16 pool by slot mapping
+  flush            balance + RTN + pack complete pool tiles into uint8 records (bit layout of kvarn.config);
+                   flush_tiles_layers: all layers' tiles of a step in one launch
+  decode_attention fused paged decode over packed tiles + pool rows (GQA, online softmax, split-K)
+  prefill          multi-query (chunked-prefill continuation, spec verify) as per-token decode rows
+
+Each launcher validates shapes/dtypes/strides and raises ValueError listing what it expects.
+Every kernel is checked against kvarn.reference in tests/gpu/test_kernels_*.py.
+"""
+
+from kvarn.kernels.decode_attention import choose_num_splits, kvarn_decode_attention
+from kvarn.kernels.flush import encode_tiles_triton, flush_tiles, flush_tiles_layers
+from kvarn.kernels.prefill import kvarn_multiquery_attention
+from kvarn.kernels.rotate_append import rotate_append
+
+__all__ = [
+    "kvarn_decode_attention",
+    "kvarn_multiquery_attention",
+    "choose_num_splits",
+    "flush_tiles",
+    "flush_tiles_layers",
+    "encode_tiles_triton",
+    "rotate_append",
+]

@@ -1,0 +1,134 @@
+"""Fused paged decode attention over a kvarn cache (packed tiles + fp16 pool rows): the launcher.
+
+q [B, Hq, D] is rotated (q H, fp32, times scale * log2 e) here; the Triton program
+(decode_kernel.py) walks each request's tiles, reading records (dequantized in registers, never
+materialized) and fp16 pool rows (sink, tail, unflushed blocks), with an fp32 online softmax and
+GQA (all query heads of a KV head in one program). Split-K (flash-decoding) is chosen from static
+shapes when B*Hk programs would leave SMs idle: each split writes its unnormalized accumulator,
+max and sum, and _combine_kernel merges them (log-sum-exp). The output is un-rotated (o_rot H)
+and cast to q's dtype. All launches are CUDA-graph safe (no host sync, shapes only).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from kvarn.config import KvarnConfig
+from kvarn.kernels._common import ACT_DTYPES, INTERPRET, LOG2E, check, check_cache, hadamard, layout_constexprs
+from kvarn.kernels.decode_kernel import _kvarn_decode_kernel
+
+
+@triton.jit
+def _combine_kernel(part_ptr, ml_ptr, o_ptr, S, SP: tl.constexpr, D: tl.constexpr):
+    """Merge S split partials of one (b, hq): part [.., S, D] fp32 (unnormalized), ml [.., S, 2]."""
+    row = tl.program_id(0)
+    s = tl.arange(0, SP)
+    d = tl.arange(0, D)
+    sm = s < S
+    m = tl.load(ml_ptr + (row * S + s) * 2, mask=sm, other=float("-inf"))
+    l = tl.load(ml_ptr + (row * S + s) * 2 + 1, mask=sm, other=0.0)
+    mx = tl.max(m, 0)
+    w = tl.where(m > float("-inf"), tl.exp2(m - mx), 0.0)
+    acc = tl.load(part_ptr + (row * S + s)[:, None] * D + d[None, :], mask=sm[:, None], other=0.0)
+    o = tl.sum(acc * w[:, None], 0) / tl.sum(l * w, 0)
+    tl.store(o_ptr + row * D + d, o)
+
+
+def num_sms(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 132
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def choose_num_splits(batch: int, num_kv_heads: int, max_blocks: int, sms: int, target_waves: float = 8.0,
+                      min_tiles_per_split: int = 4) -> int:
+    """Split-K factor from static shapes only (CUDA-graph safe): split until B*Hk*S programs fill
+    ``target_waves`` x the SM count, keeping >= ``min_tiles_per_split`` tiles per split.
+    target_waves 8 from the H200 sweep (docs/gpu.md): B=1/32K best at S=64, B=8/32K at S=16,
+    B=32/8K at S=4 (4 programs of 4 warps fit an SM at maxnreg 128)."""
+    base = batch * num_kv_heads
+    want = -(-int(target_waves * sms) // base)
+    s = max(1, min(want, max_blocks // min_tiles_per_split))
+    tps = -(-max_blocks // s)
+    return -(-max_blocks // tps)
+
+
+def kvarn_decode_attention(
+    q: torch.Tensor, kv_cache: torch.Tensor, pool_k: torch.Tensor, pool_v: torch.Tensor,
+    block_to_slot: torch.Tensor, block_table: torch.Tensor, seq_lens: torch.Tensor, scale: float,
+    cfg: KvarnConfig, num_splits: int | None = None, block_n: int | None = None, num_warps: int = 4,
+    pool_scale: tuple[float, float] = (1.0, 1.0), out: torch.Tensor | None = None,
+    num_stages: int | None = None, maxnreg: int | None = 128, all_pool: bool = False,
+) -> torch.Tensor:
+    """Decode attention of one layer: q [B, Hq, D] (original frame, bf16/fp16) -> [B, Hq, D] in q.dtype.
+
+    kv_cache uint8 [NB, Hk, R]; pool_k/pool_v [slots, G, Hk, D] rotated rows (fp16/bf16, or fp8
+    with ``pool_scale``); block_to_slot int32 [NB] (-1 = record); block_table int32 [B, M];
+    seq_lens int32 [B] (>= 1, including the current token, already in the cache).
+    num_splits None = automatic (split-K when B*Hk leaves SMs idle and the table is long).
+    Tuning (defaults = fastest in the H200 sweep): block_n = G (tokens per step), num_warps 4,
+    num_stages 1 (records) / 2 (all_pool), maxnreg 128 (records; None = compiler's choice).
+    all_pool=True: every block is a pool slot (fp16/bf16/fp8
+    cache without records, the benchmark baselines); fp8 pools require it.
+    """
+    check(q.dim() == 3 and q.shape[2] == cfg.head_dim,
+          f"q must be [B, Hq, {cfg.head_dim}], got {tuple(q.shape)}")
+    check(q.dtype in ACT_DTYPES or q.dtype == torch.float32, f"q dtype must be fp16/bf16/fp32, got {q.dtype}")
+    fp8 = pool_k.dtype in (torch.float8_e4m3fn, torch.float8_e5m2)
+    check(not fp8 or all_pool, "fp8 pools are only supported with all_pool=True (baseline path)")
+    if fp8:  # baseline path: the whole cache lives in an fp8 pool
+        check(kv_cache.dim() == 3 and kv_cache.dtype == torch.uint8, "kv_cache must be uint8 [NB, Hk, R]")
+        hk = kv_cache.shape[1]
+    else:
+        _, hk = check_cache(kv_cache, pool_k, pool_v, block_to_slot, cfg)
+    bsz, hq, d = q.shape
+    check(hq % hk == 0 and 1 <= hq // hk <= 64, f"Hq={hq} must be a multiple of Hk={hk} (GQA ratio <= 64)")
+    check(block_table.dtype == torch.int32 and block_table.dim() == 2 and block_table.shape[0] == bsz,
+          f"block_table must be int32 [{bsz}, max_blocks], got {block_table.dtype} {tuple(block_table.shape)}")
+    check(block_table.stride(1) == 1, "block_table rows must be contiguous")
+    check(seq_lens.dtype == torch.int32 and seq_lens.shape == (bsz,),
+          f"seq_lens must be int32 [{bsz}], got {seq_lens.dtype} {tuple(seq_lens.shape)}")
+    g = cfg.group
+    bn = block_n or g
+    check(g % bn == 0 and bn >= 16, f"block_n must divide G={g} and be >= 16, got {bn}")
+    qpk = hq // hk
+    qp = max(16, triton.next_power_of_2(qpk))
+    max_blocks = block_table.shape[1]
+    if num_splits is None:
+        num_splits = choose_num_splits(bsz, hk, max_blocks, num_sms(q.device))
+    num_splits = max(1, min(int(num_splits), max_blocks))
+    tps = -(-max_blocks // num_splits)
+    num_splits = -(-max_blocks // tps)
+
+    h32 = hadamard(d, torch.float32, q.device)
+    q_rot = torch.matmul(q.float(), h32).mul_(scale * LOG2E)
+    kvh = kv_cache.view(torch.float16) if not fp8 else kv_cache
+    bf16_pool = pool_k.dtype == torch.bfloat16
+    common = dict(HK=hk, QPK=qpk, QP=qp, BN=bn, POOL_BF16=bf16_pool, UPCAST=INTERPRET and bf16_pool,
+                  ALL_POOL=bool(all_pool), num_warps=num_warps, **layout_constexprs(cfg))
+    # records: compute-bound, no software pipelining; pool-only: 2 stages (H200 sweep, docs/gpu.md)
+    common["num_stages"] = num_stages if num_stages is not None else (2 if all_pool and d <= 128 else 1)
+    if maxnreg is not None and not all_pool and not INTERPRET:
+        common["maxnreg"] = maxnreg
+    o_rot = torch.empty(bsz, hq, d, dtype=torch.float32, device=q.device)
+    args = (q_rot, kv_cache, kvh, pool_k, pool_v, block_to_slot, block_table, seq_lens)
+    strides = (q_rot.stride(0), q_rot.stride(1), kv_cache.stride(0), pool_k.stride(0), pool_k.stride(1),
+               pool_k.stride(2), block_table.stride(0))
+    if num_splits == 1:
+        _kvarn_decode_kernel[(bsz * hk, 1)](
+            *args, o_rot, o_rot, *strides, o_rot.stride(0), o_rot.stride(1), 0, tps,
+            float(pool_scale[0]), float(pool_scale[1]), SPLIT=False, **common)
+    else:
+        part = torch.empty(bsz, hq, num_splits, d, dtype=torch.float32, device=q.device)
+        ml = torch.empty(bsz, hq, num_splits, 2, dtype=torch.float32, device=q.device)
+        _kvarn_decode_kernel[(bsz * hk, num_splits)](
+            *args, part, ml, *strides, part.stride(0), part.stride(1), part.stride(2), tps,
+            float(pool_scale[0]), float(pool_scale[1]), SPLIT=True, **common)
+        _combine_kernel[(bsz * hq,)](part, ml, o_rot, num_splits, SP=triton.next_power_of_2(num_splits), D=d)
+    o = torch.matmul(o_rot, h32)
+    if out is None:
+        return o.to(q.dtype)
+    out.copy_(o)
+    return out

@@ -1,0 +1,162 @@
+"""KV-cache formats the planner compares: bytes per token and the kernel each one runs on.
+
+Bytes per token per KV head (K and V together, scales included) at head_dim D:
+
+=========================  =====================================================  ===========
+format                     bytes / token / head                                    D = 128
+=========================  =====================================================  ===========
+bf16 / fp16 (auto)         2 * D * 2                                               512
+fp8 (e4m3 / e5m2)          2 * D * 1                                               256
+int8_per_token_head        2 * D + 2 * 4 (one fp32 scale for K, one for V)         264
+int4_per_token_head        2 * D / 2 + 2 * 4                                       136
+turboquant_k8v4            K: D (fp8)            V: D*4/8 + 4 (fp16 scale, zero)   196
+turboquant_4bit_nc         K: D*4/8 + 2 (norm)   V: D*4/8 + 4                      134
+turboquant_k3v4_nc         K: ceil(D*3/8) + 2    V: D*4/8 + 4                      118
+turboquant_3bit_nc         K: ceil(D*3/8) + 2    V: ceil(D*3/8) + 4                102
+kvarn_*                    KvarnConfig.bytes_per_token (kvarn.config)              108 (k4v2_g128)
+=========================  =====================================================  ===========
+
+int4_per_token_head: 2,980,912 / 791,792 = 3.765 = 512 / 136 in shared/baselines.md, which confirms the
+8 bytes of fp32 scales per token per head. The TurboQuant sizes follow vLLM's ``TurboQuantConfig``
+(``key_packed_size + value_packed_size``, rounded up to even); TurboQuant also keeps the first 2 and
+last 2 layers of a dense model in bf16 ("boundary skip"), which the capacity model counts.
+
+kvarn formats also hold an fp16 sink/tail pool (kvarn.config.pool_slots / pool_bytes_per_layer) that
+is counted against KV memory by :mod:`kvarn.plan.memory`.
+
+Kernel attributes (used by :mod:`kvarn.plan.roofline`): ``attn_eff`` is the fraction of HBM bandwidth the
+decode-attention kernel achieves on this format's bytes (dequantization, occupancy and split-K included);
+``prefill_eff`` is the prefill-attention speed relative to FlashAttention-3 on bf16; ``split_kv`` says
+whether the decode kernel splits a sequence across CTAs (without it, few sequences leave SMs idle). See docs/plan.md for
+where each value comes from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+from kvarn.config import PRESETS, SUPPORTED_HEAD_DIMS, KvarnConfig, kv_cache_dtype_names
+
+# ---- kernel efficiency priors (see docs/plan.md, "Constants") ---------------------------------
+FA3_ATTN_EFF = 0.70          # FlashAttention-3 paged decode, bf16/fp8 (one value for both)
+TRITON_INT_ATTN_EFF = 0.078  # vLLM TRITON_ATTN on int4/int8_per_token_head: fitted to the int4 burst-A row
+TRITON_INT_PREFILL_EFF = 0.5  # TRITON_ATTN prefill vs FA3 (prior; barely matters in the baselines)
+TURBOQUANT_ATTN_EFF = 0.15   # TurboQuant decode (Lloyd-Max dequant + rotation); TQB: 40-52% lower tok/s
+TURBOQUANT_PREFILL_EFF = 0.5
+# kvarn: upstream-like kernels. With these two values the planner gives 0.71/0.86/1.06/1.24x bf16 for the
+# Qwen3-4B 256-request burst at 2K/4K/8K/16K outputs on an H200, against the published KVarN curve
+# 0.61/0.83/0.99/1.29x (GPU unstated). The upstream fused decode kernel was profiled at 22.6% of DRAM peak
+# (RTX 5090), and the flush kernel alone at 2.4 us/tile (0.61 ms / 256 tiles, CM b97da85); the 10 us here also
+# carries the per-tile pool bookkeeping. Override with --kvarn-attn-eff / --kvarn-flush-us once measured.
+KVARN_ATTN_EFF = 0.20
+KVARN_FLUSH_S_PER_TILE = 10e-6
+
+TURBOQUANT_PRESETS = {  # name -> (key bits, value bits); 8 = fp8 keys
+    "turboquant_k8v4": (8, 4),
+    "turboquant_4bit_nc": (4, 4),
+    "turboquant_k3v4_nc": (3, 4),
+    "turboquant_3bit_nc": (3, 3),
+}
+TURBOQUANT_SKIP_EDGE_LAYERS = 2
+
+
+@dataclass(frozen=True)
+class KVFormat:
+    """One ``--kv-cache-dtype`` choice. ``bytes_per_token_head`` is for the given head_dim."""
+
+    name: str
+    family: str  # "vllm" | "turboquant" | "kvarn"
+    backend: str
+    bytes_per_token_head: float
+    block_size: int = 16
+    attn_eff: float = FA3_ATTN_EFF
+    prefill_eff: float = 1.0
+    edge_layers_bf16: int = 0  # layers at each end kept in bf16 (TurboQuant boundary skip)
+    split_kv: bool = True  # decode kernel splits long contexts across CTAs (flash-decoding)
+    flush_s_per_tile: float = 0.0  # kvarn: normalize + RTN + pack of one (block, KV head, layer) tile
+    kvarn: KvarnConfig | None = None
+    supported: bool = True
+    why_unsupported: str = ""
+
+    def layer_bytes_per_token(self, num_layers: int, heads: int, head_dim: int) -> float:
+        """Bytes one token occupies across all layers for ``heads`` KV heads."""
+        edge = min(2 * self.edge_layers_bf16, num_layers)
+        bf16 = 4 * head_dim
+        return heads * ((num_layers - edge) * self.bytes_per_token_head + edge * bf16)
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name, "family": self.family, "backend": self.backend,
+            "bytes_per_token_head": self.bytes_per_token_head, "block_size": self.block_size,
+            "attn_eff": self.attn_eff, "prefill_eff": self.prefill_eff,
+            "edge_layers_bf16": self.edge_layers_bf16, "split_kv": self.split_kv,
+            "flush_us_per_tile": self.flush_s_per_tile * 1e6, "supported": self.supported,
+            "why_unsupported": self.why_unsupported,
+        }
+
+
+def turboquant_bytes(key_bits: int, value_bits: int, head_dim: int) -> int:
+    """vLLM TurboQuantConfig.slot_size_aligned: fp8 keys (D bytes) or MSE codes + fp16 norm, plus
+    uniform values + fp16 scale and zero, rounded up to an even byte count."""
+    k = head_dim if key_bits == 8 else math.ceil(head_dim * key_bits / 8) + 2
+    v = math.ceil(head_dim * value_bits / 8) + 4
+    s = k + v
+    return s + (s % 2)
+
+
+VLLM_FORMATS = ("bf16", "fp16", "fp8", "int8_per_token_head", "int4_per_token_head")
+ALIASES = {"auto": "bf16", "bfloat16": "bf16", "float16": "fp16", "half": "fp16",
+           "fp8_e4m3": "fp8", "fp8_e5m2": "fp8"}
+DEFAULT_COMPARE = ("bf16", "fp8", "int4_per_token_head", *TURBOQUANT_PRESETS, *kv_cache_dtype_names())
+
+
+def all_format_names() -> list[str]:
+    return [*VLLM_FORMATS, *TURBOQUANT_PRESETS, *kv_cache_dtype_names()]
+
+
+def get_format(name: str, head_dim: int, kvarn_attn_eff: float | None = None,
+               kvarn_flush_us: float | None = None) -> KVFormat:
+    """Build the :class:`KVFormat` for ``name`` at ``head_dim``; ValueError lists the valid names.
+    ``kvarn_attn_eff`` / ``kvarn_flush_us`` replace the kvarn kernel priors (measured values)."""
+    fmt = _get_format(name, head_dim)
+    if fmt.family == "kvarn" and (kvarn_attn_eff is not None or kvarn_flush_us is not None):
+        if kvarn_attn_eff is not None and not 0.0 < kvarn_attn_eff <= 1.0:
+            raise ValueError(f"--kvarn-attn-eff must be in (0, 1], got {kvarn_attn_eff}")
+        if kvarn_flush_us is not None and kvarn_flush_us < 0:
+            raise ValueError(f"--kvarn-flush-us must be >= 0, got {kvarn_flush_us}")
+        fmt = dataclasses.replace(
+            fmt, attn_eff=fmt.attn_eff if kvarn_attn_eff is None else kvarn_attn_eff,
+            flush_s_per_tile=fmt.flush_s_per_tile if kvarn_flush_us is None else kvarn_flush_us * 1e-6)
+    return fmt
+
+
+def _get_format(name: str, head_dim: int) -> KVFormat:
+    key = name.strip().lower()
+    key = ALIASES.get(key, key)
+    d = head_dim
+    if key in ("bf16", "fp16"):
+        return KVFormat(key, "vllm", "FLASH_ATTN", 4 * d)
+    if key == "fp8":
+        return KVFormat(key, "vllm", "FLASH_ATTN", 2 * d)
+    if key in ("int8_per_token_head", "int4_per_token_head"):
+        code = 2 * d if key.startswith("int8") else d
+        return KVFormat(key, "vllm", "TRITON_ATTN", code + 8, attn_eff=TRITON_INT_ATTN_EFF,
+                        prefill_eff=TRITON_INT_PREFILL_EFF, split_kv=False)
+    if key in TURBOQUANT_PRESETS:
+        kb, vb = TURBOQUANT_PRESETS[key]
+        return KVFormat(key, "turboquant", "TURBOQUANT", turboquant_bytes(kb, vb, d),
+                        attn_eff=TURBOQUANT_ATTN_EFF, prefill_eff=TURBOQUANT_PREFILL_EFF,
+                        edge_layers_bf16=TURBOQUANT_SKIP_EDGE_LAYERS)
+    if key.startswith("kvarn_") or key in PRESETS:
+        if d not in SUPPORTED_HEAD_DIMS:
+            cfg = KvarnConfig.from_name(key)  # validates the preset name
+            return KVFormat(cfg.kv_cache_dtype, "kvarn", "KVARN", float("nan"), block_size=cfg.group,
+                            supported=False,
+                            why_unsupported=f"head_dim {d} not in kvarn's supported {SUPPORTED_HEAD_DIMS}")
+        cfg = KvarnConfig.from_name(key, head_dim=d)
+        return KVFormat(cfg.kv_cache_dtype, "kvarn", "KVARN", cfg.bytes_per_token, block_size=cfg.group,
+                        attn_eff=KVARN_ATTN_EFF, prefill_eff=1.0, kvarn=cfg,
+                        flush_s_per_tile=KVARN_FLUSH_S_PER_TILE)
+    raise ValueError(f"unknown KV format {name!r}; valid: {', '.join(all_format_names())}")

@@ -1,0 +1,157 @@
+"""Fused decode attention vs the reference (gather_kv + fp32 GQA attention in the rotated frame).
+
+Fresh random inputs each run; ragged lengths (1 token, partial tails, exact tile multiples); sink
+and tail blocks in the pool, one complete block left unflushed in the pool, the rest as records
+written by kvarn.reference.encode_tiles; GQA 1-8; head_dim 64/128/256; G 64/128; bf16/fp16;
+single-stage and split-K. Unused pool slots are NaN and unused block-table entries point at
+them, so any read past a request's length poisons the output.
+Tolerance: relative L2 error 6e-3 (fp16 q) / 1.2e-2 (bf16 q): fp16 tensor-core operands and the
+output cast; 2.5e-2 with a bf16 pool (its rows meet q and p as bf16 operands, like bf16 FlashAttention).
+"""
+
+import pytest
+import torch
+
+from kvarn.config import KvarnConfig
+from kvarn.reference import encode_tiles, rotate
+from kvarn.reference.paged_attention import gather_kv, gqa_attention
+
+pytestmark = pytest.mark.gpu
+
+
+def build_cache(lens, hk, cfg, pool_dtype, gen):
+    g, d = cfg.group, cfg.head_dim
+    nblk = [-(-L // g) for L in lens]
+    total = sum(nblk) + 2
+    perm = torch.randperm(total, generator=gen).tolist()
+    cache = torch.randint(0, 256, (total, hk, cfg.record_bytes), dtype=torch.uint8, generator=gen)
+    pool_k = torch.full((total + 1, g, hk, d), float("nan"), dtype=pool_dtype)
+    pool_v = pool_k.clone()
+    b2s = torch.full((total,), -1, dtype=torch.int32)
+    poison = perm[-1]
+    b2s[poison] = total  # NaN slot: reading it poisons the output
+    table = torch.full((len(lens), max(nblk) + 2), poison, dtype=torch.int32)
+    nxt = 0
+    for r, L in enumerate(lens):
+        k = torch.randn(L, hk, d, generator=gen) * 2
+        k[:, :, :3] *= 6  # channel outliers
+        v = torch.randn(L, hk, d, generator=gen) * 0.5
+        kr, vr = rotate(k), rotate(v)
+        keep_one = nblk[r] > 3  # leave one complete middle block unflushed in the pool
+        for j in range(nblk[r]):
+            b = perm[nxt]
+            nxt += 1
+            table[r, j] = b
+            rows = slice(j * g, min(L, (j + 1) * g))
+            n = rows.stop - rows.start
+            if j == 0 or n < g or (keep_one and j == 2):
+                b2s[b] = b
+                pool_k[b, :n] = kr[rows].to(pool_dtype)
+                pool_v[b, :n] = vr[rows].to(pool_dtype)
+            else:
+                cache[b] = encode_tiles(kr[rows].transpose(0, 1), vr[rows].transpose(0, 1), cfg)
+    return cache, pool_k, pool_v, b2s, table
+
+
+CASES = [  # hq, hk, d, preset, q dtype, pool dtype, lens
+    (8, 2, 128, "k4v2_g128", torch.bfloat16, torch.float16, [1, 127, 128, 700, 513]),
+    (8, 1, 128, "k4v2_g64", torch.float16, torch.float16, [65, 64 * 7, 300]),
+    (4, 4, 64, "k4v2_g64", torch.bfloat16, torch.bfloat16, [2, 64 * 5 + 1]),
+    (6, 2, 256, "k4v4_g128", torch.float16, torch.float16, [129, 600]),
+    (14, 2, 64, "k2v2_g128", torch.bfloat16, torch.float16, [517, 5]),
+]
+
+
+@pytest.mark.parametrize("splits,block_n", [(None, None), (1, None), (3, 32)])
+@pytest.mark.parametrize("hq,hk,d,preset,qdt,pdt,lens", CASES)
+def test_decode_matches_reference(dev, hq, hk, d, preset, qdt, pdt, lens, splits, block_n):
+    from kvarn.kernels import kvarn_decode_attention
+    cfg = KvarnConfig.from_name(preset, d)
+    gen = torch.Generator().manual_seed(torch.seed() % 2**31)
+    cache, pk, pv, b2s, table = build_cache(lens, hk, cfg, pdt, gen)
+    q = (torch.randn(len(lens), hq, d, generator=gen) * 1.5).to(qdt)
+    scale = d**-0.5
+    seq = torch.tensor(lens, dtype=torch.int32)
+    out = kvarn_decode_attention(q.to(dev), cache.to(dev), pk.to(dev), pv.to(dev), b2s.to(dev), table.to(dev),
+                                 seq.to(dev), scale, cfg, num_splits=splits, block_n=block_n).cpu()
+    assert out.dtype == qdt and out.shape == q.shape
+    assert torch.isfinite(out).all()
+    for r, L in enumerate(lens):
+        kc, vc = gather_kv(table[r], L, cache, pk, pv, b2s, cfg)
+        ref = rotate(gqa_attention(rotate(q[r:r + 1]), kc, vc, scale, q_offset=L - 1))[0]
+        err = (out[r].float() - ref).norm() / ref.norm()
+        tol = 2.5e-2 if pdt == torch.bfloat16 else (6e-3 if qdt == torch.float16 else 1.2e-2)
+        assert err < tol, f"request {r} (len {L}): rel err {err:.2e}"
+
+
+@pytest.mark.parametrize("pdt,d,splits", [(torch.bfloat16, 128, None), (torch.float16, 64, 2)])
+def test_decode_all_pool_path(dev, pdt, d, splits):
+    """all_pool=True (the bf16/fp8 baselines' path): every block is a pool slot."""
+    from kvarn.kernels import kvarn_decode_attention
+    cfg = KvarnConfig.from_name("k4v2_g64", d)
+    gen = torch.Generator().manual_seed(torch.seed() % 2**31)
+    lens, hk, hq, g = [200, 1, 64 * 4], 2, 8, cfg.group
+    nb = sum(-(-L // g) for L in lens)
+    pk = torch.randn(nb, g, hk, d, generator=gen).to(pdt)
+    pv = torch.randn(nb, g, hk, d, generator=gen).to(pdt)
+    b2s = torch.randperm(nb, generator=gen).int()
+    table = torch.zeros(len(lens), 4, dtype=torch.int32)
+    nxt = 0
+    for r, L in enumerate(lens):
+        for j in range(-(-L // g)):
+            table[r, j] = nxt
+            nxt += 1
+    cache = torch.zeros(1, hk, cfg.record_bytes, dtype=torch.uint8).expand(nb, hk, cfg.record_bytes)
+    q = torch.randn(len(lens), hq, d, generator=gen).to(torch.bfloat16)
+    seq = torch.tensor(lens, dtype=torch.int32)
+    out = kvarn_decode_attention(q.to(dev), cache.to(dev), pk.to(dev), pv.to(dev), b2s.to(dev), table.to(dev),
+                                 seq.to(dev), d**-0.5, cfg, num_splits=splits, all_pool=True).cpu()
+    for r, L in enumerate(lens):
+        kc, vc = gather_kv(table[r], L, cache, pk, pv, b2s, cfg)
+        ref = rotate(gqa_attention(rotate(q[r:r + 1]), kc, vc, d**-0.5, q_offset=L - 1))[0]
+        err = (out[r].float() - ref).norm() / ref.norm()
+        assert err < (2.5e-2 if pdt == torch.bfloat16 else 1.2e-2), f"request {r}: rel err {err:.2e}"
+
+
+def test_multiquery_matches_reference(dev):
+    """Chunked-prefill continuation / spec verify: per-token causal rows over the same cache."""
+    from kvarn.kernels import kvarn_multiquery_attention
+    cfg = KvarnConfig.from_name("k4v2_g64", 128)
+    gen = torch.Generator().manual_seed(torch.seed() % 2**31)
+    lens, q_lens, hk, hq = [300, 70, 129], [5, 0, 3], 2, 8  # seq_lens include the new tokens
+    cache, pk, pv, b2s, table = build_cache(lens, hk, cfg, torch.float16, gen)
+    qsl = torch.tensor([0] + list(torch.tensor(q_lens).cumsum(0)), dtype=torch.int32)
+    q = torch.randn(sum(q_lens), hq, 128, generator=gen).to(torch.bfloat16)
+    seq = torch.tensor(lens, dtype=torch.int32)
+    out = kvarn_multiquery_attention(q.to(dev), cache.to(dev), pk.to(dev), pv.to(dev), b2s.to(dev), table.to(dev),
+                                     seq.to(dev), qsl.to(dev), 128**-0.5, cfg).cpu()
+    assert out.shape == q.shape and torch.isfinite(out).all()
+    for r, L in enumerate(lens):
+        for t in range(int(qsl[r]), int(qsl[r + 1])):
+            pos = L - (int(qsl[r + 1]) - t)
+            kc, vc = gather_kv(table[r], pos + 1, cache, pk, pv, b2s, cfg)
+            ref = rotate(gqa_attention(rotate(q[t:t + 1]), kc, vc, 128**-0.5, q_offset=pos))[0]
+            err = (out[t].float() - ref).norm() / ref.norm()
+            assert err < 1.2e-2, f"token {t} (request {r}, position {pos}): rel err {err:.2e}"
+
+
+def test_auto_splits_policy():
+    from kvarn.kernels import choose_num_splits
+    assert choose_num_splits(256, 8, 64, 132) == 1  # the batch fills the GPU: single stage
+    assert choose_num_splits(1, 8, 1024, 132) > 16  # long context at batch 1: split-K
+    assert choose_num_splits(1, 8, 3, 132) == 1  # too few tiles to split
+
+
+def test_decode_rejects_bad_input(dev):
+    from kvarn.kernels import kvarn_decode_attention
+    cfg = KvarnConfig.from_name("k4v2_g128", 128)
+    cache = torch.zeros(4, 2, cfg.record_bytes, dtype=torch.uint8, device=dev)
+    pool = torch.zeros(2, 128, 2, 128, dtype=torch.float16, device=dev)
+    b2s = torch.full((4,), -1, dtype=torch.int32, device=dev)
+    q = torch.zeros(1, 6, 128, dtype=torch.float16, device=dev)  # 6 % 4 != 0 is fine, 6 % 2 ok; use bad table
+    with pytest.raises(ValueError, match="block_table"):
+        kvarn_decode_attention(q, cache, pool, pool, b2s, torch.zeros(1, 2, dtype=torch.int64, device=dev),
+                               torch.ones(1, dtype=torch.int32, device=dev), 0.1, cfg)
+    with pytest.raises(ValueError, match="kv_cache"):
+        kvarn_decode_attention(q, cache[:, :, :-2], pool, pool, b2s, torch.zeros(1, 2, dtype=torch.int32, device=dev),
+                               torch.ones(1, dtype=torch.int32, device=dev), 0.1, cfg)
