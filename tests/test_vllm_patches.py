@@ -173,8 +173,11 @@ def test_validate_accepts_plain_decoder_and_qwen2_unused_window():
 def test_block_size_defaults_to_tile_and_mismatch_is_refused():
     from kvarn.vllm_plugin.validate import KvarnConfigError, prepare_engine_args
 
-    a = SimpleNamespace(kv_cache_dtype="kvarn_k4v2_g64", block_size=None)
+    a = SimpleNamespace(kv_cache_dtype="kvarn_k4v2_g64", block_size=None, max_num_seqs=None)
     prepare_engine_args(a)
-    assert a.block_size == 64
+    assert a.block_size == 64 and a.max_num_seqs == 256  # pool-aware default
+    b = SimpleNamespace(kv_cache_dtype="kvarn_k4v2_g64", block_size=64, max_num_seqs=8)
+    prepare_engine_args(b)
+    assert b.max_num_seqs == 8
     with pytest.raises(KvarnConfigError, match="needs --block-size 128"):
         prepare_engine_args(SimpleNamespace(kv_cache_dtype="kvarn_k4v2_g128", block_size=16))

@@ -202,9 +202,18 @@ class KvarnMetadataBuilder(AttentionMetadataBuilder[KvarnMetadata]):
         num_blocks = getattr(vllm_config.cache_config, "num_gpu_blocks", None)
         if num_blocks:
             kv_bytes = num_blocks * cfg.group * spec.num_kv_heads * cfg.bytes_per_token * len(layer_names)
-            bf16_tokens = kv_bytes / (2 * spec.head_size * 2 * spec.num_kv_heads * len(layer_names))
-            eff = num_blocks * cfg.group * kv_bytes / (kv_bytes + pool_total) / bf16_tokens
-            msg += f"; effective capacity vs bf16 with the pool counted: {eff:.2f}x"
+            if vllm_config.device_config.device_type == "cpu":
+                # CPU: the KV budget (VLLM_CPU_KVCACHE_SPACE) excludes the pool, so count it here
+                eff = cfg.ratio_vs(2) * kv_bytes / (kv_bytes + pool_total)
+                msg += f"; effective capacity vs bf16 with the pool counted: {eff:.2f}x"
+            else:
+                # GPU: the pool was allocated before memory profiling, so the KV size already excludes it
+                msg += "; the pool was allocated before memory profiling, so the KV cache size above already excludes it"
+            if pool_total > 0.25 * kv_bytes:
+                msg += (
+                    f". WARNING: the pool is {pool_total / kv_bytes:.0%} of the KV cache bytes; lower --max-num-seqs"
+                    " (or max_num_batched_tokens) to give the memory back to the KV cache"
+                )
         logger.warning(msg)
 
     def build(self, common_prefix_len: int, common_attn_metadata: CommonAttentionMetadata, fast_build: bool = False):

@@ -11,6 +11,9 @@ import os
 from kvarn.config import KvarnConfig
 
 
+DEFAULT_MAX_NUM_SEQS = 256
+
+
 class KvarnConfigError(ValueError):
     """A setting kvarn cannot serve. The message is one sentence naming the fix."""
 
@@ -22,6 +25,10 @@ def prepare_engine_args(args) -> None:
     # The pool is released through the V1 runner's _update_states (patches.py, patch 4); vLLM 0.26
     # defaults dense models to the V2 runner, which that hook does not cover.
     os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")
+    # every running sequence may hold two fp16 blocks in the pool: keep vLLM's large GPU default
+    # (up to 1024) from spending tens of GiB on it unless the user asks
+    if getattr(args, "max_num_seqs", 0) is None:
+        args.max_num_seqs = DEFAULT_MAX_NUM_SEQS
     if args.block_size is None:
         args.block_size = cfg.group
     elif int(args.block_size) != cfg.group:
