@@ -87,32 +87,6 @@ def patch_dtype_strings() -> None:
 #    platform ignores any selection but CPU_ATTN. The wrapper answers only for kvarn dtypes and
 #    refuses unsupported layers with one clear sentence (never a fallback to full-size pages).
 # ---------------------------------------------------------------------------------------------
-def check_layer_supported(sel) -> None:
-    """Raise ValueError for a layer kvarn cannot serve (sel: vLLM's AttentionSelectorConfig)."""
-    dtype = sel.kv_cache_dtype
-    problems = []
-    if getattr(sel, "use_mla", False):
-        problems.append("MLA attention (latent KV) is not supported")
-    if getattr(sel, "use_sparse", False):
-        problems.append("sparse attention is not supported")
-    if getattr(sel, "has_sliding_window", False):
-        problems.append("sliding-window attention layers are not supported")
-    if getattr(sel, "has_sink", False):
-        problems.append("attention sinks (learned per-head logits) are not supported")
-    if str(getattr(sel, "attn_type", "decoder")).lower().split(".")[-1] not in ("decoder",):
-        problems.append(f"attention type {sel.attn_type!r} is not supported (decoder-only models)")
-    if getattr(sel, "use_kv_connector", False):
-        problems.append("KV connectors / offloading are not supported")
-    if getattr(sel, "use_dcp", False) or getattr(sel, "use_pcp", False):
-        problems.append("context parallelism is not supported")
-    try:
-        KvarnConfig.from_name(dtype, head_dim=sel.head_size)
-    except ValueError as e:
-        problems.append(str(e))
-    if problems:
-        raise ValueError(f"--kv-cache-dtype {dtype}: " + "; ".join(problems) + ".")
-
-
 def patch_backend_selection() -> None:
     from vllm.platforms import current_platform
 
@@ -126,6 +100,8 @@ def patch_backend_selection() -> None:
     def get_attn_backend_cls(cls, selected_backend, attn_selector_config, *args, **kwargs):
         dtype = getattr(attn_selector_config, "kv_cache_dtype", None)
         if is_kvarn_dtype(dtype):
+            from kvarn.vllm_plugin.validate import check_layer_supported
+
             check_layer_supported(attn_selector_config)
             return backend_class_path(KvarnConfig.from_name(dtype).preset)
         return func(cls, selected_backend, attn_selector_config, *args, **kwargs)

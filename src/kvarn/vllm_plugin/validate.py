@@ -18,6 +18,46 @@ class KvarnConfigError(ValueError):
     """A setting kvarn cannot serve. The message is one sentence naming the fix."""
 
 
+# one wording per unsupported feature, shared by the front-end and the per-layer checks
+UNSUPPORTED = {
+    "mla": "MLA models (latent KV cache) are not supported",
+    "sparse": "sparse attention is not supported",
+    "sliding": "sliding-window attention layers are not supported",
+    "sinks": "attention sinks (learned per-head logits) are not supported",
+    "hybrid": "hybrid models (Mamba / linear-attention layers) are not supported",
+    "encdec": "encoder-decoder models are not supported",
+    "attnfree": "attention-free models have no KV cache to quantize",
+    "spec": "speculative decoding is not supported yet (remove --speculative-config)",
+    "kvconn": "KV connectors / KV offloading / disaggregated prefill are not supported",
+    "cp": "decode/prefill context parallelism is not supported",
+}
+
+
+def _refuse(dtype: str, problems: list[str]) -> None:
+    if problems:
+        raise KvarnConfigError(f"--kv-cache-dtype {dtype}: " + "; ".join(problems) + ".")
+
+
+def _head_dim_problem(dtype: str, head_dim: int) -> list[str]:
+    try:
+        KvarnConfig.from_name(dtype, head_dim=head_dim)
+    except ValueError as e:
+        return [str(e)]
+    return []
+
+
+def check_layer_supported(sel) -> None:
+    """Per layer, in the worker (sel: vLLM's AttentionSelectorConfig); raises KvarnConfigError."""
+    flags = [
+        ("use_mla", "mla"), ("use_sparse", "sparse"), ("has_sliding_window", "sliding"), ("has_sink", "sinks"),
+        ("use_kv_connector", "kvconn"), ("use_dcp", "cp"), ("use_pcp", "cp"),
+    ]
+    problems = list(dict.fromkeys(UNSUPPORTED[key] for attr, key in flags if getattr(sel, attr, False)))
+    if str(getattr(sel, "attn_type", "decoder")).lower().split(".")[-1] != "decoder":
+        problems.append(f"attention type {sel.attn_type!r} is not supported (decoder-only models)")
+    _refuse(sel.kv_cache_dtype, problems + _head_dim_problem(sel.kv_cache_dtype, sel.head_size))
+
+
 def prepare_engine_args(args) -> None:
     """args: vllm EngineArgs with a kvarn kv_cache_dtype. Sets block_size to the preset's tile
     length when omitted; refuses a different one."""
@@ -59,30 +99,21 @@ def validate_vllm_config(config) -> None:
     problems = []
     mc = config.model_config
     if mc is not None:
-        if getattr(mc, "use_mla", False):
-            problems.append("MLA models (latent KV cache) are not supported")
-        if getattr(mc, "is_hybrid", False):
-            problems.append("hybrid models (Mamba / linear-attention layers) are not supported")
-        if getattr(mc, "is_encoder_decoder", False):
-            problems.append("encoder-decoder models are not supported")
-        if getattr(mc, "is_attention_free", False):
-            problems.append("attention-free models have no KV cache to quantize")
+        for attr, key in (("use_mla", "mla"), ("is_hybrid", "hybrid"), ("is_encoder_decoder", "encdec"),
+                          ("is_attention_free", "attnfree")):
+            if getattr(mc, attr, False):
+                problems.append(UNSUPPORTED[key])
         if _sliding_layers(mc.hf_text_config):
-            problems.append("models with sliding-window attention layers are not supported yet")
-        try:
-            head = mc.get_head_size()
-            KvarnConfig.from_name(dtype, head_dim=head)
-        except ValueError as e:
-            problems.append(str(e))
+            problems.append(UNSUPPORTED["sliding"])
+        problems += _head_dim_problem(dtype, mc.get_head_size())
     if config.speculative_config is not None:
-        problems.append("speculative decoding is not supported yet (remove --speculative-config)")
+        problems.append(UNSUPPORTED["spec"])
     kvt = getattr(config, "kv_transfer_config", None)
     if kvt is not None and getattr(kvt, "is_kv_transfer_instance", True):
-        problems.append("KV connectors / KV offloading / disaggregated prefill are not supported")
+        problems.append(UNSUPPORTED["kvconn"])
     pc = config.parallel_config
     if getattr(pc, "decode_context_parallel_size", 1) > 1 or getattr(pc, "prefill_context_parallel_size", 1) > 1:
-        problems.append("decode/prefill context parallelism is not supported")
+        problems.append(UNSUPPORTED["cp"])
     if config.cache_config.block_size != cfg.group:
         problems.append(f"block size must be {cfg.group} for {cfg.kv_cache_dtype} (got {config.cache_config.block_size})")
-    if problems:
-        raise KvarnConfigError(f"--kv-cache-dtype {dtype}: " + "; ".join(problems) + ".")
+    _refuse(dtype, problems)
