@@ -96,3 +96,24 @@ def test_preemption_recompute_gives_same_tokens():
     assert "preempt" in tight.output.lower() or tight.pool["peak_used"] > 0
     assert tight.tokens == roomy.tokens
     assert tight.pool["live"] == 0 and tight.pool["pending_flush"] == 0
+
+
+def test_soak_2000_requests_frees_every_pool_slot():
+    """Random prompt/output lengths through real vLLM (tiny dummy model): afterwards no slot is live,
+    none awaits a flush, and (prefix caching off, so no sink is retired) every slot is free."""
+    import random
+
+    rng = random.Random(7)
+    prompts = [[rng.randrange(3, 1000) for _ in range(rng.randint(1, 300))] for _ in range(2000)]
+    outputs = [rng.randint(1, 24) for _ in prompts]
+    run = run_engine({"model": TINY, "kv_cache_dtype": "kvarn_k4v2_g128", "prompts": prompts,
+                      "max_tokens": outputs, "pool_stats": True,
+                      "engine": {"load_format": "dummy", "skip_tokenizer_init": True, "max_num_seqs": 32,
+                                 "enable_prefix_caching": False, "num_gpu_blocks_override": 96}},
+                     timeout=1500)
+    assert run.returncode == 0, run.output[-3000:]
+    assert [len(t) for t in run.tokens] == outputs
+    pool = run.pool
+    print("pool after soak:", pool)
+    assert pool["live"] == 0 and pool["pending_flush"] == 0 and pool["retired_sinks"] == 0
+    assert pool["free"] == pool["slots"] and pool["peak_used"] > 32

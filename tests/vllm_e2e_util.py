@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,14 +51,17 @@ class Run:
 def run_engine(spec: dict, env: dict | None = None, timeout: int = 900) -> Run:
     e = dict(os.environ)
     e.update(env or {})
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(spec, f)  # a file: 2,000 prompts do not fit on a command line
     p = subprocess.run(
-        [sys.executable, str(HERE / "vllm_runner.py"), json.dumps(spec)],
+        [sys.executable, str(HERE / "vllm_runner.py"), "@" + f.name],
         capture_output=True,
         text=True,
         timeout=timeout,
         env=e,
         cwd=str(HERE.parent / "tests"),
     )
+    os.unlink(f.name)
     out = p.stdout + p.stderr
     tokens = pool = None
     for line in p.stdout.splitlines():

@@ -1,8 +1,8 @@
 """Run one vLLM (CPU) engine in a subprocess for the end-to-end tests.
 
-    python tests/vllm_runner.py '<json>'
+    python tests/vllm_runner.py '<json>' | @spec.json
 JSON: {"model": path, "kv_cache_dtype": "auto"|"kvarn_...", "engine": {extra LLM kwargs},
-       "prompts": [[token ids]] | ["text"], "max_tokens": int, "ignore_eos": bool,
+       "prompts": [[token ids]] | ["text"], "max_tokens": int | [int per prompt], "ignore_eos": bool,
        "waves": int (repeat the prompt set this many times, sequentially), "pool_stats": bool}
 Prints ``RESULT {"tokens": [[...], ...], "pool": {...} | null}`` as its last line; vLLM's own log
 (including the "KV cache size" line and the kvarn line) goes to the same output.
@@ -31,11 +31,13 @@ def main(spec: dict) -> None:
     engine.update(spec.get("engine", {}))
     llm = LLM(**engine)
     prompts = [TokensPrompt(prompt_token_ids=p) if isinstance(p, list) else p for p in spec["prompts"]]
-    sp = SamplingParams(max_tokens=spec.get("max_tokens", 8), temperature=0, ignore_eos=spec.get("ignore_eos", True))
+    mt = spec.get("max_tokens", 8)
+    sp = [SamplingParams(max_tokens=m, temperature=0, ignore_eos=spec.get("ignore_eos", True))
+          for m in (mt if isinstance(mt, list) else [mt] * len(prompts))]
     tokens = []
     for _ in range(spec.get("waves", 1)):
         if spec.get("sequential"):
-            outs = [llm.generate([p], sp, use_tqdm=False)[0] for p in prompts]
+            outs = [llm.generate([p], [q], use_tqdm=False)[0] for p, q in zip(prompts, sp)]
         else:
             outs = llm.generate(prompts, sp, use_tqdm=False)
         tokens.extend(list(o.outputs[0].token_ids) for o in outs)
@@ -48,4 +50,5 @@ def main(spec: dict) -> None:
 
 
 if __name__ == "__main__":
-    main(json.loads(sys.argv[1]))
+    arg = sys.argv[1]
+    main(json.loads(open(arg[1:]).read() if arg.startswith("@") else arg))
