@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from kvarn.config import KvarnConfig
-from kvarn.reference import decode_tiles, encode_tiles, rotate
+from kvarn.reference import rotate
 from kvarn.reference.paged_attention import gqa_attention
 from kvarn.vllm_plugin.layer_cache import LayerCache
 from kvarn.vllm_plugin.pool import SlotPool
+from test_paged_attention import oracle_one_query
 
 
 @pytest.mark.parametrize("keep_fp16", [True, False])
@@ -59,22 +60,22 @@ def test_simulated_serving_matches_oracle(keep_fp16):
         t = torch.from_numpy
         cache.update(records, key, value, t(plan.flush_blocks), t(plan.flush_slots), t(plan.write_rows))
         out = cache.attend(records, query, key, value, t(plan.block_to_slot), torch.tensor(table),
-                           torch.tensor(seq_lens), torch.tensor(qsl), d**-0.5)
+                           torch.tensor(seq_lens), torch.tensor(qsl), d**-0.5, quantize_new_tiles=not keep_fp16)
         for i, (rid, n) in enumerate(batch):
             r = reqs[rid]
             ctx = r["done"]
-            kr, vr = rotate(r["k"][:ctx]).half().float(), rotate(r["v"][:ctx]).half().float()
             for j in range(-(-ctx // g)):
-                b = r["blocks"][j]
-                if plan.block_to_slot[b] < 0:  # readers see a record: what encoding the pool rows gives
+                if plan.block_to_slot[r["blocks"][j]] < 0:  # flushed tiles: complete, never the sink
                     assert not keep_fp16 and j > 0 and (j + 1) * g <= ctx
-                    rows = slice(j * g, (j + 1) * g)
-                    hk, hv = decode_tiles(encode_tiles(kr[rows].transpose(0, 1), vr[rows].transpose(0, 1), cfg), cfg)
-                    kr[rows], vr[rows] = hk.transpose(0, 1), hv.transpose(0, 1)
-            k_all = torch.cat([rotate(kr), r["k"][ctx : ctx + n]])
-            v_all = torch.cat([rotate(vr), r["v"][ctx : ctx + n]])
-            ref = gqa_attention(query[qsl[i] : qsl[i + 1]], k_all, v_all, d**-0.5, q_offset=ctx)
-            torch.testing.assert_close(out[qsl[i] : qsl[i + 1]], ref, rtol=2e-4, atol=2e-4)
+            for t_i in range(n):
+                row = qsl[i] + t_i
+                if keep_fp16:  # nothing quantized: fp16 rotated rows everywhere
+                    p = ctx + t_i
+                    ref = rotate(gqa_attention(rotate(query[row : row + 1]), rotate(r["k"][: p + 1]).half().float(),
+                                               rotate(r["v"][: p + 1]).half().float(), d**-0.5, q_offset=p))[0]
+                else:
+                    ref = oracle_one_query(query[row], ctx + t_i, r["k"], r["v"], cfg, d**-0.5)
+                torch.testing.assert_close(out[row], ref, rtol=2e-4, atol=2e-4)
             checked += 1
             r["done"] += n
         for rid in [rid for rid, r in reqs.items() if r["done"] == r["total"]]:

@@ -1,4 +1,5 @@
-"""Reference paged attention: equals SDPA on the dequantized cache; close to full precision."""
+"""Reference paged attention: equals an independent per-query oracle of the cache-consistent semantics
+(tile 0 and the query's own tile fp16, earlier complete tiles quantized); close to full precision."""
 
 import math
 
@@ -29,7 +30,7 @@ def build_cache(ks, vs, cfg, sink=True, seed=0):
     nxt = 0
     for r, (k, v) in enumerate(zip(ks, vs)):
         L = k.shape[0]
-        kr, vr = rotate(k), rotate(v)
+        kr, vr = rotate(k).half().float(), rotate(v).half().float()  # as the fp16 pool holds them
         dk, dv = torch.empty_like(kr), torch.empty_like(vr)
         for j in range(n_blocks_each[r]):
             b = int(perm[nxt]); nxt += 1
@@ -51,40 +52,62 @@ def build_cache(ks, vs, cfg, sink=True, seed=0):
     return kv_cache, pool_k, pool_v, b2s, table, dense
 
 
+def oracle_one_query(q, p, k_all, v_all, cfg, scale):
+    """Attention of one query (original frame, [Hq, D]) at absolute position p over k_all/v_all
+    [>p, Hkv, D] (original frame): keys in complete tiles 1..tile(p)-1 are quantized (fp16 rows,
+    rotated, encoded, decoded), the rest are the fp16 rotated rows. Written per key tile, no masks."""
+    g = cfg.group
+    tp = p // g
+    ks, vs = [], []
+    for t in range(tp + 1):
+        rows = slice(t * g, min((t + 1) * g, p + 1))
+        kr = rotate(k_all[rows]).half().float()
+        vr = rotate(v_all[rows]).half().float()
+        if 1 <= t < tp:
+            hk, hv = decode_tiles(encode_tiles(kr.transpose(0, 1), vr.transpose(0, 1), cfg), cfg)
+            kr, vr = hk.transpose(0, 1), hv.transpose(0, 1)
+        ks.append(kr)
+        vs.append(vr)
+    return rotate(gqa_attention(rotate(q[None]), torch.cat(ks), torch.cat(vs), scale, q_offset=p))[0]
+
+
 @pytest.mark.parametrize("hq,hkv,d,preset", [(8, 2, 128, "k4v2_g128"), (9, 3, 64, "k4v2_g64"), (4, 4, 64, "k4v4_g128")])
-def test_paged_equals_sdpa_on_dequantized(hq, hkv, d, preset):
+def test_paged_matches_cache_consistent_oracle(hq, hkv, d, preset):
     torch.manual_seed(0)
     cfg = KvarnConfig.from_name(preset, d)
     g = cfg.group
-    ctx_lens = [1, g - 1, g, 2 * g + 5, 3 * g + g // 2]  # ragged, crossing tile boundaries; odd batch
-    q_lens = [1, 3, 1, 17, 1]
-    ks = [torch.randn(L, hkv, d) * 2 for L in ctx_lens]
-    vs = [torch.randn(L, hkv, d) * 0.3 for L in ctx_lens]
-    cache = build_cache(ks, vs, cfg)
+    ctx_lens = [1, g - 1, g, 2 * g + 5, 3 * g + g // 2, 0]  # ragged, crossing tile boundaries; odd batch
+    q_lens = [1, 3, 1, 17, 1, 2 * g + 9]  # the last: a first-chunk prefill spanning three tiles
+    ks = [torch.randn(L + q, hkv, d) * 2 for L, q in zip(ctx_lens, q_lens)]
+    vs = [torch.randn(L + q, hkv, d) * 0.3 for L, q in zip(ctx_lens, q_lens)]
+    cache = build_cache([k[:L] for k, L in zip(ks, ctx_lens)], [v[:L] for v, L in zip(vs, ctx_lens)], cfg)
     T = sum(q_lens)
     query = torch.randn(T, hq, d)
-    key = torch.randn(T, hkv, d)
-    value = torch.randn(T, hkv, d)
+    key = torch.cat([k[L:] for k, L in zip(ks, ctx_lens)])
+    value = torch.cat([v[L:] for v, L in zip(vs, ctx_lens)])
     qsl = torch.tensor([0] + list(torch.tensor(q_lens).cumsum(0)))
     seq_lens = torch.tensor([c + q for c, q in zip(ctx_lens, q_lens)])
     scale = 1 / math.sqrt(d)
     out = paged_attention(query, key, value, *cache[:3], cache[3], cache[4], seq_lens, qsl, cfg, scale)
     assert torch.isfinite(out).all()
     for r, (L, ql) in enumerate(zip(ctx_lens, q_lens)):
-        s, e = int(qsl[r]), int(qsl[r + 1])
-        kd, vd = cache[5][r]
-        k_all = torch.cat([kd, key[s:e]])
-        v_all = torch.cat([vd, value[s:e]])
-        rep = hq // hkv
-        mask = torch.ones(ql, L + ql, dtype=torch.bool).tril(L)
-        ref = torch.nn.functional.scaled_dot_product_attention(
-            query[s:e].transpose(0, 1),
-            k_all.repeat_interleave(rep, 1).transpose(0, 1),
-            v_all.repeat_interleave(rep, 1).transpose(0, 1),
-            attn_mask=mask,
-            scale=scale,
-        ).transpose(0, 1)
-        torch.testing.assert_close(out[s:e], ref, rtol=1e-4, atol=1e-4)
+        for i in range(ql):
+            ref = oracle_one_query(query[int(qsl[r]) + i], L + i, ks[r], vs[r], cfg, scale)
+            torch.testing.assert_close(out[int(qsl[r]) + i], ref, rtol=1e-4, atol=1e-4)
+
+
+def test_chunking_does_not_change_the_output():
+    """One 300-token prefill == three chunks of 100 (the flush between steps made by hand)."""
+    torch.manual_seed(2)
+    cfg = KvarnConfig.from_name("k4v2_g64", 64)
+    k, v, q = torch.randn(300, 2, 64), torch.randn(300, 2, 64), torch.randn(300, 4, 64)
+    empty = build_cache([k[:0]], [v[:0]], cfg)
+    whole = paged_attention(q, k, v, *empty[:3], empty[3], empty[4], torch.tensor([300]), torch.tensor([0, 300]), cfg, 0.125)
+    for c in (100, 200):
+        cache = build_cache([k[:c]], [v[:c]], cfg)
+        part = paged_attention(q[c : c + 100], k[c : c + 100], v[c : c + 100], *cache[:3], cache[3], cache[4],
+                               torch.tensor([c + 100]), torch.tensor([0, 100]), cfg, 0.125)
+        torch.testing.assert_close(part, whole[c : c + 100], rtol=1e-4, atol=1e-4)
 
 
 def test_close_to_full_precision():

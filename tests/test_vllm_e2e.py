@@ -91,7 +91,8 @@ def test_preemption_recompute_gives_same_tokens():
     spec = {"model": model, "kv_cache_dtype": "kvarn_k4v2_g128", "prompts": prompts, "max_tokens": 40,
             "pool_stats": True}
     roomy = run_engine(spec)
-    tight = run_engine({**spec, "engine": {"num_gpu_blocks_override": 8, "max_num_seqs": 6}})
+    # 10 blocks of 128 tokens for six requests needing 3 each: vLLM must preempt and recompute
+    tight = run_engine({**spec, "max_model_len": 1024, "engine": {"num_gpu_blocks_override": 10, "max_num_seqs": 6}})
     assert roomy.returncode == 0 and tight.returncode == 0, tight.output[-3000:]
     assert "preempt" in tight.output.lower() or tight.pool["peak_used"] > 0
     assert tight.tokens == roomy.tokens

@@ -5,9 +5,14 @@ Cache state of one attention layer:
   pool_k/pool_v fp16  [num_slots, G, Hkv, D]     rotated rows of blocks that live in the fp16 pool
   block_to_slot int   [num_blocks]               -1: the block is a quantized record; else its slot
 
-A request r with ``seq_lens[r]`` tokens and ``q_len`` new tokens (queries) sees
-  * context positions [0, seq_len - q_len) from the cache (pool rows or decoded records),
-  * its own new positions [seq_len - q_len, seq_len) from ``key``/``value`` (lossless), causally.
+Cache-consistent semantics (the same for decode, prefill and chunked prefill): the query at position
+p sees key/value j <= p
+  * quantized (encoded, then decoded) when j lies in a complete tile other than tile 0 and before p's
+    own tile: exactly what the cache holds for it once that tile is flushed;
+  * in fp16 (the pool's rotated rows) when j lies in tile 0 (the sink) or in p's own tile.
+Context positions [0, seq_len - q_len) come from the cache; the new positions from ``key``/``value``,
+quantized in-step where the rule asks for it. So a request's output does not depend on how its prompt
+was chunked or whether a prefix came from the prefix cache (vLLM's prefix caching on == off).
 Attention runs in the rotated frame: q_rot = q H, o = softmax(q_rot K_rot^T * scale) V_rot H.
 Shapes follow vLLM: query [T, Hq, D], key/value [T, Hkv, D], output [T, Hq, D].
 """
@@ -17,7 +22,7 @@ from __future__ import annotations
 import torch
 
 from kvarn.config import KvarnConfig
-from kvarn.reference.codec import decode_tiles
+from kvarn.reference.codec import decode_tiles, encode_tiles
 from kvarn.reference.hadamard import rotate
 
 
@@ -58,24 +63,64 @@ def gather_kv(
 
 
 def gqa_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, q_offset: int
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    scale: float,
+    q_offset: int,
+    k_alt: torch.Tensor | None = None,
+    v_alt: torch.Tensor | None = None,
+    use_alt: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Causal GQA attention in fp32. q [Tq, Hq, D], k/v [Tk, Hkv, D]; query i sits at absolute
-    position q_offset + i and sees keys j <= q_offset + i. Returns [Tq, Hq, D]."""
+    position q_offset + i and sees keys j <= q_offset + i. Returns [Tq, Hq, D].
+
+    With k_alt/v_alt [Tk, Hkv, D] and use_alt bool [Tq, Tk]: query i reads key/value j from the
+    alternative tensors where use_alt[i, j] (the per-(query, key) choice of the cache semantics)."""
     tq, hq, d = q.shape
     tk, hkv, _ = k.shape
     if hq % hkv:
         raise ValueError(f"query heads {hq} must be a multiple of KV heads {hkv}")
     rep = hq // hkv
     qf = q.float().reshape(tq, hkv, rep, d).permute(1, 2, 0, 3)  # [Hkv, rep, Tq, D]
-    kf = k.float().permute(1, 0, 2)[:, None]  # [Hkv, 1, Tk, D]
-    vf = v.float().permute(1, 0, 2)[:, None]
-    scores = (qf @ kf.transpose(-1, -2)) * scale  # [Hkv, rep, Tq, Tk]
+
+    def heads(x):
+        return x.float().permute(1, 0, 2)[:, None]  # [Hkv, 1, Tk, D]
+
+    scores = (qf @ heads(k).transpose(-1, -2)) * scale  # [Hkv, rep, Tq, Tk]
+    if use_alt is not None:
+        alt = (qf @ heads(k_alt).transpose(-1, -2)) * scale
+        scores = torch.where(use_alt, alt, scores)
     pos_q = torch.arange(tq, device=q.device)[:, None] + q_offset
     pos_k = torch.arange(tk, device=q.device)[None, :]
-    scores = scores.masked_fill(pos_k > pos_q, float("-inf"))
-    out = torch.softmax(scores, dim=-1) @ vf  # [Hkv, rep, Tq, D]
+    probs = torch.softmax(scores.masked_fill(pos_k > pos_q, float("-inf")), dim=-1)
+    if use_alt is None:
+        out = probs @ heads(v)
+    else:
+        out = probs.masked_fill(use_alt, 0.0) @ heads(v) + probs.masked_fill(~use_alt, 0.0) @ heads(v_alt)
     return out.permute(2, 0, 1, 3).reshape(tq, hq, d)
+
+
+def _consistent_views(k_ctx, v_ctx, k_new, v_new, ctx, is_record_tile, cfg, quantize):
+    """fp16 view and quantized view [L, Hkv, D] (rotated) of one request's keys/values, and the
+    tiles that differ. is_record_tile [n_ctx_tiles] bool: context tile already a record (decoded)."""
+    g = cfg.group
+    kf = torch.cat([k_ctx, k_new], 0)
+    vf = torch.cat([v_ctx, v_new], 0)
+    kq, vq = kf.clone(), vf.clone()
+    length, hkv, d = kf.shape
+    todo = [
+        j for j in range(1, length // g)
+        if quantize and not (j < len(is_record_tile) and is_record_tile[j])
+    ]
+    if todo:
+        rows = torch.cat([torch.arange(j * g, (j + 1) * g) for j in todo]).to(kf.device)
+        tiles_k = kf[rows].reshape(len(todo), g, hkv, d).transpose(1, 2).reshape(-1, g, d)
+        tiles_v = vf[rows].reshape(len(todo), g, hkv, d).transpose(1, 2).reshape(-1, g, d)
+        dk, dv = decode_tiles(encode_tiles(tiles_k, tiles_v, cfg), cfg)
+        kq[rows] = dk.reshape(len(todo), hkv, g, d).transpose(1, 2).reshape(-1, hkv, d)
+        vq[rows] = dv.reshape(len(todo), hkv, g, d).transpose(1, 2).reshape(-1, hkv, d)
+    return kf, vf, kq, vq
 
 
 def paged_attention(
@@ -91,11 +136,13 @@ def paged_attention(
     query_start_loc: torch.Tensor,
     cfg: KvarnConfig,
     scale: float,
+    quantize_new_tiles: bool = True,
 ) -> torch.Tensor:
     """Decode, prefill and chunked prefill over a kvarn cache. Returns fp32 [T, Hq, D] (original frame).
 
     query [T, Hq, D], key/value [T, Hkv, D] (new tokens, original frame); block_table [B, M];
     seq_lens [B] (context + new tokens); query_start_loc [B + 1] (CPU ints).
+    quantize_new_tiles=False (debugging only): tiles not yet flushed are read in fp16.
     """
     qsl = query_start_loc.tolist()
     lens = seq_lens.tolist()
@@ -108,8 +155,17 @@ def paged_attention(
         if ctx < 0:
             raise ValueError(f"request {r}: seq_len {lens[r]} < query length {e - s}")
         k_ctx, v_ctx = gather_kv(block_table[r], ctx, kv_cache, pool_k, pool_v, block_to_slot, cfg)
-        k_all = torch.cat([k_ctx, rotate(key[s:e])], 0)
-        v_all = torch.cat([v_ctx, rotate(value[s:e])], 0)
-        o_rot = gqa_attention(rotate(query[s:e]), k_all, v_all, scale, q_offset=ctx)
+        g = cfg.group
+        n_ctx_tiles = -(-ctx // g)
+        is_record = (block_to_slot[block_table[r][:n_ctx_tiles].long()] < 0).tolist() if n_ctx_tiles else []
+        # new rows exactly as the pool stores them (rotated, fp16)
+        k_new = rotate(key[s:e]).half().float()
+        v_new = rotate(value[s:e]).half().float()
+        kf, vf, kq, vq = _consistent_views(k_ctx, v_ctx, k_new, v_new, ctx, is_record, cfg, quantize_new_tiles)
+        length = lens[r]
+        tile_q = (torch.arange(ctx, length, device=query.device) // g)[:, None]
+        tile_k = (torch.arange(length, device=query.device) // g)[None, :]
+        use_q = (tile_k >= 1) & (tile_k < tile_q)  # [Tq, L]
+        o_rot = gqa_attention(rotate(query[s:e]), kf, vf, scale, q_offset=ctx, k_alt=kq, v_alt=vq, use_alt=use_q)
         out[s:e] = rotate(o_rot)
     return out

@@ -335,6 +335,7 @@ class KvarnImpl(AttentionImpl[KvarnMetadata]):
         out = cache.attend(
             self._records(kv_cache), query[:n], key[:n], value[:n], md.block_to_slot, md.block_table,
             md.seq_lens, md.query_start_loc_cpu, self.scale,
+            quantize_new_tiles=not (registry.pool is not None and registry.pool.keep_fp16),
         )
         output[:n] = out.reshape(output[:n].shape).to(output.dtype)
         return output

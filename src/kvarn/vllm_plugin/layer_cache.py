@@ -85,9 +85,12 @@ class LayerCache:
         seq_lens: torch.Tensor,
         query_start_loc_cpu: torch.Tensor,
         scale: float,
+        quantize_new_tiles: bool = True,
     ) -> torch.Tensor:
-        """[T, Hq, D] for query [T, Hq, D] (T = real tokens); fp32 on the reference path."""
-        if self._kernels(records) and query.shape[0] == seq_lens.shape[0]:  # decode-only batch: fused kernel
+        """[T, Hq, D] for query [T, Hq, D] (T = real tokens); fp32 on the reference path.
+        Decode-only batches need no in-step quantization (every complete tile before the query's own
+        was flushed at the start of the step), so the fused kernel gives the same semantics."""
+        if self._kernels(records) and query.shape[0] == seq_lens.shape[0] and quantize_new_tiles:  # decode-only batch: fused kernel
             from kvarn.kernels import kvarn_decode_attention
 
             return kvarn_decode_attention(
@@ -96,5 +99,5 @@ class LayerCache:
             )
         return paged_attention(
             query, key, value, records, self.pool_k, self.pool_v, block_to_slot, block_table,
-            seq_lens, query_start_loc_cpu, self.cfg, scale,
+            seq_lens, query_start_loc_cpu, self.cfg, scale, quantize_new_tiles,
         )
