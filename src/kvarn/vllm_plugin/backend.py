@@ -7,8 +7,8 @@ and tiles that have not been flushed yet (see :mod:`kvarn.vllm_plugin.pool`).
 
 Per step: the metadata builder plans the step once for all layers (which tiles to flush, which
 pool row each new token goes to); each layer then (1) flushes: pool rows -> encode -> records,
-(2) writes its new rotated K/V rows into the pool, (3) attends: context from the cache, new tokens
-losslessly. The CPU path runs :func:`kvarn.reference.paged_attention`; a CUDA path plugs in
+(2) writes its new rotated K/V rows into the pool, (3) attends with the cache-consistent semantics of
+:mod:`kvarn.reference.paged_attention`. The CPU path runs :func:`kvarn.reference.paged_attention`; a CUDA path plugs in
 Triton kernels from :mod:`kvarn.kernels` where available.
 """
 

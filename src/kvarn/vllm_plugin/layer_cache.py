@@ -5,7 +5,8 @@ Hkv, D]`` (rotated rows). Each step, given the shared :class:`~kvarn.vllm_plugin
   1. :meth:`update`: flush planned tiles (pool slot -> encode -> record), then write the new
      tokens' rotated K/V into their pool rows (flush first, so a slot freed by a flush can be reused
      in the same step);
-  2. :meth:`attend`: causal GQA attention, context from the cache, new tokens losslessly.
+  2. :meth:`attend`: causal GQA attention with the cache-consistent semantics of
+     :mod:`kvarn.reference.paged_attention` (earlier complete tiles quantized, own tile and sink fp16).
 records: uint8 [num_blocks, Hkv, R] (the vLLM page, one tile record per (block, KV head)).
 
 On CUDA the step uses the Triton kernels of :mod:`kvarn.kernels` (flush, rotate-append, fused decode
