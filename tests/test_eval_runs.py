@@ -90,7 +90,7 @@ def test_cli_quick_json(tmp_path):
     _smollm2_dir()
     out = tmp_path / "eval.json"
     proc = subprocess.run([sys.executable, "-m", "kvarn.cli", "eval", "--quick", "--json", str(out)],
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     res = json.loads(out.read_text())
     report.check_result(res)

@@ -60,9 +60,9 @@ def register(subparsers) -> None:
 
 def _apply_quick(a: argparse.Namespace) -> None:
     a.context, a.passages = 512, 1
-    a.formats = "k4v2_g128,fp8_e4m3,int4_per_token_head,kivi2" if a.formats == "all" else a.formats
+    a.formats = "k4v2_g128,fp8_e4m3" if a.formats == "all" else a.formats
     a.free_formats = "k4v2_g128@improved" if a.free_formats == DEFAULT_FREE_FORMATS else a.free_formats
-    a.prompts, a.prompt_lengths, a.gen_tokens = 2, "320", 24
+    a.prompts, a.prompt_lengths, a.gen_tokens = 2, "320", 16
     a.retrieval_context, a.depths, a.trials = 384, "0.1,0.9", 1
     a.vllm_prompts = 2
 
