@@ -13,13 +13,7 @@ from kvarn.fidelity import ROW_KEYS, all_methods, attention_metrics, nmse, rope,
 from kvarn.fidelity import cli as fidelity_cli
 from kvarn.fidelity.metrics import causal_attention
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: these small tensors run 3x faster than with 2 threads on a shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 JSON_KEYS = {"method", "preset", "numerics", "bits_per_element", "bytes_per_token", "nmse_k", "nmse_v",
