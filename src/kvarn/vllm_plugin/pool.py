@@ -10,8 +10,9 @@ Life of a block (G = tile length = vLLM block size):
     queued and flushed (quantized into its record) at the start of the next step, by every layer,
     before that layer writes anything, so a slot freed by a flush can be reused in the same step;
   * its request finishes or is preempted (:meth:`SlotPool.release`): a partial block's slot is
-    freed; a complete sink is *retired* (kept fp16 so a prefix-cache hit reuses it byte for byte)
-    when prefix caching is on, else queued for flush. Retired sinks are evicted (flushed) oldest
+    freed; with prefix caching on, a complete sink is *retired* (kept fp16 so a prefix-cache hit
+    reuses it byte for byte) and a complete tile still waiting is flushed; with it off, nothing can
+    read the block again and its slot is freed at once. Retired sinks are evicted (flushed) oldest
     first, only when no slot is free.
 Invariant: a slot belongs to at most one block; no slot of a live block is handed out.
 """
@@ -162,16 +163,15 @@ class SlotPool:
             b = int(b)
             if b < 0 or b >= self.block_slot.shape[0] or self.block_slot[b] < 0:
                 continue
-            if b in self.pending_flush or b in self.retired:
-                continue
-            if self.block_fill[b] >= g:
-                if self.keep_fp16:
-                    self.free.append(self._free_slot_of(b))
-                elif self.block_sink[b] and self.retire_sinks:
+            if self.block_fill[b] >= g and self.retire_sinks and not self.keep_fp16:
+                # prefix caching: a later hit must find this complete block valid
+                if b in self.pending_flush or b in self.retired:
+                    continue
+                if self.block_sink[b]:
                     self.retired[b] = None
                 else:
                     self.pending_flush[b] = None
-            else:
+            else:  # partial, or no prefix cache can read it again: drop it
                 self.free.append(self._free_slot_of(b))
 
     # ---- introspection --------------------------------------------------------------------
