@@ -101,7 +101,7 @@ def gqa_attention(
     return out.permute(2, 0, 1, 3).reshape(tq, hq, d)
 
 
-def _consistent_views(k_ctx, v_ctx, k_new, v_new, ctx, is_record_tile, cfg, quantize):
+def _consistent_views(k_ctx, v_ctx, k_new, v_new, is_record_tile, cfg, quantize):
     """fp16 view and quantized view [L, Hkv, D] (rotated) of one request's keys/values, and the
     tiles that differ. is_record_tile [n_ctx_tiles] bool: context tile already a record (decoded)."""
     g = cfg.group
@@ -161,7 +161,7 @@ def paged_attention(
         # new rows exactly as the pool stores them (rotated, fp16)
         k_new = rotate(key[s:e]).half().float()
         v_new = rotate(value[s:e]).half().float()
-        kf, vf, kq, vq = _consistent_views(k_ctx, v_ctx, k_new, v_new, ctx, is_record, cfg, quantize_new_tiles)
+        kf, vf, kq, vq = _consistent_views(k_ctx, v_ctx, k_new, v_new, is_record, cfg, quantize_new_tiles)
         length = lens[r]
         tile_q = (torch.arange(ctx, length, device=query.device) // g)[:, None]
         tile_k = (torch.arange(length, device=query.device) // g)[None, :]
