@@ -142,7 +142,8 @@ def paged_attention(
 
     query [T, Hq, D], key/value [T, Hkv, D] (new tokens, original frame); block_table [B, M];
     seq_lens [B] (context + new tokens); query_start_loc [B + 1] (CPU ints).
-    quantize_new_tiles=False (debugging only): tiles not yet flushed are read in fp16.
+    quantize_new_tiles=False: tiles not yet flushed (this step's tokens included) are read in fp16,
+    the semantics of the GPU kernel path (lossless prompt attention); True: cache-consistent.
     """
     qsl = query_start_loc.tolist()
     lens = seq_lens.tolist()

@@ -40,6 +40,7 @@ from kvarn.config import (
     pool_slots,
 )
 from kvarn.vllm_plugin.layer_cache import LayerCache
+from kvarn.vllm_plugin.routing import StepRoute, plan_route
 from kvarn.vllm_plugin.pool import registry
 from kvarn.vllm_plugin.patches import backend_class_name
 
@@ -163,6 +164,7 @@ class KvarnMetadata:
     flush_slots: torch.Tensor  # [F]
     write_rows: torch.Tensor  # [T] rows of the flattened pool, -1 = skip
     block_to_slot: torch.Tensor  # [num_blocks]
+    route: StepRoute | None = None  # kernel (CUDA) path: per-token routing, built once per step
 
 
 class KvarnMetadataBuilder(AttentionMetadataBuilder[KvarnMetadata]):
@@ -223,6 +225,9 @@ class KvarnMetadataBuilder(AttentionMetadataBuilder[KvarnMetadata]):
         first = cm.block_table_tensor[:n, 0]
         plan = self.pool.plan_step(slot_mapping.cpu().numpy(), first.cpu().numpy())
         dev = cm.slot_mapping.device
+        route = None
+        if dev.type == "cuda":
+            route = plan_route(cm.query_start_loc_cpu[: n + 1].numpy(), cm.seq_lens[:n].cpu().numpy(), dev)
 
         def t(x):
             return torch.from_numpy(x).to(dev)
@@ -239,7 +244,29 @@ class KvarnMetadataBuilder(AttentionMetadataBuilder[KvarnMetadata]):
             flush_slots=t(plan.flush_slots),
             write_rows=t(plan.write_rows),
             block_to_slot=t(plan.block_to_slot),
+            route=route,
         )
+
+
+def _flash_prefill(device):
+    """vLLM's FlashAttention varlen call for fresh prompts on CUDA (None elsewhere: SDPA fallback)."""
+    if torch.device(device).type != "cuda":
+        return None
+    try:
+        from vllm.v1.attention.backends.fa_utils import flash_attn_varlen_func, get_flash_attn_version
+    except ImportError:
+        logger.warning("kvarn: vLLM's FlashAttention is not available; fresh prompts use torch SDPA (slower)")
+        return None
+    version = get_flash_attn_version()
+    extra = {} if version is None else {"fa_version": version}
+
+    def prefill(q, k, v, cu, max_len, scale):
+        out = torch.empty_like(q)
+        flash_attn_varlen_func(q=q, k=k, v=v, out=out, cu_seqlens_q=cu, max_seqlen_q=max_len, cu_seqlens_k=cu,
+                               max_seqlen_k=max_len, softmax_scale=scale, causal=True, **extra)
+        return out
+
+    return prefill
 
 
 class KvarnImpl(AttentionImpl[KvarnMetadata]):
@@ -288,7 +315,7 @@ class KvarnImpl(AttentionImpl[KvarnMetadata]):
         """The layer's pool, sized to the process pool's slot count (known once the builder exists)."""
         slots = registry.pool.num_slots if registry.pool is not None else self.num_slots
         if self.cache is None:
-            self.cache = LayerCache(self.cfg, self.num_kv_heads, slots, device)
+            self.cache = LayerCache(self.cfg, self.num_kv_heads, slots, device, prefill_fn=_flash_prefill(device))
         else:
             self.cache.resize(slots, device)
         return self.cache
@@ -335,7 +362,7 @@ class KvarnImpl(AttentionImpl[KvarnMetadata]):
         out = cache.attend(
             self._records(kv_cache), query[:n], key[:n], value[:n], md.block_to_slot, md.block_table,
             md.seq_lens, md.query_start_loc_cpu, self.scale,
-            quantize_new_tiles=not (registry.pool is not None and registry.pool.keep_fp16),
+            quantize_new_tiles=not (registry.pool is not None and registry.pool.keep_fp16), route=md.route,
         )
         output[:n] = out.reshape(output[:n].shape).to(output.dtype)
         return output

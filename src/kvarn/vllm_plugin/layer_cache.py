@@ -10,7 +10,10 @@ Hkv, D]`` (rotated rows). Each step, given the shared :class:`~kvarn.vllm_plugin
 records: uint8 [num_blocks, Hkv, R] (the vLLM page, one tile record per (block, KV head)).
 
 On CUDA the step uses the Triton kernels of :mod:`kvarn.kernels` (flush, rotate-append, fused decode
-attention for decode-only batches); other batches and the CPU run the pure-PyTorch reference.
+attention) plus FlashAttention for fresh prompts, routed per token by :mod:`kvarn.vllm_plugin.routing`.
+That path reads this step's tokens in full precision (lossless prompt attention, method.md §1.8), i.e.
+it computes the reference with ``quantize_new_tiles=False``. The CPU runs the pure-PyTorch reference
+with in-step quantization (cache-consistent: prefix-cache hits and chunking give the same result).
 """
 
 from __future__ import annotations
@@ -20,12 +23,17 @@ import torch
 from kvarn.config import KvarnConfig
 from kvarn.reference import encode_tiles, rotate
 from kvarn.reference.paged_attention import paged_attention
+from kvarn.vllm_plugin.routing import StepRoute, plan_route, sdpa_prefill
 
 
 class LayerCache:
-    def __init__(self, cfg: KvarnConfig, num_kv_heads: int, num_slots: int, device="cpu", use_kernels=None):
-        """use_kernels: run the Triton kernels (default: on CUDA; True on CPU needs TRITON_INTERPRET=1)."""
+    def __init__(self, cfg: KvarnConfig, num_kv_heads: int, num_slots: int, device="cpu", use_kernels=None,
+                 prefill_fn=None):
+        """use_kernels: run the Triton kernels (default: on CUDA; True on CPU needs TRITON_INTERPRET=1).
+        prefill_fn(q, k, v, cu_seqlens, max_len, scale) -> [T, Hq, D]: causal varlen attention for
+        fresh prompts on the kernel path (vLLM's FlashAttention; default: a per-request SDPA loop)."""
         self.use_kernels = use_kernels
+        self.prefill_fn = prefill_fn or sdpa_prefill
         self.cfg = cfg
         self.num_kv_heads = num_kv_heads
         self.num_slots = num_slots
@@ -37,7 +45,7 @@ class LayerCache:
     def resize(self, num_slots: int, device=None) -> None:
         device = torch.device(device) if device is not None else self.device
         if num_slots != self.num_slots or device != self.device:
-            self.__init__(self.cfg, self.num_kv_heads, num_slots, device, self.use_kernels)
+            self.__init__(self.cfg, self.num_kv_heads, num_slots, device, self.use_kernels, self.prefill_fn)
 
     def _kernels(self, t: torch.Tensor) -> bool:
         return t.is_cuda if self.use_kernels is None else self.use_kernels
@@ -87,18 +95,40 @@ class LayerCache:
         query_start_loc_cpu: torch.Tensor,
         scale: float,
         quantize_new_tiles: bool = True,
+        route: StepRoute | None = None,
     ) -> torch.Tensor:
-        """[T, Hq, D] for query [T, Hq, D] (T = real tokens); fp32 on the reference path.
-        Decode-only batches need no in-step quantization (every complete tile before the query's own
-        was flushed at the start of the step), so the fused kernel gives the same semantics."""
-        if self._kernels(records) and query.shape[0] == seq_lens.shape[0] and quantize_new_tiles:  # decode-only batch: fused kernel
-            from kvarn.kernels import kvarn_decode_attention
-
-            return kvarn_decode_attention(
-                query, records, self.pool_k, self.pool_v, block_to_slot.to(torch.int32),
-                block_table.to(torch.int32), seq_lens.to(torch.int32), scale, self.cfg,
-            )
+        """[T, Hq, D] for query [T, Hq, D] (T = real tokens): fp32 on the reference path, query.dtype on
+        the kernel path (which ignores quantize_new_tiles: see the module docstring). route: the
+        step's token routing (built here from the host arrays if None)."""
+        if self._kernels(records):
+            if route is None:
+                route = plan_route(query_start_loc_cpu.cpu().numpy(), seq_lens.cpu().numpy(), query.device)
+            return self._attend_kernels(records, query, key, value, block_to_slot, block_table, seq_lens, scale, route)
         return paged_attention(
             query, key, value, records, self.pool_k, self.pool_v, block_to_slot, block_table,
             seq_lens, query_start_loc_cpu, self.cfg, scale, quantize_new_tiles,
         )
+
+    def _attend_kernels(self, records, query, key, value, block_to_slot, block_table, seq_lens, scale,
+                        route: StepRoute) -> torch.Tensor:
+        from kvarn.kernels import kvarn_decode_attention
+
+        b2s = block_to_slot.to(torch.int32)
+        table = block_table.to(torch.int32)
+        if route.decode_only:
+            return kvarn_decode_attention(query, records, self.pool_k, self.pool_v, b2s, table,
+                                          seq_lens.to(torch.int32), scale, self.cfg)
+        out = torch.empty_like(query)
+        if route.num_mq:
+            q = query if route.mq_all else query.index_select(0, route.mq_tokens)
+            o = kvarn_decode_attention(q, records, self.pool_k, self.pool_v, b2s, table.index_select(0, route.mq_req),
+                                       route.mq_len, scale, self.cfg)
+            if route.mq_all:
+                return o
+            out.index_copy_(0, route.mq_tokens, o)
+        if route.num_fresh:
+            idx = route.fresh_tokens
+            o = self.prefill_fn(query.index_select(0, idx), key.index_select(0, idx), value.index_select(0, idx),
+                                route.fresh_cu, route.fresh_max, scale)
+            out.index_copy_(0, idx, o.to(out.dtype))
+        return out

@@ -1,0 +1,78 @@
+"""End-to-end vLLM bursts on a GPU host: KV capacity and burst throughput of one KV dtype (one engine).
+
+    python3 benchmarks/gpu/bench_vllm_bursts.py MODEL_DIR KV_DTYPE [--bursts A,B] [--max-num-seqs 1024]
+        [--tp 1] [--json out.json] [--burst NAME=N,PROMPT,OUTPUT ...]
+
+Same method as shared/gpu/kv_burst.py (the script behind shared/baselines.md): dummy weights, bf16,
+gpu_memory_utilization 0.90, random prompt ids (seed 0), ``ignore_eos`` with a fixed output length,
+all requests submitted at once to ``LLM.generate``, default compilation and CUDA graphs; block size
+16 for vLLM's formats, the preset's tile (128) for kvarn. One engine serves every burst of the run.
+Bursts (issue #4): A = 768 x (1,024 + 1,024) memory-bound; B = 16 x (2,048 + 512) latency-bound;
+C = 256 x (256 + 8,192) long generation. ``--burst NAME=N,P,O`` adds or rescales one.
+Prints one ``RESULT {json}`` line per burst and writes all of them to --json.
+"""
+
+import argparse
+import json
+import random
+import time
+
+BURSTS = {"A": (768, 1024, 1024), "B": (16, 2048, 512), "C": (256, 256, 8192)}
+
+
+def parse(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("model")
+    ap.add_argument("kv_dtype")
+    ap.add_argument("--bursts", default="A,B")
+    ap.add_argument("--burst", action="append", default=[], help="NAME=N,PROMPT,OUTPUT")
+    ap.add_argument("--max-num-seqs", type=int, default=1024)
+    ap.add_argument("--tp", type=int, default=1)
+    ap.add_argument("--eager", action="store_true")
+    ap.add_argument("--json")
+    return ap.parse_args(argv)
+
+
+def main(argv=None):
+    a = parse(argv)
+    bursts = dict(BURSTS)
+    for spec in a.burst:
+        name, vals = spec.split("=")
+        bursts[name] = tuple(int(x) for x in vals.split(","))
+    names = a.bursts.split(",")
+    max_len = max(bursts[n][1] + bursts[n][2] for n in names) + 16
+    from vllm import LLM, SamplingParams
+
+    kw = {"block_size": 128} if a.kv_dtype.startswith("kvarn_") else {}
+    t0 = time.perf_counter()
+    llm = LLM(model=a.model, load_format="dummy", skip_tokenizer_init=True, dtype="bfloat16", kv_cache_dtype=a.kv_dtype,
+              gpu_memory_utilization=0.90, max_model_len=max_len, max_num_seqs=a.max_num_seqs, seed=0,
+              tensor_parallel_size=a.tp, enforce_eager=a.eager, **kw)
+    init_s = time.perf_counter() - t0
+    cc = llm.llm_engine.vllm_config.cache_config
+    capacity = int(cc.num_gpu_blocks) * int(cc.block_size)
+    llm.generate([{"prompt_token_ids": [1000 + i for i in range(64)]}] * 4,
+                 SamplingParams(max_tokens=8, ignore_eos=True, detokenize=False), use_tqdm=False)
+    results = []
+    for name in names:
+        n, ilen, olen = bursts[name]
+        rng = random.Random(0)
+        prompts = [{"prompt_token_ids": [rng.randrange(1000, 100000) for _ in range(ilen)]} for _ in range(n)]
+        sp = SamplingParams(max_tokens=olen, min_tokens=olen, ignore_eos=True, temperature=1.0, detokenize=False)
+        t1 = time.perf_counter()
+        outs = llm.generate(prompts, sp, use_tqdm=False)
+        el = time.perf_counter() - t1
+        gen = sum(len(o.outputs[0].token_ids) for o in outs)
+        res = dict(kv=a.kv_dtype, burst=name, tp=a.tp, max_num_seqs=a.max_num_seqs, init_s=round(init_s, 1),
+                   capacity_tokens=capacity, num_gpu_blocks=cc.num_gpu_blocks, block_size=cc.block_size,
+                   n=n, ilen=ilen, olen=olen, gen_tokens=gen, elapsed_s=round(el, 2),
+                   out_tok_s=round(gen / el, 1), total_tok_s=round((gen + n * ilen) / el, 1))
+        print("RESULT " + json.dumps(res), flush=True)
+        results.append(res)
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

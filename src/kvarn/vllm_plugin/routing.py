@@ -1,0 +1,100 @@
+"""Which attention path each query token of a step takes on the kernel (CUDA) path; no vLLM import.
+
+vLLM batches decodes, chunked-prefill continuations and fresh prompts in one step. Given the
+step's layout (host arrays, computed once per step by the metadata builder, shared by all layers):
+
+* **fresh** requests (nothing cached before this step): FlashAttention on the raw, unrotated q/k/v
+  of the step, causal, lossless (method.md §1.8);
+* every other token (decodes, continuation chunks): one "virtual decode row" of the fused kvarn
+  decode kernel, attending causally to positions [0, pos] of its request. Tiles flushed before
+  this step are read as stored (quantized); rows written this step are still fp16 pool rows.
+
+So the kernel path computes :func:`kvarn.reference.paged_attention.paged_attention` with
+``quantize_new_tiles=False``: what was in the cache at the start of the step is read as stored,
+this step's tokens in full precision.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass
+class StepRoute:
+    """Token routing of one step (device tensors; T = real tokens, B = requests).
+
+    decode_only: every request has exactly one query token (rows == requests, no gathers).
+    mq_tokens [Tm] int64: tokens served by the decode kernel; mq_all: Tm == T in order.
+    mq_req [Tm] int64: their request (row of the block table); mq_len [Tm] int32: causal length.
+    fresh_tokens [Tf] int64; fresh_cu [Bf + 1] int32 cumulative lengths; fresh_max: longest.
+    """
+
+    decode_only: bool
+    mq_tokens: torch.Tensor
+    mq_all: bool
+    mq_req: torch.Tensor
+    mq_len: torch.Tensor
+    fresh_tokens: torch.Tensor
+    fresh_cu: torch.Tensor
+    fresh_max: int
+
+    @property
+    def num_fresh(self) -> int:
+        return int(self.fresh_tokens.shape[0])
+
+    @property
+    def num_mq(self) -> int:
+        return int(self.mq_tokens.shape[0])
+
+
+def plan_route(query_start_loc: np.ndarray, seq_lens: np.ndarray, device) -> StepRoute:
+    """query_start_loc [B + 1], seq_lens [B] (cached + new tokens), host ints -> StepRoute on device."""
+    qsl = np.asarray(query_start_loc, dtype=np.int64)
+    seq = np.asarray(seq_lens, dtype=np.int64)
+    if qsl.shape[0] != seq.shape[0] + 1:
+        raise ValueError(f"query_start_loc must be [B + 1] for seq_lens [B], got {qsl.shape} and {seq.shape}")
+    qlen = np.diff(qsl)
+    if (qlen < 0).any() or (seq < qlen).any():
+        raise ValueError("inconsistent step: a request has more new tokens than its sequence length")
+    total = int(qsl[-1])
+    req = np.repeat(np.arange(seq.shape[0]), qlen)
+    tok = np.arange(total)
+    fresh_req = (seq == qlen) & (qlen > 1)  # nothing cached: FlashAttention (a 1-token prompt is a decode row)
+    is_fresh = fresh_req[req]
+    mq = np.nonzero(~is_fresh)[0]
+    fr = np.nonzero(is_fresh)[0]
+    lens = seq[req] - (qsl[req + 1] - tok) + 1
+    fq = qlen[fresh_req]
+
+    def dev(x, dt):
+        return torch.from_numpy(np.ascontiguousarray(x)).to(device=device, dtype=dt)
+
+    return StepRoute(
+        decode_only=bool((qlen == 1).all()),
+        mq_tokens=dev(mq, torch.int64),
+        mq_all=mq.shape[0] == total,
+        mq_req=dev(req[mq], torch.int64),
+        mq_len=dev(lens[mq], torch.int32),
+        fresh_tokens=dev(fr, torch.int64),
+        fresh_cu=dev(np.concatenate([[0], np.cumsum(fq)]), torch.int32),
+        fresh_max=int(fq.max()) if fq.shape[0] else 0,
+    )
+
+
+def sdpa_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu: torch.Tensor, max_len: int,
+                 scale: float) -> torch.Tensor:
+    """Fallback of FlashAttention's varlen call (tests, non-vLLM use): q [T, Hq, D], k/v [T, Hk, D],
+    cu [B + 1] -> causal GQA attention per request, [T, Hq, D] in q.dtype."""
+    out = torch.empty_like(q)
+    bounds = cu.tolist()
+    rep = q.shape[1] // k.shape[1]
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        qi = q[a:b].transpose(0, 1).float()
+        ki = k[a:b].transpose(0, 1).float().repeat_interleave(rep, 0)
+        vi = v[a:b].transpose(0, 1).float().repeat_interleave(rep, 0)
+        o = torch.nn.functional.scaled_dot_product_attention(qi, ki, vi, is_causal=True, scale=scale)
+        out[a:b] = o.transpose(0, 1).to(q.dtype)
+    return out
