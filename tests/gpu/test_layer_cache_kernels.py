@@ -94,3 +94,47 @@ def test_kernel_step_path_matches_reference(dev, act):
                 del reqs[rid]
         steps += 1
     assert steps > 5
+
+
+def test_padded_decode_rows_are_zero(dev):
+    """CUDA-graph padding: requests without tokens (seq_len 0) give finite zero rows, others are untouched."""
+    cfg = KvarnConfig.from_name("k4v2_g64", head_dim=64)
+    cache = LayerCache(cfg, 2, 4, device=dev, use_kernels=True)
+    cache.pool_k.normal_()
+    cache.pool_v.normal_()
+    records = torch.zeros(8, 2, cfg.record_bytes, dtype=torch.uint8, device=dev)
+    b2s = torch.full((8,), -1, dtype=torch.int32, device=dev)
+    b2s[3] = 1
+    table = torch.tensor([[3, 0], [5, 0], [5, 0]], dtype=torch.int32, device=dev)
+    seq = torch.tensor([40, 0, 0], dtype=torch.int32, device=dev)
+    q = torch.randn(3, 6, 64, device=dev).half()
+    route = plan_route(np.array([0, 1, 1, 1]), np.array([40, 0, 0]), dev)
+    assert route.decode_only
+    out = cache.attend(records, q, q[:, :2], q[:, :2], b2s, table, seq, torch.tensor([0, 1, 1, 1]), 0.125, route=route)
+    assert torch.isfinite(out).all() and out[1:].abs().max() == 0 and out[0].abs().max() > 0
+
+
+def test_cuda_step_state_flush_equals_layer_update(dev):
+    """The builder-side flush (all layers, one launch) writes the same records as each layer's own flush."""
+    from kvarn.vllm_plugin.cuda_step import CudaStepState
+    cfg = KvarnConfig.from_name("k4v2_g64", head_dim=64)
+    state = CudaStepState(cfg, dev, num_blocks=6, max_tokens=16)
+    caches, mine, theirs = [], [], []
+    for i in range(3):
+        c = LayerCache(cfg, 2, 4, device=dev, use_kernels=True)
+        c.pool_k.normal_()
+        c.pool_v.normal_()
+        caches.append(c)
+        mine.append(torch.zeros(6, 2, cfg.record_bytes, dtype=torch.uint8, device=dev))
+        theirs.append(torch.zeros(6, 2, cfg.record_bytes, dtype=torch.uint8, device=dev))
+        state.register(f"layer{i}", c, mine[-1])
+    blocks, slots = np.array([4, 1]), np.array([2, 0])
+    assert state.flush(["layer0", "layer1", "layer2", "missing"], blocks, slots) == 6
+    for c, r in zip(caches, theirs):
+        c.update(r, torch.zeros(0, 2, 64, device=dev), torch.zeros(0, 2, 64, device=dev),
+                 torch.from_numpy(blocks).to(dev), torch.from_numpy(slots).to(dev), torch.zeros(0, dtype=torch.int64, device=dev))
+    for a, b in zip(mine, theirs):
+        assert torch.equal(a, b) and a[[1, 4]].any() and not a[[0, 2, 3, 5]].any()
+    b2s, rows = state.stage(np.array([-1, 0, -1, 2, -1, -1]), np.array([3, -1, 7]))
+    assert b2s.tolist() == [-1, 0, -1, 2, -1, -1] and rows.tolist() == [3, -1, 7]
+    assert state.capture_rows(5).tolist() == [-1] * 5

@@ -194,5 +194,5 @@ def _kvarn_decode_kernel(
         tl.store(ml_ptr + 2 * (obase // D), m_i, mask=qmask)
         tl.store(ml_ptr + 2 * (obase // D) + 1, l_i, mask=qmask)
     else:
-        out = acc / l_i[:, None]
+        out = acc / tl.maximum(l_i, 1e-30)[:, None]  # empty rows (seq_len 0: CUDA-graph padding) -> 0
         tl.store(o_ptr + b * stride_ob + hq[:, None] * stride_oh + d[None, :], out, mask=qmask[:, None])

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from vllm.v1.attention.backend import (
     AttentionBackend,
+    AttentionCGSupport,
     AttentionImpl,
     AttentionMetadataBuilder,
     AttentionType,
@@ -168,7 +169,20 @@ class KvarnMetadata:
 
 
 class KvarnMetadataBuilder(AttentionMetadataBuilder[KvarnMetadata]):
+    """Plans each step once for all layers. On CUDA the flush runs here (outside CUDA graphs) and the
+    per-step maps live in persistent buffers (:mod:`kvarn.vllm_plugin.cuda_step`), so uniform
+    single-token decode batches can run as full CUDA graphs."""
+
     reorder_batch_threshold: int | None = 1
+    _cudagraph_support: ClassVar[AttentionCGSupport] = AttentionCGSupport.UNIFORM_SINGLE_TOKEN_DECODE
+
+    @classmethod
+    def get_cudagraph_support(cls, vllm_config=None, kv_cache_spec=None) -> AttentionCGSupport:
+        """Full CUDA graphs for single-token decode batches; KVARN_FULL_CUDAGRAPH=0 keeps attention
+        out of graphs (piecewise only: the fallback if a capture fails)."""
+        if os.environ.get("KVARN_FULL_CUDAGRAPH", "1") == "0":
+            return AttentionCGSupport.NEVER
+        return cls._cudagraph_support
 
     def __init__(self, kv_cache_spec, layer_names, vllm_config, device):
         super().__init__(kv_cache_spec, layer_names, vllm_config, device)
@@ -188,6 +202,12 @@ class KvarnMetadataBuilder(AttentionMetadataBuilder[KvarnMetadata]):
             self.num_slots, self.group, retire_sinks=prefix_caching, keep_fp16=keep_fp16, num_blocks=int(num_blocks or 1024)
         )
         self._log_capacity(kv_cache_spec, layer_names, vllm_config)
+        self.cuda = None
+        if torch.device(device).type == "cuda":
+            cfg = kvarn_config(vllm_config.cache_config.cache_dtype, kv_cache_spec.head_size)
+            sc = vllm_config.scheduler_config
+            self.cuda = registry.cuda_state(cfg, device, int(num_blocks or 1024),
+                                            max(sc.max_num_batched_tokens, sc.max_num_seqs) + 1024)
 
     def _log_capacity(self, spec, layer_names, vllm_config) -> None:
         dtype = vllm_config.cache_config.cache_dtype
@@ -222,16 +242,35 @@ class KvarnMetadataBuilder(AttentionMetadataBuilder[KvarnMetadata]):
         cm = common_attn_metadata
         n = cm.num_reqs
         slot_mapping = cm.slot_mapping[: cm.num_actual_tokens]
-        first = cm.block_table_tensor[:n, 0]
-        plan = self.pool.plan_step(slot_mapping.cpu().numpy(), first.cpu().numpy())
+        qsl = cm.query_start_loc_cpu[: n + 1].numpy()
+        first = cm.block_table_tensor[:n, 0].cpu().numpy()[np.diff(qsl) > 0]  # padded requests have no tokens
+        plan = self.pool.plan_step(slot_mapping.cpu().numpy(), first)
         dev = cm.slot_mapping.device
-        route = None
-        if dev.type == "cuda":
-            route = plan_route(cm.query_start_loc_cpu[: n + 1].numpy(), cm.seq_lens[:n].cpu().numpy(), dev)
+        if self.cuda is None:  # CPU: every layer flushes in its own update
+            def t(x):
+                return torch.from_numpy(x).to(dev)
 
-        def t(x):
-            return torch.from_numpy(x).to(dev)
+            return self._metadata(cm, slot_mapping, t(plan.flush_blocks), t(plan.flush_slots), t(plan.write_rows),
+                                  t(plan.block_to_slot), None)
+        self.cuda.flush(self.layer_names, plan.flush_blocks, plan.flush_slots)
+        b2s, rows = self.cuda.stage(plan.block_to_slot, plan.write_rows)
+        route = plan_route(qsl, cm.seq_lens[:n].cpu().numpy(), dev)
+        return self._metadata(cm, slot_mapping, self.cuda.empty, self.cuda.empty, rows, b2s, route)
 
+    def build_for_cudagraph_capture(self, common_attn_metadata: CommonAttentionMetadata):
+        """Capture with dummy requests: no pool bookkeeping, no writes, short sequences (fast capture)."""
+        cm = common_attn_metadata
+        if self.cuda is None:
+            return self.build(0, cm)
+        n = cm.num_reqs
+        cm.seq_lens.fill_(1)
+        route = plan_route(cm.query_start_loc_cpu[: n + 1].numpy(), np.ones(n, dtype=np.int64), cm.slot_mapping.device)
+        rows = self.cuda.capture_rows(cm.num_actual_tokens)
+        return self._metadata(cm, cm.slot_mapping[: cm.num_actual_tokens], self.cuda.empty, self.cuda.empty, rows,
+                              self.cuda.b2s, route)
+
+    @staticmethod
+    def _metadata(cm, slot_mapping, flush_blocks, flush_slots, write_rows, block_to_slot, route) -> KvarnMetadata:
         return KvarnMetadata(
             num_actual_tokens=cm.num_actual_tokens,
             max_query_len=cm.max_query_len,
@@ -240,10 +279,10 @@ class KvarnMetadataBuilder(AttentionMetadataBuilder[KvarnMetadata]):
             seq_lens=cm.seq_lens,
             block_table=cm.block_table_tensor,
             slot_mapping=slot_mapping,
-            flush_blocks=t(plan.flush_blocks),
-            flush_slots=t(plan.flush_slots),
-            write_rows=t(plan.write_rows),
-            block_to_slot=t(plan.block_to_slot),
+            flush_blocks=flush_blocks,
+            flush_slots=flush_slots,
+            write_rows=write_rows,
+            block_to_slot=block_to_slot,
             route=route,
         )
 
@@ -349,7 +388,10 @@ class KvarnImpl(AttentionImpl[KvarnMetadata]):
         if md is None or kv_cache.numel() == 0:
             return
         cache = self._layer_cache(key.device)
-        cache.update(self._records(kv_cache), key, value, md.flush_blocks, md.flush_slots, md.write_rows)
+        records = self._records(kv_cache)
+        if registry.cuda is not None:
+            registry.cuda.register(layer.layer_name, cache, records)
+        cache.update(records, key, value, md.flush_blocks, md.flush_slots, md.write_rows)
 
     def forward(self, layer, query, key, value, kv_cache, attn_metadata, output, output_scale=None, output_block_scale=None):
         if output_scale is not None or output_block_scale is not None:

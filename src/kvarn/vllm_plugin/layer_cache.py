@@ -115,15 +115,16 @@ class LayerCache:
 
         b2s = block_to_slot.to(torch.int32)
         table = block_table.to(torch.int32)
-        if route.decode_only:
+        if route.decode_only and query.shape[0] == seq_lens.shape[0]:  # one row per request (graph-safe)
             return kvarn_decode_attention(query, records, self.pool_k, self.pool_v, b2s, table,
                                           seq_lens.to(torch.int32), scale, self.cfg)
-        out = torch.empty_like(query)
+        whole = route.mq_all and route.num_mq == query.shape[0]
+        out = torch.empty_like(query) if route.num_mq + route.num_fresh == query.shape[0] else torch.zeros_like(query)
         if route.num_mq:
-            q = query if route.mq_all else query.index_select(0, route.mq_tokens)
+            q = query if whole else query.index_select(0, route.mq_tokens)
             o = kvarn_decode_attention(q, records, self.pool_k, self.pool_v, b2s, table.index_select(0, route.mq_req),
                                        route.mq_len, scale, self.cfg)
-            if route.mq_all:
+            if whole:
                 return o
             out.index_copy_(0, route.mq_tokens, o)
         if route.num_fresh:

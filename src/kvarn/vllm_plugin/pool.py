@@ -201,6 +201,15 @@ class _Registry:
 
     def __init__(self) -> None:
         self.pool: SlotPool | None = None
+        self.cuda = None  # CudaStepState on CUDA (persistent step buffers, layer views for the flush)
+
+    def cuda_state(self, cfg, device, num_blocks: int, max_tokens: int):
+        """The process's CUDA step state (one per worker; later builders reuse it)."""
+        if self.cuda is None:
+            from kvarn.vllm_plugin.cuda_step import CudaStepState
+
+            self.cuda = CudaStepState(cfg, device, num_blocks, max_tokens)
+        return self.cuda
 
     def active(self) -> bool:
         return self.pool is not None

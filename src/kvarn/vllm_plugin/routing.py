@@ -26,7 +26,8 @@ import torch
 class StepRoute:
     """Token routing of one step (device tensors; T = real tokens, B = requests).
 
-    decode_only: every request has exactly one query token (rows == requests, no gathers).
+    decode_only: no request has more than one query token (rows == requests, no gathers; requests
+        without a token are CUDA-graph padding).
     mq_tokens [Tm] int64: tokens served by the decode kernel; mq_all: Tm == T in order.
     mq_req [Tm] int64: their request (row of the block table); mq_len [Tm] int32: causal length.
     fresh_tokens [Tf] int64; fresh_cu [Bf + 1] int32 cumulative lengths; fresh_max: longest.
@@ -73,7 +74,7 @@ def plan_route(query_start_loc: np.ndarray, seq_lens: np.ndarray, device) -> Ste
         return torch.from_numpy(np.ascontiguousarray(x)).to(device=device, dtype=dt)
 
     return StepRoute(
-        decode_only=bool((qlen == 1).all()),
+        decode_only=bool((qlen <= 1).all()),
         mq_tokens=dev(mq, torch.int64),
         mq_all=mq.shape[0] == total,
         mq_req=dev(req[mq], torch.int64),

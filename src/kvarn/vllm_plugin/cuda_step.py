@@ -1,0 +1,80 @@
+"""CUDA-graph-safe step state of the kvarn backend (no vLLM import; used by the metadata builder on CUDA).
+
+A full CUDA graph of a decode step replays the kernels it captured with the tensor addresses it
+captured, and none of the Python around them. So on CUDA:
+
+* the per-step tensors every layer reads (``block_to_slot [num_blocks]`` int32 and ``write_rows [T]``
+  int64) live in persistent device buffers that :meth:`CudaStepState.stage` overwrites in place;
+* the flush (quantizing complete pool tiles into their records), whose size varies per step, runs
+  here in the builder, before the forward and outside any graph: one launch of
+  :func:`kvarn.kernels.flush_tiles_layers` for all layers of the step;
+* every layer registers its ``(LayerCache, records)`` pair (:meth:`register`) the first time it runs,
+  so the builder can reach every layer's pool and page. A layer that never ran has nothing to flush.
+
+Stream order makes it safe: the builder's copies and flush are enqueued after the previous step's
+forward and before this step's.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from kvarn.config import KvarnConfig
+
+
+class CudaStepState:
+    def __init__(self, cfg: KvarnConfig, device, num_blocks: int, max_tokens: int):
+        self.cfg = cfg
+        self.device = torch.device(device)
+        self.b2s = torch.full((max(1, num_blocks),), -1, dtype=torch.int32, device=self.device)
+        self.rows = torch.full((max(1, max_tokens),), -1, dtype=torch.int64, device=self.device)
+        self.empty = torch.empty(0, dtype=torch.int64, device=self.device)
+        self.layers: dict[str, tuple] = {}
+
+    def register(self, name: str, cache, records: torch.Tensor) -> None:
+        """cache: the layer's LayerCache; records uint8 [num_blocks, Hkv, R] (its vLLM page)."""
+        self.layers[name] = (cache, records)
+
+    def stage(self, block_to_slot: np.ndarray, write_rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Copy the step's maps into the persistent buffers -> (block_to_slot [NB] int32, write_rows [T] int64)."""
+        nb = block_to_slot.shape[0]
+        if nb > self.b2s.shape[0]:  # only before graphs exist (the pool grows to the final block count early)
+            self.b2s = torch.full((nb,), -1, dtype=torch.int32, device=self.device)
+        self.b2s[:nb].copy_(torch.from_numpy(block_to_slot.astype(np.int32)))
+        t = write_rows.shape[0]
+        if t > self.rows.shape[0]:
+            self.rows = torch.full((t,), -1, dtype=torch.int64, device=self.device)
+        rows = self.rows[:t]
+        rows.copy_(torch.from_numpy(np.ascontiguousarray(write_rows, dtype=np.int64)))
+        return self.b2s, rows
+
+    def capture_rows(self, num_tokens: int) -> torch.Tensor:
+        """write_rows for CUDA-graph capture: the persistent buffer, all -1 (dummy requests write nothing)."""
+        if num_tokens > self.rows.shape[0]:
+            self.rows = torch.full((num_tokens,), -1, dtype=torch.int64, device=self.device)
+        rows = self.rows[:num_tokens]
+        rows.fill_(-1)
+        return rows
+
+    def flush(self, layer_names, blocks: np.ndarray, slots: np.ndarray) -> int:
+        """Quantize pool slot -> record of block for every registered layer of layer_names (one launch
+        when the layers' tensors share shape and strides). Returns the number of tiles encoded."""
+        if slots.shape[0] == 0:
+            return 0
+        views = [self.layers[n] for n in layer_names if n in self.layers]
+        if not views:
+            return 0
+        from kvarn.kernels import flush_tiles, flush_tiles_layers
+
+        nl, nf = len(views), slots.shape[0]
+        s = torch.from_numpy(np.ascontiguousarray(slots, dtype=np.int32)).to(self.device)
+        b = torch.from_numpy(np.ascontiguousarray(blocks, dtype=np.int32)).to(self.device)
+        layers = torch.arange(nl, dtype=torch.int32, device=self.device).repeat_interleave(nf)
+        try:
+            flush_tiles_layers([c.pool_k for c, _ in views], [c.pool_v for c, _ in views], [r for _, r in views],
+                               layers, s.repeat(nl), b.repeat(nl), self.cfg)
+        except ValueError:  # layers whose tensors differ in shape or strides: one launch each
+            for c, r in views:
+                flush_tiles(c.pool_k, c.pool_v, r, s, b, self.cfg)
+        return nl * nf
