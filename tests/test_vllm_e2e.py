@@ -89,6 +89,7 @@ def test_prefix_caching_on_equals_off():
     assert on.tokens[1][:20] == off.tokens[1][:20]
     assert on.pool["retired_sinks"] >= 1 and off.pool["retired_sinks"] == 0
     assert off.pool["free"] == off.pool["slots"]
+    assert on.pool["host_plan_mismatch"] == 0 and off.pool["host_plan_mismatch"] == 0
 
 
 def test_preemption_recompute_gives_same_tokens():
@@ -107,6 +108,8 @@ def test_preemption_recompute_gives_same_tokens():
     # (a late near-tie after recompute). Asserted: the first 8 tokens of every request.
     assert [t[:8] for t in tight.tokens] == [t[:8] for t in roomy.tokens]
     assert tight.pool["live"] == 0 and tight.pool["pending_flush"] == 0
+    # the builder's host-side step layout (no GPU wait on CUDA) matched vLLM's device tensors every step
+    assert tight.pool["host_plan_checked"] > 10 and tight.pool["host_plan_mismatch"] == 0
 
 
 def test_soak_2000_requests_frees_every_pool_slot():
@@ -128,3 +131,4 @@ def test_soak_2000_requests_frees_every_pool_slot():
     print("pool after soak:", pool)
     assert pool["live"] == 0 and pool["pending_flush"] == 0 and pool["retired_sinks"] == 0
     assert pool["free"] == pool["slots"] and pool["peak_used"] > 32
+    assert pool["host_plan_checked"] > 100 and pool["host_plan_mismatch"] == 0

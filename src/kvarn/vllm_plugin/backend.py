@@ -40,6 +40,7 @@ from kvarn.config import (
     pool_bytes_per_layer,
     pool_slots,
 )
+from kvarn.vllm_plugin.host_plan import host_step
 from kvarn.vllm_plugin.layer_cache import LayerCache
 from kvarn.vllm_plugin.routing import StepRoute, plan_route
 from kvarn.vllm_plugin.pool import registry
@@ -202,6 +203,8 @@ class KvarnMetadataBuilder(AttentionMetadataBuilder[KvarnMetadata]):
             self.num_slots, self.group, retire_sinks=prefix_caching, keep_fp16=keep_fp16, num_blocks=int(num_blocks or 1024)
         )
         self._log_capacity(kv_cache_spec, layer_names, vllm_config)
+        self.host_plan_ok = os.environ.get("KVARN_HOST_PLAN", "1") != "0"
+        self.host_checks_left = 32
         self.cuda = None
         if torch.device(device).type == "cuda":
             cfg = kvarn_config(vllm_config.cache_config.cache_dtype, kv_cache_spec.head_size)
@@ -238,13 +241,37 @@ class KvarnMetadataBuilder(AttentionMetadataBuilder[KvarnMetadata]):
                 )
         logger.warning(msg)
 
+    def _step_layout(self, cm, n: int, qsl: np.ndarray):
+        """(slot_mapping [T], first blocks of requests with tokens, seq_lens [B]) as host arrays.
+        From vLLM's host arrays (no wait on the GPU, see host_plan) once they have matched the
+        device tensors: always checked on CPU (free), the first 32 steps on CUDA."""
+        hs = None
+        if self.host_plan_ok and registry.runner is not None:
+            hs = host_step(registry.runner, qsl, cm.num_actual_tokens, self.group)
+        if hs is not None and self.cuda is not None and self.host_checks_left <= 0:
+            return hs.slot_mapping, hs.first_blocks, hs.seq_lens
+        has_tokens = np.diff(qsl) > 0
+        slots = cm.slot_mapping[: cm.num_actual_tokens].cpu().numpy()
+        first = cm.block_table_tensor[:n, 0].cpu().numpy()[has_tokens]  # padded requests have no tokens
+        seq = cm.seq_lens[:n].cpu().numpy()
+        if hs is not None:
+            self.host_checks_left -= 1
+            registry.host_plan_checked += 1
+            if not (np.array_equal(hs.slot_mapping, slots) and np.array_equal(hs.first_blocks, first)
+                    and np.array_equal(hs.seq_lens[has_tokens], seq[has_tokens])):
+                registry.host_plan_mismatch += 1
+                self.host_plan_ok = False
+                logger.warning("kvarn: vLLM's host arrays disagree with its device slot mapping; reading the "
+                               "device tensors from now on (each step waits for the GPU)")
+        return slots, first, seq
+
     def build(self, common_prefix_len: int, common_attn_metadata: CommonAttentionMetadata, fast_build: bool = False):
         cm = common_attn_metadata
         n = cm.num_reqs
         slot_mapping = cm.slot_mapping[: cm.num_actual_tokens]
         qsl = cm.query_start_loc_cpu[: n + 1].numpy()
-        first = cm.block_table_tensor[:n, 0].cpu().numpy()[np.diff(qsl) > 0]  # padded requests have no tokens
-        plan = self.pool.plan_step(slot_mapping.cpu().numpy(), first)
+        slots, first, seq = self._step_layout(cm, n, qsl)
+        plan = self.pool.plan_step(slots, first)
         dev = cm.slot_mapping.device
         if self.cuda is None:  # CPU: every layer flushes in its own update
             def t(x):
@@ -254,7 +281,7 @@ class KvarnMetadataBuilder(AttentionMetadataBuilder[KvarnMetadata]):
                                   t(plan.block_to_slot), None)
         self.cuda.flush(self.layer_names, plan.flush_blocks, plan.flush_slots)
         b2s, rows = self.cuda.stage(plan.block_to_slot, plan.write_rows)
-        route = plan_route(qsl, cm.seq_lens[:n].cpu().numpy(), dev)
+        route = plan_route(qsl, seq, dev)
         return self._metadata(cm, slot_mapping, self.cuda.empty, self.cuda.empty, rows, b2s, route)
 
     def build_for_cudagraph_capture(self, common_attn_metadata: CommonAttentionMetadata):

@@ -23,6 +23,17 @@ import torch
 from kvarn.config import KvarnConfig
 
 
+def to_device(x: np.ndarray, device, dtype=None) -> torch.Tensor:
+    """Host array -> device tensor without waiting for the GPU: pinned staging, non-blocking copy
+    (PyTorch's pinned-memory allocator keeps the staging block until the copy has run)."""
+    t = torch.from_numpy(np.ascontiguousarray(x))
+    if dtype is not None:
+        t = t.to(dtype)
+    if torch.device(device).type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 class CudaStepState:
     def __init__(self, cfg: KvarnConfig, device, num_blocks: int, max_tokens: int):
         self.cfg = cfg
@@ -41,12 +52,12 @@ class CudaStepState:
         nb = block_to_slot.shape[0]
         if nb > self.b2s.shape[0]:  # only before graphs exist (the pool grows to the final block count early)
             self.b2s = torch.full((nb,), -1, dtype=torch.int32, device=self.device)
-        self.b2s[:nb].copy_(torch.from_numpy(block_to_slot.astype(np.int32)))
+        self.b2s[:nb].copy_(to_device(block_to_slot, self.device, torch.int32))
         t = write_rows.shape[0]
         if t > self.rows.shape[0]:
             self.rows = torch.full((t,), -1, dtype=torch.int64, device=self.device)
         rows = self.rows[:t]
-        rows.copy_(torch.from_numpy(np.ascontiguousarray(write_rows, dtype=np.int64)))
+        rows.copy_(to_device(write_rows, self.device, torch.int64))
         return self.b2s, rows
 
     def capture_rows(self, num_tokens: int) -> torch.Tensor:
@@ -68,8 +79,8 @@ class CudaStepState:
         from kvarn.kernels import flush_tiles, flush_tiles_layers
 
         nl, nf = len(views), slots.shape[0]
-        s = torch.from_numpy(np.ascontiguousarray(slots, dtype=np.int32)).to(self.device)
-        b = torch.from_numpy(np.ascontiguousarray(blocks, dtype=np.int32)).to(self.device)
+        s = to_device(slots, self.device, torch.int32)
+        b = to_device(blocks, self.device, torch.int32)
         layers = torch.arange(nl, dtype=torch.int32, device=self.device).repeat_interleave(nf)
         try:
             flush_tiles_layers([c.pool_k for c, _ in views], [c.pool_v for c, _ in views], [r for _, r in views],

@@ -163,6 +163,7 @@ def patch_runner_release() -> None:
     def _update_states(self, scheduler_output, *args, **kwargs):
         from kvarn.vllm_plugin.pool import registry
 
+        registry.runner = self  # host-side step layout (kvarn.vllm_plugin.host_plan)
         if registry.active():
             gone = set(scheduler_output.finished_req_ids)
             gone |= set(getattr(scheduler_output, "preempted_req_ids", None) or ())

@@ -202,6 +202,9 @@ class _Registry:
     def __init__(self) -> None:
         self.pool: SlotPool | None = None
         self.cuda = None  # CudaStepState on CUDA (persistent step buffers, layer views for the flush)
+        self.runner = None  # vLLM's model runner of this process (set by the _update_states patch)
+        self.host_plan_checked = 0  # steps whose host-side layout was compared with the device tensors
+        self.host_plan_mismatch = 0
 
     def cuda_state(self, cfg, device, num_blocks: int, max_tokens: int):
         """The process's CUDA step state (one per worker; later builders reuse it)."""
@@ -238,4 +241,5 @@ def worker_pool_stats(worker=None) -> dict | None:
     if registry.pool is None:
         return None
     registry.pool.check_invariants()
-    return registry.pool.stats()
+    return {**registry.pool.stats(), "host_plan_checked": registry.host_plan_checked,
+            "host_plan_mismatch": registry.host_plan_mismatch}

@@ -71,7 +71,10 @@ def plan_route(query_start_loc: np.ndarray, seq_lens: np.ndarray, device) -> Ste
     fq = qlen[fresh_req]
 
     def dev(x, dt):
-        return torch.from_numpy(np.ascontiguousarray(x)).to(device=device, dtype=dt)
+        t = torch.from_numpy(np.ascontiguousarray(x)).to(dt)
+        if torch.device(device).type == "cuda":  # pinned + non-blocking: no wait on the GPU
+            return t.pin_memory().to(device, non_blocking=True)
+        return t.to(device)
 
     return StepRoute(
         decode_only=bool((qlen <= 1).all()),
