@@ -34,6 +34,7 @@ class Run:
     output: str
     tokens: list | None
     pool: dict | None
+    pools: list | None = None  # every worker's pool statistics (tensor parallelism: one per rank)
 
     @property
     def kv_tokens(self) -> int:
@@ -63,12 +64,12 @@ def run_engine(spec: dict, env: dict | None = None, timeout: int = 900) -> Run:
     )
     os.unlink(f.name)
     out = p.stdout + p.stderr
-    tokens = pool = None
+    tokens = pool = pools = None
     for line in p.stdout.splitlines():
         if line.startswith("RESULT "):
             res = json.loads(line[7:])
-            tokens, pool = res["tokens"], res["pool"]
-    return Run(p.returncode, out, tokens, pool)
+            tokens, pool, pools = res["tokens"], res["pool"], res.get("pools")
+    return Run(p.returncode, out, tokens, pool, pools)
 
 
 def default_model() -> str:

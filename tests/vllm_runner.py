@@ -41,12 +41,13 @@ def main(spec: dict) -> None:
         else:
             outs = llm.generate(prompts, sp, use_tqdm=False)
         tokens.extend(list(o.outputs[0].token_ids) for o in outs)
-    pool = None
+    pools = None
     if spec.get("pool_stats"):
         from kvarn.vllm_plugin.pool import worker_pool_stats
 
-        pool = llm.collective_rpc(worker_pool_stats)[0]
-    print("RESULT " + json.dumps({"tokens": tokens, "pool": pool}), flush=True)
+        pools = llm.collective_rpc(worker_pool_stats)  # one entry per worker (TP rank)
+    pool = pools[0] if pools else None
+    print("RESULT " + json.dumps({"tokens": tokens, "pool": pool, "pools": pools}), flush=True)
 
 
 if __name__ == "__main__":

@@ -60,6 +60,15 @@ def _vllm_config():
     return get_current_vllm_config()
 
 
+def _tp_rank() -> int:
+    try:
+        from vllm.distributed import get_tensor_model_parallel_rank
+
+        return int(get_tensor_model_parallel_rank())
+    except Exception:  # not initialized (unit tests)
+        return 0
+
+
 def kvarn_config(kv_cache_dtype: str, head_dim: int) -> KvarnConfig:
     """The format of a layer; numerics from ``KVARN_NUMERICS`` (reference|improved) if set."""
     return KvarnConfig.from_name(kv_cache_dtype, head_dim=head_dim, numerics=os.environ.get("KVARN_NUMERICS") or None)
@@ -219,6 +228,7 @@ class KvarnMetadataBuilder(AttentionMetadataBuilder[KvarnMetadata]):
         pool_total = per_layer * len(layer_names)
         msg = (
             f"kvarn: {cfg.kv_cache_dtype} (numerics={cfg.numerics.name}): {cfg.bytes_per_token} B/token/KV head, "
+            f"{spec.num_kv_heads} KV heads in this worker (tensor-parallel rank {_tp_rank()}), "
             f"{cfg.ratio_vs(2):.2f}x smaller than bf16; fp16 sink/tail pool {self.num_slots} slots "
             f"(min(2 x max_num_seqs={vllm_config.scheduler_config.max_num_seqs} + batch tiles + 8, KV blocks)) x "
             f"{len(layer_names)} layers = {pool_total / 2**20:.1f} MiB (pool_bytes={pool_total}), not included in "
