@@ -106,3 +106,24 @@ def test_qwen3_4b_throughput_is_predicted_not_fitted(h200):
     plan = make_plan(h200, load_model("qwen3-4b"), build_workload("burst:256:512:512"), mode="offline",
                      formats=["bf16"])
     assert abs(plan["formats"][0]["output_tok_s"] / QWEN3_4B_BF16_TOK_S - 1) < 0.2
+
+
+# kvarn's own H200 runs (benchmarks/gpu/results/h200-vllm-bursts-2026-11-29, same method as baselines.md)
+KVARN_CAPACITY = {1024: 2_391_680, 256: 3_347_968}  # tokens, max_num_seqs -> vLLM's KV cache size
+KVARN_BURST_A, KVARN_BURST_B = 7_846.9, 1_647.9  # out tok/s (B: after the host-side step layout)
+
+
+@pytest.mark.parametrize("seqs", [1024, 256])
+def test_kvarn_capacity_with_pool_matches_h200_run(h200, seqs):
+    shape = load_model("qwen3-8b")
+    cap = capacity(h200, shape, get_format("kvarn_k4v2_g128", 128), 1, 0.9, max_num_batched_tokens=16384,
+                   max_num_seqs=seqs, cap_pool=False)
+    assert cap.capacity_tokens == pytest.approx(KVARN_CAPACITY[seqs], rel=0.05)
+
+
+@pytest.mark.parametrize("spec,measured", [(SPEC_A, KVARN_BURST_A), (SPEC_B, KVARN_BURST_B)])
+def test_kvarn_throughput_within_15_percent_of_h200_run(h200, spec, measured):
+    plan = make_plan(h200, load_model("qwen3-8b"), build_workload(spec), tp=1, util=0.9, mode="offline",
+                     formats=["bf16", "kvarn_k4v2_g128"], **OFFLINE)
+    row = next(f for f in plan["formats"] if f["format"] == "kvarn_k4v2_g128")
+    assert row["output_tok_s"] == pytest.approx(measured, rel=0.15)

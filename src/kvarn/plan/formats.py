@@ -45,13 +45,16 @@ TRITON_INT_ATTN_EFF = 0.078  # vLLM TRITON_ATTN on int4/int8_per_token_head: fit
 TRITON_INT_PREFILL_EFF = 0.5  # TRITON_ATTN prefill vs FA3 (prior; barely matters in the baselines)
 TURBOQUANT_ATTN_EFF = 0.15   # TurboQuant decode (Lloyd-Max dequant + rotation); TQB: 40-52% lower tok/s
 TURBOQUANT_PREFILL_EFF = 0.5
-# kvarn: upstream-like kernels. With these two values the planner gives 0.71/0.86/1.06/1.24x bf16 for the
-# Qwen3-4B 256-request burst at 2K/4K/8K/16K outputs on an H200, against the published KVarN curve
-# 0.61/0.83/0.99/1.29x (GPU unstated). The upstream fused decode kernel was profiled at 22.6% of DRAM peak
-# (RTX 5090), and the flush kernel alone at 2.4 us/tile (0.61 ms / 256 tiles, CM b97da85); the 10 us here also
-# carries the per-tile pool bookkeeping. Override with --kvarn-attn-eff / --kvarn-flush-us once measured.
+# kvarn: measured on the H200 (2026-11-29, docs/gpu.md). The fused decode kernel runs at 20-24% of the copy
+# rate at batch >= 32; the flush encodes all layers' tiles of a step in one launch at ~0.8 us per
+# (block, KV head, layer) tile (bench_write.py: 1,687 us for 2,048 records); the per-step host work of the
+# metadata builder (pool plan in Python, routing, staging) and the slower small-batch kernel add ~1.8 ms per
+# decode step, fitted once to burst B (16 x (2,048 + 512): 1,648 tok/s measured, 0.81x bf16). With these the
+# planner gives 0.92x bf16 for burst A (measured 1.01x) and 0.82x for burst B. Override with --kvarn-attn-eff /
+# --kvarn-flush-us for other GPUs or kernels.
 KVARN_ATTN_EFF = 0.20
-KVARN_FLUSH_S_PER_TILE = 10e-6
+KVARN_FLUSH_S_PER_TILE = 0.8e-6
+KVARN_STEP_OVERHEAD_S = 1.8e-3
 
 TURBOQUANT_PRESETS = {  # name -> (key bits, value bits); 8 = fp8 keys
     "turboquant_k8v4": (8, 4),
@@ -76,6 +79,7 @@ class KVFormat:
     edge_layers_bf16: int = 0  # layers at each end kept in bf16 (TurboQuant boundary skip)
     split_kv: bool = True  # decode kernel splits long contexts across CTAs (flash-decoding)
     flush_s_per_tile: float = 0.0  # kvarn: normalize + RTN + pack of one (block, KV head, layer) tile
+    step_overhead_s: float = 0.0  # extra host/launch time per decode step beyond vLLM's own (kvarn: builder)
     kvarn: KvarnConfig | None = None
     supported: bool = True
     why_unsupported: str = ""
@@ -92,7 +96,8 @@ class KVFormat:
             "bytes_per_token_head": self.bytes_per_token_head, "block_size": self.block_size,
             "attn_eff": self.attn_eff, "prefill_eff": self.prefill_eff,
             "edge_layers_bf16": self.edge_layers_bf16, "split_kv": self.split_kv,
-            "flush_us_per_tile": self.flush_s_per_tile * 1e6, "supported": self.supported,
+            "flush_us_per_tile": self.flush_s_per_tile * 1e6, "step_overhead_ms": self.step_overhead_s * 1e3,
+            "supported": self.supported,
             "why_unsupported": self.why_unsupported,
         }
 
@@ -158,5 +163,5 @@ def _get_format(name: str, head_dim: int) -> KVFormat:
         cfg = KvarnConfig.from_name(key, head_dim=d)
         return KVFormat(cfg.kv_cache_dtype, "kvarn", "KVARN", cfg.bytes_per_token, block_size=cfg.group,
                         attn_eff=KVARN_ATTN_EFF, prefill_eff=1.0, kvarn=cfg,
-                        flush_s_per_tile=KVARN_FLUSH_S_PER_TILE)
+                        flush_s_per_tile=KVARN_FLUSH_S_PER_TILE, step_overhead_s=KVARN_STEP_OVERHEAD_S)
     raise ValueError(f"unknown KV format {name!r}; valid: {', '.join(all_format_names())}")

@@ -83,11 +83,14 @@ def render_text(plan: dict) -> str:
                 f"{_num(b['throughput_x_bf16'], '{:.2f}')}x throughput ({b['verdict']})")
     be = d.get("kvarn_k4v2_g128_attn_eff_to_match")
     if be:
+        from kvarn.plan.formats import KVARN_ATTN_EFF, KVARN_FLUSH_S_PER_TILE, KVARN_STEP_OVERHEAD_S
+
         i_eff, i_fl = plan["inputs"].get("kvarn_attn_eff"), plan["inputs"].get("kvarn_flush_us")
         lines.append(
-            f"kvarn_k4v2_g128 decode-kernel bandwidth efficiency needed (assumed {i_eff or 0.20}, flush "
-            f"{i_fl if i_fl is not None else 10} us/tile): " + ", ".join(
-                f"to match {k} {'>= ' + format(v, '.2f') if v is not None else 'out of reach at this flush cost'}"
+            f"kvarn_k4v2_g128 decode-kernel bandwidth efficiency needed (assumed {i_eff or KVARN_ATTN_EFF}, flush "
+            f"{i_fl if i_fl is not None else KVARN_FLUSH_S_PER_TILE * 1e6:g} us/tile, builder "
+            f"{KVARN_STEP_OVERHEAD_S * 1e3:g} ms/step): " + ", ".join(
+                f"to match {k} {'>= ' + format(v, '.2f') if v is not None else 'out of reach at this flush/step cost'}"
                 for k, v in be.items()))
     lines.append(f"try first: {d['try_first']}" + (f"  (then: {', '.join(d['then'])})" if d["then"] else ""))
     lines += [f"warning: {x}" for x in plan.get("warnings", [])]

@@ -9,7 +9,7 @@ Decode step with n sequences at mean context c (B = HBM bytes/s, F = dense bf16 
                      else enough 256-token splits to fill the GPU
     t_flush  = n * L * Hk / G * fmt.flush_s_per_tile            (kvarn: one tile completes every G steps)
     t_allreduce = 2 * L * (AR_LATENCY + 2 * n * h * 2 B * (tp-1)/tp / link)          (tp > 1)
-    t_step   = t_linear + t_attn + t_flush + t_allreduce + STEP_OVERHEAD + n * SEQ_OVERHEAD
+    t_step   = t_linear + t_attn + t_flush + t_allreduce + STEP_OVERHEAD + n * SEQ_OVERHEAD (+ kvarn's builder)
 
 Prefill of P new tokens after c0 cached ones::
 
@@ -98,7 +98,8 @@ def decode_step(gpu: GPU, shape: ModelShape, fmt: KVFormat, tp: int, n: int, ctx
     t_flush = 0.0
     if fmt.family == "kvarn":
         t_flush = n * shape.num_layers * shape.kv_heads_per_gpu(tp) / fmt.block_size * fmt.flush_s_per_tile
-    return StepTime(t_lin, t_attn, t_flush, _allreduce(gpu, shape, tp, n), STEP_OVERHEAD_S + n * SEQ_OVERHEAD_S)
+    overhead = STEP_OVERHEAD_S + n * SEQ_OVERHEAD_S + fmt.step_overhead_s
+    return StepTime(t_lin, t_attn, t_flush, _allreduce(gpu, shape, tp, n), overhead)
 
 
 def prefill_time(gpu: GPU, shape: ModelShape, fmt: KVFormat, tp: int, new_tokens: float, cached: float = 0.0) -> float:
