@@ -94,15 +94,20 @@ def test_prefix_caching_on_equals_off():
 
 def test_preemption_recompute_gives_same_tokens():
     model = default_model()
-    prompts = austen_token_prompts(model, [300, 280, 260, 240, 220, 200])
+    # prompts of 225-250 tokens hold 2 blocks at admission and all grow into a 3rd within 40 tokens
+    prompts = austen_token_prompts(model, [250, 245, 240, 235, 230, 225])
     spec = {"model": model, "kv_cache_dtype": "kvarn_k4v2_g128", "prompts": prompts, "max_tokens": 40,
-            "pool_stats": True}
-    roomy = run_engine(spec)
-    # 10 blocks of 128 tokens for six requests needing 3 each: vLLM must preempt and recompute
-    tight = run_engine({**spec, "max_model_len": 1024, "engine": {"num_gpu_blocks_override": 10, "max_num_seqs": 6}})
+            "pool_stats": True, "count_preemptions": True}
+    roomy = run_engine({**spec, "engine": {"disable_log_stats": False}})
+    # 10 blocks of 128 tokens: five requests are admitted with 2 blocks each, then all need a 3rd: vLLM must
+    # preempt and recompute (asserted with its vllm:num_preemptions counter)
+    tight = run_engine({**spec, "max_model_len": 1024,
+                        "engine": {"num_gpu_blocks_override": 10, "max_num_seqs": 6, "disable_log_stats": False}})
     assert roomy.returncode == 0 and tight.returncode == 0, tight.output[-3000:]
-    print("roomy:", roomy.tokens)
-    print("tight:", tight.tokens)
+    print("roomy:", roomy.tokens, "preemptions", roomy.preemptions)
+    print("tight:", tight.tokens, "preemptions", tight.preemptions)
+    assert roomy.preemptions == 0 and tight.preemptions >= 1  # the tight run really preempted
+    print("requests identical over all 40 tokens:", sum(a == b for a, b in zip(tight.tokens, roomy.tokens)), "of 6")
     assert [len(t) for t in tight.tokens] == [40] * 6
     # Measured 2026-11-29: identical in one run; in a CI dry run one request flipped at token 12
     # (a late near-tie after recompute). Asserted: the first 8 tokens of every request.

@@ -35,6 +35,7 @@ class Run:
     tokens: list | None
     pool: dict | None
     pools: list | None = None  # every worker's pool statistics (tensor parallelism: one per rank)
+    preemptions: int | None = None  # vLLM's vllm:num_preemptions counter (spec "count_preemptions")
 
     @property
     def kv_tokens(self) -> int:
@@ -64,12 +65,12 @@ def run_engine(spec: dict, env: dict | None = None, timeout: int = 900) -> Run:
     )
     os.unlink(f.name)
     out = p.stdout + p.stderr
-    tokens = pool = pools = None
+    tokens = pool = pools = preemptions = None
     for line in p.stdout.splitlines():
         if line.startswith("RESULT "):
             res = json.loads(line[7:])
-            tokens, pool, pools = res["tokens"], res["pool"], res.get("pools")
-    return Run(p.returncode, out, tokens, pool, pools)
+            tokens, pool, pools, preemptions = res["tokens"], res["pool"], res.get("pools"), res.get("preemptions")
+    return Run(p.returncode, out, tokens, pool, pools, preemptions)
 
 
 def default_model() -> str:

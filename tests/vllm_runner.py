@@ -3,7 +3,8 @@
     python tests/vllm_runner.py '<json>' | @spec.json
 JSON: {"model": path, "kv_cache_dtype": "auto"|"kvarn_...", "engine": {extra LLM kwargs},
        "prompts": [[token ids]] | ["text"], "max_tokens": int | [int per prompt], "ignore_eos": bool,
-       "waves": int (repeat the prompt set this many times, sequentially), "pool_stats": bool}
+       "waves": int (repeat the prompt set this many times, sequentially), "pool_stats": bool,
+       "count_preemptions": bool (vLLM's vllm:num_preemptions counter; set engine disable_log_stats False)}
 Prints ``RESULT {"tokens": [[...], ...], "pool": {...} | null}`` as its last line; vLLM's own log
 (including the "KV cache size" line and the kvarn line) goes to the same output.
 """
@@ -47,7 +48,11 @@ def main(spec: dict) -> None:
 
         pools = llm.collective_rpc(worker_pool_stats)  # one entry per worker (TP rank)
     pool = pools[0] if pools else None
-    print("RESULT " + json.dumps({"tokens": tokens, "pool": pool, "pools": pools}), flush=True)
+    preemptions = None
+    if spec.get("count_preemptions"):  # needs engine {"disable_log_stats": False}
+        preemptions = int(sum(getattr(m, "value", 0) for m in llm.get_metrics() if m.name == "vllm:num_preemptions"))
+    print("RESULT " + json.dumps({"tokens": tokens, "pool": pool, "pools": pools, "preemptions": preemptions}),
+          flush=True)
 
 
 if __name__ == "__main__":
