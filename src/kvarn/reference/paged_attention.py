@@ -102,24 +102,26 @@ def gqa_attention(
 
 
 def _consistent_views(k_ctx, v_ctx, k_new, v_new, is_record_tile, cfg, quantize):
-    """fp16 view and quantized view [L, Hkv, D] (rotated) of one request's keys/values, and the
-    tiles that differ. is_record_tile [n_ctx_tiles] bool: context tile already a record (decoded)."""
+    """fp16 view and quantized view [L, Hkv, D] (rotated) of one request's keys/values; the quantized
+    view is None when no tile differs (decode steps: every complete earlier tile is a record already).
+    is_record_tile [n_ctx_tiles] bool: context tile already a record (decoded)."""
     g = cfg.group
     kf = torch.cat([k_ctx, k_new], 0)
     vf = torch.cat([v_ctx, v_new], 0)
-    kq, vq = kf.clone(), vf.clone()
     length, hkv, d = kf.shape
     todo = [
         j for j in range(1, length // g)
         if quantize and not (j < len(is_record_tile) and is_record_tile[j])
     ]
-    if todo:
-        rows = torch.cat([torch.arange(j * g, (j + 1) * g) for j in todo]).to(kf.device)
-        tiles_k = kf[rows].reshape(len(todo), g, hkv, d).transpose(1, 2).reshape(-1, g, d)
-        tiles_v = vf[rows].reshape(len(todo), g, hkv, d).transpose(1, 2).reshape(-1, g, d)
-        dk, dv = decode_tiles(encode_tiles(tiles_k, tiles_v, cfg), cfg)
-        kq[rows] = dk.reshape(len(todo), hkv, g, d).transpose(1, 2).reshape(-1, hkv, d)
-        vq[rows] = dv.reshape(len(todo), hkv, g, d).transpose(1, 2).reshape(-1, hkv, d)
+    if not todo:
+        return kf, vf, None, None
+    kq, vq = kf.clone(), vf.clone()
+    rows = torch.cat([torch.arange(j * g, (j + 1) * g) for j in todo]).to(kf.device)
+    tiles_k = kf[rows].reshape(len(todo), g, hkv, d).transpose(1, 2).reshape(-1, g, d)
+    tiles_v = vf[rows].reshape(len(todo), g, hkv, d).transpose(1, 2).reshape(-1, g, d)
+    dk, dv = decode_tiles(encode_tiles(tiles_k, tiles_v, cfg), cfg)
+    kq[rows] = dk.reshape(len(todo), hkv, g, d).transpose(1, 2).reshape(-1, hkv, d)
+    vq[rows] = dv.reshape(len(todo), hkv, g, d).transpose(1, 2).reshape(-1, hkv, d)
     return kf, vf, kq, vq
 
 
@@ -163,10 +165,12 @@ def paged_attention(
         k_new = rotate(key[s:e]).half().float()
         v_new = rotate(value[s:e]).half().float()
         kf, vf, kq, vq = _consistent_views(k_ctx, v_ctx, k_new, v_new, is_record, cfg, quantize_new_tiles)
-        length = lens[r]
-        tile_q = (torch.arange(ctx, length, device=query.device) // g)[:, None]
-        tile_k = (torch.arange(length, device=query.device) // g)[None, :]
-        use_q = (tile_k >= 1) & (tile_k < tile_q)  # [Tq, L]
-        o_rot = gqa_attention(rotate(query[s:e]), kf, vf, scale, q_offset=ctx, k_alt=kq, v_alt=vq, use_alt=use_q)
+        if kq is None:  # both views agree: one attention pass
+            o_rot = gqa_attention(rotate(query[s:e]), kf, vf, scale, q_offset=ctx)
+        else:
+            tile_q = (torch.arange(ctx, lens[r], device=query.device) // g)[:, None]
+            tile_k = (torch.arange(lens[r], device=query.device) // g)[None, :]
+            use_q = (tile_k >= 1) & (tile_k < tile_q)  # [Tq, L]: earlier complete tiles, not the sink
+            o_rot = gqa_attention(rotate(query[s:e]), kf, vf, scale, q_offset=ctx, k_alt=kq, v_alt=vq, use_alt=use_q)
         out[s:e] = rotate(o_rot)
     return out
