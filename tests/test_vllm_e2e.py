@@ -82,11 +82,11 @@ def test_prefix_caching_on_equals_off():
     assert on.returncode == 0 and off.returncode == 0, on.output[-3000:]
     print("prefix caching on :", on.tokens)
     print("prefix caching off:", off.tokens)
-    # Measured 2026-11-29: identical except request B from token 22 on (bf16: fully identical). The
-    # cache semantics are prefix-cache-independent by construction (tests/test_paged_attention.py);
-    # the residual late flip is an open numerical difference, see the closing note of issue #3.
-    assert on.tokens[0] == off.tokens[0]
-    assert on.tokens[1][:20] == off.tokens[1][:20]
+    # Bit-identical by construction: the cache semantics do not depend on prefix hits
+    # (tests/test_paged_attention.py), and the reference attention and rotation accumulate in float64,
+    # so the different batch shapes of the two runs cannot change a greedy near-tie (they did in fp32:
+    # request B flipped at token 22, or at token 4, depending on the revision).
+    assert on.tokens == off.tokens
     assert on.pool["retired_sinks"] >= 1 and off.pool["retired_sinks"] == 0
     assert off.pool["free"] == off.pool["slots"]
     assert on.pool["host_plan_mismatch"] == 0 and off.pool["host_plan_mismatch"] == 0

@@ -34,6 +34,9 @@ def _cached(d: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
 
 
 def rotate(x: torch.Tensor) -> torch.Tensor:
-    """x [..., D] -> x @ H_D in fp32 (also the inverse, since H is an involution)."""
+    """x [..., D] -> x @ H_D as fp32 (also the inverse, since H is an involution).
+
+    Computed in float64 and rounded once to fp32, so a row's result does not depend on how many rows
+    are rotated together (an fp32 matmul's rounding can depend on its shape; see gqa_attention)."""
     dev = x.device
-    return x.float() @ _cached(x.shape[-1], torch.float32, dev)
+    return (x.double() @ _cached(x.shape[-1], torch.float64, dev)).float()

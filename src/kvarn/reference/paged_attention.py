@@ -72,8 +72,13 @@ def gqa_attention(
     v_alt: torch.Tensor | None = None,
     use_alt: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Causal GQA attention in fp32. q [Tq, Hq, D], k/v [Tk, Hkv, D]; query i sits at absolute
-    position q_offset + i and sees keys j <= q_offset + i. Returns [Tq, Hq, D].
+    """Causal GQA attention, computed in float64 and returned as fp32. q [Tq, Hq, D], k/v [Tk, Hkv, D];
+    query i sits at absolute position q_offset + i and sees keys j <= q_offset + i. Returns [Tq, Hq, D].
+
+    float64 because an fp32 matmul's rounding depends on the operand shapes (Tq, Tk): the same query
+    computed in a 406-token prefill and in a 150-token prefill after a prefix-cache hit would differ in
+    the last bits, which a greedy near-tie can turn into a different token. In float64 that noise sits
+    far below the bf16 output's rounding, so batch layout no longer changes the model's output.
 
     With k_alt/v_alt [Tk, Hkv, D] and use_alt bool [Tq, Tk]: query i reads key/value j from the
     alternative tensors where use_alt[i, j] (the per-(query, key) choice of the cache semantics)."""
@@ -82,10 +87,10 @@ def gqa_attention(
     if hq % hkv:
         raise ValueError(f"query heads {hq} must be a multiple of KV heads {hkv}")
     rep = hq // hkv
-    qf = q.float().reshape(tq, hkv, rep, d).permute(1, 2, 0, 3)  # [Hkv, rep, Tq, D]
+    qf = q.double().reshape(tq, hkv, rep, d).permute(1, 2, 0, 3)  # [Hkv, rep, Tq, D]
 
     def heads(x):
-        return x.float().permute(1, 0, 2)[:, None]  # [Hkv, 1, Tk, D]
+        return x.double().permute(1, 0, 2)[:, None]  # [Hkv, 1, Tk, D]
 
     scores = (qf @ heads(k).transpose(-1, -2)) * scale  # [Hkv, rep, Tq, Tk]
     if use_alt is not None:
@@ -98,7 +103,7 @@ def gqa_attention(
         out = probs @ heads(v)
     else:
         out = probs.masked_fill(use_alt, 0.0) @ heads(v) + probs.masked_fill(~use_alt, 0.0) @ heads(v_alt)
-    return out.permute(2, 0, 1, 3).reshape(tq, hq, d)
+    return out.permute(2, 0, 1, 3).reshape(tq, hq, d).float()
 
 
 def _consistent_views(k_ctx, v_ctx, k_new, v_new, is_record_tile, cfg, quantize):
