@@ -26,7 +26,9 @@ if __name__ == "__main__":
     runs = {}
     for dt in ("auto", "kvarn_k4v2_g128"):
         for tp in (1, 2):
-            env = {"VLLM_CPU_KVCACHE_SPACE": "2", **({"VLLM_CPU_OMP_THREADS_BIND": "0|1"} if tp == 2 else {})}
+            cpus = sorted(os.sched_getaffinity(0))
+            bind = {"VLLM_CPU_OMP_THREADS_BIND": f"{cpus[0]}|{cpus[1]}"} if tp == 2 else {}
+            env = {"VLLM_CPU_KVCACHE_SPACE": "2", **bind}
             r = run_engine({"model": model, "kv_cache_dtype": dt, "prompts": prompts, "max_tokens": 32,
                             "engine": {"tensor_parallel_size": tp, "max_num_seqs": 4}}, env, timeout=1800)
             if r.returncode != 0:
