@@ -12,6 +12,7 @@ from kvarn.reference import rotate
 from kvarn.reference.paged_attention import gqa_attention
 from kvarn.vllm_plugin.layer_cache import LayerCache
 from kvarn.vllm_plugin.pool import SlotPool
+from sim_schedule import retire_finished, schedule_step
 from test_paged_attention import oracle_one_query
 
 
@@ -34,28 +35,11 @@ def test_simulated_serving_matches_oracle(keep_fp16):
     budget = 70
     checked = 0
     while reqs:
-        batch, left = [], budget
-        for rid, r in reqs.items():
-            n = min(left, r["total"] - r["done"], random.choice([1, 7, 64, 200]))
-            if n > 0:
-                batch.append((rid, n))
-                left -= n
-        slot_mapping, first, qsl, seq_lens, keys, vals, table = [], [], [0], [], [], [], []
-        for rid, n in batch:
-            r = reqs[rid]
-            for pos in range(r["done"], r["done"] + n):
-                if pos // g >= len(r["blocks"]):
-                    r["blocks"].append(free_blocks.pop())
-                slot_mapping.append(r["blocks"][pos // g] * g + pos % g)
-            first.append(r["blocks"][0])
-            keys.append(r["k"][r["done"] : r["done"] + n])
-            vals.append(r["v"][r["done"] : r["done"] + n])
-            qsl.append(qsl[-1] + n)
-            seq_lens.append(r["done"] + n)
-            table.append(r["blocks"] + [-1] * (8 - len(r["blocks"])))
-        plan = pool.plan_step(np.array(slot_mapping), np.array(first))
+        st = schedule_step(reqs, free_blocks, g, budget, [1, 7, 64, 200])
+        batch, qsl, seq_lens, table = st.batch, st.qsl, st.seq_lens, st.table
+        plan = pool.plan_step(st.slot_mapping, st.first)
         pool.check_invariants()
-        key, value = torch.cat(keys), torch.cat(vals)
+        key, value = st.key, st.value
         query = torch.randn(key.shape[0], hq, d)
         t = torch.from_numpy
         cache.update(records, key, value, t(plan.flush_blocks), t(plan.flush_slots), t(plan.write_rows))
@@ -78,9 +62,7 @@ def test_simulated_serving_matches_oracle(keep_fp16):
                 torch.testing.assert_close(out[row], ref, rtol=2e-4, atol=2e-4)
             checked += 1
             r["done"] += n
-        for rid in [rid for rid, r in reqs.items() if r["done"] == r["total"]]:
-            pool.release(reqs[rid]["blocks"])
-            free_blocks.extend(reqs.pop(rid)["blocks"])
+        retire_finished(reqs, pool, free_blocks)
     assert checked > 10
     pool.plan_step(np.array([], dtype=np.int64), np.array([], dtype=np.int64))
     st = pool.stats()

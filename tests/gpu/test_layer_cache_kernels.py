@@ -13,6 +13,7 @@ from kvarn.reference.paged_attention import paged_attention
 from kvarn.vllm_plugin.layer_cache import LayerCache
 from kvarn.vllm_plugin.pool import SlotPool
 from kvarn.vllm_plugin.routing import plan_route
+from sim_schedule import retire_finished, schedule_step
 
 pytestmark = pytest.mark.gpu
 
@@ -49,27 +50,10 @@ def test_kernel_step_path_matches_reference(dev, act):
             for rid, n in enumerate([5, 64, 65, 150, 200, 131])}
     steps = 0
     while reqs:
-        batch, left = [], 90
-        for rid, r in reqs.items():
-            n = min(left, r["total"] - r["done"], random.choice([1, 1, 7, 64, 200]))
-            if n > 0:
-                batch.append((rid, n))
-                left -= n
-        slot_mapping, first, qsl, seq_lens, keys, vals, table = [], [], [0], [], [], [], []
-        for rid, n in batch:
-            r = reqs[rid]
-            for pos in range(r["done"], r["done"] + n):
-                if pos // g >= len(r["blocks"]):
-                    r["blocks"].append(free_blocks.pop())
-                slot_mapping.append(r["blocks"][pos // g] * g + pos % g)
-            first.append(r["blocks"][0])
-            keys.append(r["k"][r["done"]: r["done"] + n])
-            vals.append(r["v"][r["done"]: r["done"] + n])
-            qsl.append(qsl[-1] + n)
-            seq_lens.append(r["done"] + n)
-            table.append(r["blocks"] + [0] * (8 - len(r["blocks"])))
-        plan = pool.plan_step(np.array(slot_mapping), np.array(first))
-        key, value = torch.cat(keys).to(act), torch.cat(vals).to(act)
+        st = schedule_step(reqs, free_blocks, g, 90, [1, 1, 7, 64, 200], pad=0)
+        batch, qsl, seq_lens, table = st.batch, st.qsl, st.seq_lens, st.table
+        plan = pool.plan_step(st.slot_mapping, st.first)
+        key, value = st.key.to(act), st.value.to(act)
         query = torch.randn(key.shape[0], hq, d).to(act)
 
         def t(x):
@@ -88,10 +72,7 @@ def test_kernel_step_path_matches_reference(dev, act):
         assert torch.isfinite(out).all() and err.max() < tol, f"seed {seed} step {steps}: max rel err {err.max():.2e}"
         for rid, n in batch:
             reqs[rid]["done"] += n
-            if reqs[rid]["done"] == reqs[rid]["total"]:
-                pool.release(reqs[rid]["blocks"])
-                free_blocks.extend(reqs[rid]["blocks"])
-                del reqs[rid]
+        retire_finished(reqs, pool, free_blocks)
         steps += 1
     assert steps > 5
 

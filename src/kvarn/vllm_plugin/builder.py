@@ -99,19 +99,17 @@ class KvarnMetadataBuilder(AttentionMetadataBuilder[KvarnMetadata]):
         self.pool = registry.create(
             self.num_slots, self.group, retire_sinks=prefix_caching, keep_fp16=keep_fp16, num_blocks=int(num_blocks or 1024)
         )
-        self._log_capacity(kv_cache_spec, layer_names, vllm_config)
+        cfg = kvarn_config(vllm_config.cache_config.cache_dtype, kv_cache_spec.head_size)
+        self._log_capacity(cfg, kv_cache_spec, layer_names, vllm_config, num_blocks)
         self.host_plan_ok = os.environ.get("KVARN_HOST_PLAN", "1") != "0"
         self.host_checks_left = 32
         self.cuda = None
         if torch.device(device).type == "cuda":
-            cfg = kvarn_config(vllm_config.cache_config.cache_dtype, kv_cache_spec.head_size)
             sc = vllm_config.scheduler_config
             self.cuda = registry.cuda_state(cfg, device, int(num_blocks or 1024),
                                             max(sc.max_num_batched_tokens, sc.max_num_seqs) + 1024)
 
-    def _log_capacity(self, spec, layer_names, vllm_config) -> None:
-        dtype = vllm_config.cache_config.cache_dtype
-        cfg = kvarn_config(dtype, spec.head_size)
+    def _log_capacity(self, cfg: KvarnConfig, spec, layer_names, vllm_config, num_blocks) -> None:
         per_layer = pool_bytes_per_layer(self.num_slots, cfg.group, spec.num_kv_heads, spec.head_size)
         pool_total = per_layer * len(layer_names)
         msg = (
@@ -122,7 +120,6 @@ class KvarnMetadataBuilder(AttentionMetadataBuilder[KvarnMetadata]):
             f"{len(layer_names)} layers = {pool_total / 2**20:.1f} MiB (pool_bytes={pool_total}), not included in "
             f"the KV cache size vLLM prints; at most {vllm_config.scheduler_config.max_num_seqs} concurrent sequences"
         )
-        num_blocks = getattr(vllm_config.cache_config, "num_gpu_blocks", None)
         if num_blocks:
             kv_bytes = num_blocks * cfg.group * spec.num_kv_heads * cfg.bytes_per_token * len(layer_names)
             if vllm_config.device_config.device_type == "cpu":

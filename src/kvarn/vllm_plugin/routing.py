@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from kvarn.vllm_plugin.cuda_step import to_device
+
 
 @dataclass
 class StepRoute:
@@ -70,20 +72,14 @@ def plan_route(query_start_loc: np.ndarray, seq_lens: np.ndarray, device) -> Ste
     lens = seq[req] - (qsl[req + 1] - tok) + 1
     fq = qlen[fresh_req]
 
-    def dev(x, dt):
-        t = torch.from_numpy(np.ascontiguousarray(x)).to(dt)
-        if torch.device(device).type == "cuda":  # pinned + non-blocking: no wait on the GPU
-            return t.pin_memory().to(device, non_blocking=True)
-        return t.to(device)
-
     return StepRoute(
         decode_only=bool((qlen <= 1).all()),
-        mq_tokens=dev(mq, torch.int64),
+        mq_tokens=to_device(mq, device, torch.int64),
         mq_all=mq.shape[0] == total,
-        mq_req=dev(req[mq], torch.int64),
-        mq_len=dev(lens[mq], torch.int32),
-        fresh_tokens=dev(fr, torch.int64),
-        fresh_cu=dev(np.concatenate([[0], np.cumsum(fq)]), torch.int32),
+        mq_req=to_device(req[mq], device, torch.int64),
+        mq_len=to_device(lens[mq], device, torch.int32),
+        fresh_tokens=to_device(fr, device, torch.int64),
+        fresh_cu=to_device(np.concatenate([[0], np.cumsum(fq)]), device, torch.int32),
         fresh_max=int(fq.max()) if fq.shape[0] else 0,
     )
 
