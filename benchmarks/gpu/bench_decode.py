@@ -134,9 +134,8 @@ def sweep(args, cfg, copy_gbs):
     """Tuning sweep. Returns (rows, best kernel params for 'kvarn' and for the bf16/fp8 pool path),
     the best being the fastest at (B=32, 8K) for kvarn and (B=32, 8K) bf16 for the pool path."""
     rows, hk = [], args.hk
-    kv = [dict(block_n=bn, num_warps=w, num_stages=ns) for bn, w in ((32, 4), (64, 4), (128, 4), (128, 8))
-          for ns in (1, 2)]
-    kv += [dict(block_n=bn, num_warps=4, num_stages=1, maxnreg=128) for bn in (64, 128)]
+    kv = [dict(block_n=128, num_warps=4, num_stages=ns, maxnreg=mr) for ns in (1, 2, 3) for mr in (128, 168)]
+    kv += [dict(block_n=128, num_warps=8, num_stages=2, maxnreg=mr) for mr in (128, 168)]
     plan = [
         ("kvarn", 32, 8192, kv),
         ("bf16", 32, 8192, [dict(block_n=bn, num_warps=4, num_stages=2) for bn in (64, 128)]),

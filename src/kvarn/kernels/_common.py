@@ -21,6 +21,9 @@ LOG2E = 1.4426950408889634
 # Triton's CPU interpreter (TRITON_INTERPRET=1) mis-computes bf16 tl.dot: kernels then upcast
 # bf16 dot operands to fp32 (exact for the +-1 / probability operands used here).
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+# Decode dequant by inline PTX (PRMT into the fp16 exponent, decode_kernel._codes_f16); KVARN_DECODE_ASM=0
+# selects the plain integer-op form (the interpreter always uses it). For A/B benchmarks and fallback.
+DECODE_ASM = os.environ.get("KVARN_DECODE_ASM", "1") != "0" and not INTERPRET
 POOL_DTYPES = (torch.float16, torch.bfloat16)
 ACT_DTYPES = (torch.float16, torch.bfloat16)
 

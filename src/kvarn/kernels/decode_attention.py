@@ -1,39 +1,26 @@
 """Fused paged decode attention over a kvarn cache (packed tiles + fp16 pool rows): the launcher.
 
-q [B, Hq, D] is rotated (q H, fp32, times scale * log2 e) here; the Triton program
-(decode_kernel.py) walks each request's tiles, reading records (dequantized in registers, never
+q [B, Hq, D] is rotated (q H, times scale * log2 e) inside the Triton program (decode_kernel.py,
+head_dim <= 128; here for 256), which walks each request's tiles, reading records (dequantized in registers, never
 materialized) and fp16 pool rows (sink, tail, unflushed blocks), with an fp32 online softmax and
 GQA (all query heads of a KV head in one program). Split-K (flash-decoding) is chosen from static
 shapes when B*Hk programs would leave SMs idle: each split writes its unnormalized accumulator,
 max and sum, and _combine_kernel merges them (log-sum-exp). The output is un-rotated (o_rot H)
-and cast to q's dtype. All launches are CUDA-graph safe (no host sync, shapes only).
+and stored in q's dtype (or into ``out``) by the last kernel: one launch per call without split-K,
+two with it. All launches are CUDA-graph safe (no host sync, shapes only).
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 import triton
-import triton.language as tl
 
 from kvarn.config import KvarnConfig
-from kvarn.kernels._common import ACT_DTYPES, INTERPRET, LOG2E, check, check_cache, hadamard, layout_constexprs
-from kvarn.kernels.decode_kernel import _kvarn_decode_kernel
-
-
-@triton.jit
-def _combine_kernel(part_ptr, ml_ptr, o_ptr, S, SP: tl.constexpr, D: tl.constexpr):
-    """Merge S split partials of one (b, hq): part [.., S, D] fp32 (unnormalized), ml [.., S, 2]."""
-    row = tl.program_id(0)
-    s = tl.arange(0, SP)
-    d = tl.arange(0, D)
-    sm = s < S
-    m = tl.load(ml_ptr + (row * S + s) * 2, mask=sm, other=float("-inf"))
-    l = tl.load(ml_ptr + (row * S + s) * 2 + 1, mask=sm, other=0.0)
-    mx = tl.max(m, 0)
-    w = tl.where(m > float("-inf"), tl.exp2(m - mx), 0.0)
-    acc = tl.load(part_ptr + (row * S + s)[:, None] * D + d[None, :], mask=sm[:, None], other=0.0)
-    o = tl.sum(acc * w[:, None], 0) / tl.sum(l * w, 0)
-    tl.store(o_ptr + row * D + d, o)
+from kvarn.kernels._common import (ACT_DTYPES, DECODE_ASM, INTERPRET, LOG2E, check, check_cache, hadamard,
+                                   hadamard_signs, layout_constexprs)
+from kvarn.kernels.decode_kernel import _combine_kernel, _kvarn_decode_kernel
 
 
 def num_sms(device: torch.device) -> int:
@@ -102,33 +89,50 @@ def kvarn_decode_attention(
     tps = -(-max_blocks // num_splits)
     num_splits = -(-max_blocks // tps)
 
-    h32 = hadamard(d, torch.float32, q.device)
-    q_rot = torch.matmul(q.float(), h32).mul_(scale * LOG2E)
+    out_dtype = q.dtype
+    if out is not None:
+        check(out.shape == q.shape and out.dtype in (*ACT_DTYPES, torch.float32) and out.stride(2) == 1,
+              f"out must be {tuple(q.shape)} fp16/bf16/fp32 with a contiguous last dim, got {out.dtype} "
+              f"{tuple(out.shape)} strides {out.stride()}")
+        out_dtype = out.dtype
+    rot = d <= 128  # rotations inside the kernel ([D, D] +-1 operand); head_dim 256 rotates here
+    if rot:
+        q_in = q if q.stride(2) == 1 else q.contiguous()
+        q_mult = scale * LOG2E / math.sqrt(d)
+        o = out if out is not None else torch.empty(bsz, hq, d, dtype=out_dtype, device=q.device)
+    else:
+        h32 = hadamard(d, torch.float32, q.device)
+        q_in = torch.matmul(q.float(), h32).mul_(scale * LOG2E)
+        q_mult = 1.0
+        o = torch.empty(bsz, hq, d, dtype=torch.float32, device=q.device)
+    sgn = hadamard_signs(d, torch.bfloat16, q.device)
     kvh = kv_cache.view(torch.float16) if not fp8 else kv_cache
     bf16_pool = pool_k.dtype == torch.bfloat16
-    common = dict(HK=hk, QPK=qpk, QP=qp, BN=bn, POOL_BF16=bf16_pool, UPCAST=INTERPRET and bf16_pool,
-                  ALL_POOL=bool(all_pool), num_warps=num_warps, **layout_constexprs(cfg))
+    common = dict(HK=hk, QPK=qpk, QP=qp, BN=bn, POOL_BF16=bf16_pool, UPCAST=INTERPRET and bf16_pool, IUP=INTERPRET,
+                  ALL_POOL=bool(all_pool), ROT=rot, ASM=DECODE_ASM, num_warps=num_warps, **layout_constexprs(cfg))
     # records: compute-bound, no software pipelining; pool-only: 2 stages (H200 sweep, docs/gpu.md)
     common["num_stages"] = num_stages if num_stages is not None else (2 if all_pool and d <= 128 else 1)
     if maxnreg is not None and not all_pool and not INTERPRET:
         common["maxnreg"] = maxnreg
-    o_rot = torch.empty(bsz, hq, d, dtype=torch.float32, device=q.device)
-    args = (q_rot, kv_cache, kvh, pool_k, pool_v, block_to_slot, block_table, seq_lens)
-    strides = (q_rot.stride(0), q_rot.stride(1), kv_cache.stride(0), pool_k.stride(0), pool_k.stride(1),
+    args = (q_in, sgn, sgn, kv_cache, kvh, pool_k, pool_v, block_to_slot, block_table, seq_lens)
+    strides = (q_in.stride(0), q_in.stride(1), kv_cache.stride(0), pool_k.stride(0), pool_k.stride(1),
                pool_k.stride(2), block_table.stride(0))
+    scales = (q_mult, 1.0 / math.sqrt(d), float(pool_scale[0]), float(pool_scale[1]))
     if num_splits == 1:
         _kvarn_decode_kernel[(bsz * hk, 1)](
-            *args, o_rot, o_rot, *strides, o_rot.stride(0), o_rot.stride(1), 0, tps,
-            float(pool_scale[0]), float(pool_scale[1]), SPLIT=False, **common)
+            *args, o, o, *strides, o.stride(0), o.stride(1), 0, tps, *scales, SPLIT=False, **common)
     else:
         part = torch.empty(bsz, hq, num_splits, d, dtype=torch.float32, device=q.device)
         ml = torch.empty(bsz, hq, num_splits, 2, dtype=torch.float32, device=q.device)
         _kvarn_decode_kernel[(bsz * hk, num_splits)](
-            *args, part, ml, *strides, part.stride(0), part.stride(1), part.stride(2), tps,
-            float(pool_scale[0]), float(pool_scale[1]), SPLIT=True, **common)
-        _combine_kernel[(bsz * hq,)](part, ml, o_rot, num_splits, SP=triton.next_power_of_2(num_splits), D=d)
-    o = torch.matmul(o_rot, h32)
+            *args, part, ml, *strides, part.stride(0), part.stride(1), part.stride(2), tps, *scales, SPLIT=True,
+            **common)
+        _combine_kernel[(bsz * hk,)](part, ml, sgn, o, num_splits, o.stride(0), o.stride(1), 1.0 / math.sqrt(d),
+                                     HK=hk, QPK=qpk, QP=qp, D=d, ROT=rot, IUP=INTERPRET, num_warps=4)
+    if rot:
+        return o
+    o_model = torch.matmul(o, h32)
     if out is None:
-        return o.to(q.dtype)
-    out.copy_(o)
+        return o_model.to(out_dtype)
+    out.copy_(o_model)
     return out

@@ -1,25 +1,28 @@
-"""The Triton program of fused kvarn decode attention (launched by decode_attention.py).
+"""The Triton programs of fused kvarn decode attention (launched by decode_attention.py).
 
 Program (b, h, split): all Hq/Hk query heads of KV head h (QP >= 16 rows for tl.dot), tiles t of
-request b in the split's range; (blk, slot) of tile t+1 is prefetched while tile t computes.
+request b in the split's range. Two passes over the range, so neither carries the other's state:
 
-* pool tile (block_to_slot >= 0): rotated fp16/bf16 rows, read directly;
-* record tile: never materialized. The record's fp16 vectors are folded into the query and
-  probability side, so only integer codes meet the tensor cores (method.md §1.4:
-  K_hat[d,n] = (code*ks[d] + kz[d]) * kc[n], V_hat[n,d] = (code*vs[n] + vz[n]) * vc[d]):
+1. record tiles (block_to_slot < 0), never materialized. The record's fp16 vectors are folded
+   into the query and probability side, so only integer codes meet the tensor cores (method.md
+   §1.4: K_hat[d,n] = (code*ks[d] + kz[d]) * kc[n], V_hat[n,d] = (code*vs[n] + vz[n]) * vc[d]):
 
-      s[i, n] = kc[n] * ( sum_d (q[i,d] ks[d]) code_k[d, n]  +  sum_d q[i,d] kz[d] )
-      o[i, d] += vc[d] * ( sum_n (p[i,n] vs[n]) code_v[n, d] +  sum_n p[i,n] vz[n] )
+       s[i, n] = kc[n] * ( sum_d (q[i,d] ks[d]) code_k[d, n]  +  sum_d q[i,d] kz[d] )
+       o[i, d] += vc[d] * ( sum_n (p[i,n] vs[n]) code_v[n, d] +  sum_n p[i,n] vz[n] )
 
-  q*ks and p*vs are divided by their row max before the fp16 cast (max multiplied back in fp32).
-  Codes enter tl.dot as fp16 (1024 + code) built with an integer OR (_f16_1024) and the 1024 *
-  row-sum is subtracted in fp32. Bit plane p of a K byte row holds tokens KPB*j + p: one dot per
-  plane, plane scores interleaved to token order ([QP, BN], small); bit plane p of a V byte row
-  holds channels VPB*e + p and feeds its own accumulator, interleaved to channel order at the end.
+   q*ks and p*vs are divided by their row max before the fp16 cast (max multiplied back in fp32).
+   Codes enter tl.dot as fp16 (1024 + code): four codes per PRMT pair from one 32-bit register
+   (``_codes_f16``), and the 1024 * row-sum is subtracted in fp32. Bit plane p of a K byte row
+   holds tokens KPB*j + p: one dot per plane, plane scores interleaved to token order; bit plane
+   p of a V byte row holds channels VPB*e + p and feeds its own accumulator.
+2. pool tiles (block_to_slot >= 0: sink, tail, blocks not yet flushed), fp16/bf16 rows read
+   directly; found 32 block ids at a time, so pass 2 costs ~nothing where there are none.
 
-ALL_POOL=True compiles only the (branch-free, software-pipelined) pool path: every block must be
-a pool slot. The benchmark's bf16/fp8 baselines use it. Scores are in the log2 domain (q
-pre-multiplied by scale * log2 e by the launcher).
+ALL_POOL=True compiles only a branch-free, software-pipelined pool pass (every block is a pool
+slot): the benchmark's bf16/fp8 baselines. Scores are in the log2 domain. ROT=True: q arrives in
+the model's frame and is rotated here (q H * q_mult, q_mult = scale * log2 e); the normalized
+output is rotated back (o H) and stored in o_ptr's dtype. ROT=False (head_dim 256): q arrives
+rotated and scaled in fp32 and the output stays in the rotated frame (the launcher rotates it).
 """
 
 from __future__ import annotations
@@ -49,19 +52,94 @@ def _interleave(x0, x1, x2, x3, NP: tl.constexpr, M: tl.constexpr, N: tl.constex
 
 
 @triton.jit
-def _f16_1024(c):
-    """Integer codes c (< 1024) -> fp16 (1024 + c) by OR-ing the exponent bits: no int->float
-    conversion instruction (those issue at a fraction of the ALU rate and bound a naive dequant)."""
-    return (c.to(tl.int16) | 0x6400).to(tl.float16, bitcast=True)
+def _codes_f16(x, SH: tl.constexpr, MASK: tl.constexpr, ASM: tl.constexpr):
+    """uint8 bytes x -> fp16 (1024 + ((x >> SH) & MASK)), elementwise.
+
+    ASM: per 32-bit register of four bytes, one shift, one AND and two PRMTs that place each byte
+    under the fp16 exponent 0x64 (1024): one instruction per code, no int->float conversion.
+    Otherwise (Triton's interpreter): the same value by integer ops."""
+    if ASM:
+        return tl.inline_asm_elementwise(
+            "{ .reg .b32 t; shr.b32 t, $2, " + SH.__str__() + "; and.b32 t, t, " + (MASK * 0x01010101).__str__()
+            + "; prmt.b32 $0, t, 0x64646464, 0x4140; prmt.b32 $1, t, 0x64646464, 0x4342; }",
+            "=r,=r,r", [x], dtype=tl.float16, is_pure=True, pack=4)
+    else:
+        return (((x >> SH) & MASK).to(tl.int16) | 0x6400).to(tl.float16, bitcast=True)
+
+
+@triton.jit
+def _k_plane(qk_op, kb, qz, qa, kcs_ptr, n_valid, P: tl.constexpr, KB: tl.constexpr, KM: tl.constexpr,
+             KPB: tl.constexpr, G: tl.constexpr, ASM: tl.constexpr):
+    """Scores of token plane P: kb uint8 [D, G/KPB] K bytes -> (s [QP, G/KPB] log2-domain, -1e30 (finite,
+    so an all-masked tile leaves m finite) past n_valid; token index n [G/KPB] = KPB*j + P)."""
+    n = KPB * tl.arange(0, G // KPB) + P
+    s = tl.dot(qk_op, _codes_f16(kb, KB * P, KM, ASM), tl.zeros([qk_op.shape[0], G // KPB], tl.float32))
+    kcs = tl.load(kcs_ptr + n, mask=n < n_valid, other=0.0).to(tl.float32)
+    return tl.where((n < n_valid)[None, :], ((s + qz[:, None]) * qa[:, None]) * kcs[None, :], -1e30), n
+
+
+@triton.jit
+def _p_plane(s, n, n_valid, m_new, rec_h_ptr, V_RS: tl.constexpr, V_RZ: tl.constexpr):
+    """Token plane of probabilities: (p [QP, N] fp32 (0 past n_valid), p*vs as the fp16 dot operand,
+    p*vz - 1024*(p*vs) in fp32: the terms whose row sum is the folded V zero point)."""
+    nm = n < n_valid
+    p = tl.where(nm[None, :], tl.exp2(s - m_new[:, None]), 0.0)
+    vs = tl.load(rec_h_ptr + V_RS // 2 + n, mask=nm, other=0.0).to(tl.float32)
+    vz = tl.load(rec_h_ptr + V_RZ // 2 + n, mask=nm, other=0.0).to(tl.float32)
+    pv = (p * vs[None, :]).to(tl.float16)
+    return p, pv, p * vz[None, :] - 1024.0 * pv.to(tl.float32)
+
+
+@triton.jit
+def _v_planes(pv, vb, t0, t1, t2, t3, VB: tl.constexpr, VM: tl.constexpr, VPB: tl.constexpr, ASM: tl.constexpr):
+    """Accumulate pv [QP, N] (fp16) . codes of vb uint8 [N, D/VPB] into the VPB channel planes t_p."""
+    t0 = tl.dot(pv, _codes_f16(vb, 0, VM, ASM), t0)
+    t1 = tl.dot(pv, _codes_f16(vb, VB, VM, ASM), t1)
+    if VPB == 4:
+        t2 = tl.dot(pv, _codes_f16(vb, 4, VM, ASM), t2)
+        t3 = tl.dot(pv, _codes_f16(vb, 6, VM, ASM), t3)
+    return t0, t1, t2, t3
+
+
+@triton.jit
+def _rotate_rows(x, sgn_ptr, D: tl.constexpr, IUP: tl.constexpr):
+    """x [M, D] fp32 -> x S (S at sgn_ptr: the +-1 Sylvester matrix, bf16 [D, D]) in fp32 on tensor
+    cores: x = hi + lo in bf16 (lo carries the next 8 bits), both exact against +-1 entries."""
+    d = tl.arange(0, D)
+    sgn = tl.load(sgn_ptr + d[:, None] * D + d[None, :])
+    hi = x.to(tl.bfloat16)
+    lo = (x - hi.to(tl.float32)).to(tl.bfloat16)
+    y = dot_bf16_safe(hi, sgn, tl.zeros(x.shape, tl.float32), IUP)
+    return dot_bf16_safe(lo, sgn, y, IUP)
+
+
+@triton.jit
+def _pool_tile(q_op, qa, m_i, l_i, acc, pk_ptr, pv_ptr, pbase, n_valid, stride_pn, pool_k_scale, pool_v_scale,
+               QP: tl.constexpr, D: tl.constexpr, G: tl.constexpr, BN: tl.constexpr, PDT: tl.constexpr,
+               UPCAST: tl.constexpr):
+    """One fp16/bf16 pool tile [G, D] of K and V rows into the online-softmax state."""
+    d = tl.arange(0, D)
+    for c in tl.static_range(G // BN):
+        n = c * BN + tl.arange(0, BN)
+        nm = n < n_valid
+        kt = tl.load(pk_ptr + pbase + n[None, :] * stride_pn + d[:, None], mask=nm[None, :], other=0.0)
+        s = dot_bf16_safe(q_op, kt.to(PDT), tl.zeros([QP, BN], tl.float32), UPCAST)
+        s = tl.where(nm[None, :], s * (qa * pool_k_scale)[:, None], float("-inf"))
+        p, alpha, m_i, l_i = _softmax_update(s, m_i, l_i)
+        vt = tl.load(pv_ptr + pbase + n[:, None] * stride_pn + d[None, :], mask=nm[:, None], other=0.0)
+        pv = dot_bf16_safe(p.to(PDT), vt.to(PDT), tl.zeros([QP, D], tl.float32), UPCAST)
+        acc = acc * alpha[:, None] + pv * pool_v_scale
+    return m_i, l_i, acc
 
 
 @triton.jit
 def _kvarn_decode_kernel(
-    q_ptr, kv_ptr, kvh_ptr, pk_ptr, pv_ptr, b2s_ptr, bt_ptr, sl_ptr, o_ptr, ml_ptr,
+    q_ptr, sgn_ptr, sgo_ptr, kv_ptr, kvh_ptr, pk_ptr, pv_ptr, b2s_ptr, bt_ptr, sl_ptr, o_ptr, ml_ptr,
     stride_qb, stride_qh, stride_kvb, stride_ps, stride_pn, stride_ph, stride_btb,
-    stride_ob, stride_oh, stride_os, tiles_per_split, pool_k_scale, pool_v_scale,
+    stride_ob, stride_oh, stride_os, tiles_per_split, q_mult, o_mult, pool_k_scale, pool_v_scale,
     HK: tl.constexpr, QPK: tl.constexpr, QP: tl.constexpr, BN: tl.constexpr, SPLIT: tl.constexpr,
-    POOL_BF16: tl.constexpr, UPCAST: tl.constexpr, ALL_POOL: tl.constexpr,
+    POOL_BF16: tl.constexpr, UPCAST: tl.constexpr, IUP: tl.constexpr, ALL_POOL: tl.constexpr,
+    ROT: tl.constexpr, ASM: tl.constexpr,
     D: tl.constexpr, G: tl.constexpr, KB: tl.constexpr, VB: tl.constexpr, R: tl.constexpr,
     K_CODES: tl.constexpr, K_RS: tl.constexpr, K_RZ: tl.constexpr, K_CS: tl.constexpr,
     V_CODES: tl.constexpr, V_CS: tl.constexpr, V_RS: tl.constexpr, V_RZ: tl.constexpr,
@@ -79,114 +157,115 @@ def _kvarn_decode_kernel(
     d = tl.arange(0, D)
     qmask = qi < QPK
     q = tl.load(q_ptr + b * stride_qb + (hk * QPK + qi)[:, None] * stride_qh + d[None, :],
-                mask=qmask[:, None], other=0.0)  # fp32 [QP, D], rotated, * scale * log2(e)
+                mask=qmask[:, None], other=0.0).to(tl.float32)
+    if ROT:
+        q = _rotate_rows(q, sgn_ptr, D, IUP)
+    q = q * q_mult  # [QP, D] fp32, rotated, * scale * log2(e)
     qa = tl.max(tl.abs(q), 1) + 1e-30
     PDT: tl.constexpr = tl.bfloat16 if POOL_BF16 else tl.float16
     q_op = (q * (1.0 / qa)[:, None]).to(PDT)
 
-    KPB: tl.constexpr = 8 // KB  # codes per byte = bit planes
-    VPB: tl.constexpr = 8 // VB
-    KM: tl.constexpr = (1 << KB) - 1
-    VM: tl.constexpr = (1 << VB) - 1
-    jk = tl.arange(0, BN // KPB)
-    ev = tl.arange(0, D // VPB)
-
     m_i = tl.full([QP], float("-inf"), tl.float32)
     l_i = tl.zeros([QP], tl.float32)
-    acc = tl.zeros([QP, D], tl.float32)
-    a0 = tl.zeros([QP, D // VPB], tl.float32)  # folded records: channel plane p = channels VPB*e + p
-    a1 = tl.zeros([QP, D // VPB], tl.float32)
-    a2 = tl.zeros([QP, D // VPB], tl.float32)
-    a3 = tl.zeros([QP, D // VPB], tl.float32)
+    bt_row = bt_ptr + b * stride_btb
 
-    has = t0 < t1
-    blk_n = tl.load(bt_ptr + b * stride_btb + t0, mask=has, other=0).to(tl.int64)
-    slot_n = tl.load(b2s_ptr + blk_n, mask=has, other=0)
-    for t in range(t0, t1):
-        blk = blk_n
-        slot = slot_n
-        nxt = t + 1 < t1  # prefetch the next tile's block id and slot
-        blk_n = tl.load(bt_ptr + b * stride_btb + t + 1, mask=nxt, other=0).to(tl.int64)
-        slot_n = tl.load(b2s_ptr + blk_n, mask=nxt, other=0)
-        n_valid = seq_len - t * G
-        pbase = tl.maximum(slot, 0).to(tl.int64) * stride_ps + hk * stride_ph
-        if ALL_POOL:  # branch-free: Triton software-pipelines these loads (num_stages)
-            for c in tl.static_range(G // BN):
-                n = c * BN + tl.arange(0, BN)
-                nm = n < n_valid
-                kt = tl.load(pk_ptr + pbase + n[None, :] * stride_pn + d[:, None], mask=nm[None, :], other=0.0)
-                s = dot_bf16_safe(q_op, kt.to(PDT), tl.zeros([QP, BN], tl.float32), UPCAST)
-                s = tl.where(nm[None, :], s * (qa * pool_k_scale)[:, None], float("-inf"))
-                p, alpha, m_i, l_i = _softmax_update(s, m_i, l_i)
-                vt = tl.load(pv_ptr + pbase + n[:, None] * stride_pn + d[None, :], mask=nm[:, None], other=0.0)
-                pv = dot_bf16_safe(p.to(PDT), vt.to(PDT), tl.zeros([QP, D], tl.float32), UPCAST)
-                acc = acc * alpha[:, None] + pv * pool_v_scale
-        elif slot >= 0:  # pool tile (sink, tail, not yet flushed): fp16 rows
-            for c in tl.static_range(G // BN):
-                n = c * BN + tl.arange(0, BN)
-                nm = n < n_valid
-                kt = tl.load(pk_ptr + pbase + n[None, :] * stride_pn + d[:, None], mask=nm[None, :], other=0.0)
-                s = dot_bf16_safe(q_op, kt.to(PDT), tl.zeros([QP, BN], tl.float32), UPCAST)
-                s = tl.where(nm[None, :], s * (qa * pool_k_scale)[:, None], float("-inf"))
-                p, alpha, m_i, l_i = _softmax_update(s, m_i, l_i)
-                vt = tl.load(pv_ptr + pbase + n[:, None] * stride_pn + d[None, :], mask=nm[:, None], other=0.0)
-                pv = dot_bf16_safe(p.to(PDT), vt.to(PDT), tl.zeros([QP, D], tl.float32), UPCAST)
-                acc = acc * alpha[:, None] + pv * pool_v_scale
-                a0 = a0 * alpha[:, None]
-                a1 = a1 * alpha[:, None]
-                a2 = a2 * alpha[:, None]
-                a3 = a3 * alpha[:, None]
-        else:  # record tile: folded scales, codes as fp16 (1024 + code) straight into tl.dot
+    if ALL_POOL:  # branch-free: Triton software-pipelines these loads (num_stages)
+        acc = tl.zeros([QP, D], tl.float32)
+        for t in range(t0, t1):
+            slot = tl.load(b2s_ptr + tl.load(bt_row + t).to(tl.int64))
+            pbase = tl.maximum(slot, 0).to(tl.int64) * stride_ps + hk * stride_ph
+            m_i, l_i, acc = _pool_tile(q_op, qa, m_i, l_i, acc, pk_ptr, pv_ptr, pbase, seq_len - t * G, stride_pn,
+                                       pool_k_scale, pool_v_scale, QP, D, G, BN, PDT, UPCAST)
+    else:
+        KPB: tl.constexpr = 8 // KB  # codes per byte = bit planes
+        VPB: tl.constexpr = 8 // VB
+        KM: tl.constexpr = (1 << KB) - 1
+        VM: tl.constexpr = (1 << VB) - 1
+        jk = tl.arange(0, G // KPB)
+        ev = tl.arange(0, D // VPB)
+        a0 = tl.zeros([QP, D // VPB], tl.float32)  # channel plane p = channels VPB*e + p
+        a1 = tl.zeros([QP, D // VPB], tl.float32)
+        a2 = tl.zeros([QP, D // VPB], tl.float32)
+        a3 = tl.zeros([QP, D // VPB], tl.float32)
+        # pass 1: every tile of the range through the record math, branch-free so Triton software-
+        # pipelines the loads (num_stages); a pool tile's loads are masked off and its scores dropped.
+        q_un = q * (1.0 / qa)[:, None]  # rows scaled to max |q| = 1
+        ksb = kvh_ptr + K_RS // 2 + d
+        for t in range(t0, t1):
+            blk = tl.load(bt_row + t).to(tl.int64)
+            rec = tl.load(b2s_ptr + blk) < 0
+            md = (d * 0 + rec.to(tl.int32)) > 0  # masks as tensors: a pool tile loads nothing here
+            me = (ev * 0 + rec.to(tl.int32)) > 0
+            n_valid = tl.where(rec, seq_len - t * G, 0)
             rb = blk * stride_kvb + hk * R  # byte offset of the record
             hb = rb // 2  # fp16 element offset (R and all scale offsets are even)
-            ks = tl.load(kvh_ptr + hb + K_RS // 2 + d).to(tl.float32)
-            kz = tl.load(kvh_ptr + hb + K_RZ // 2 + d).to(tl.float32)
-            qk = q * ks[None, :]
-            qka = tl.max(tl.abs(qk), 1) + 1e-30
-            qk_op = (qk * (1.0 / qka)[:, None]).to(tl.float16)
-            # (qk_op . (1024 + code)) - 1024 * sum(qk_op) = qk_op . code
-            qz = tl.sum(q * kz[None, :], 1) / qka - 1024.0 * tl.sum(qk_op.to(tl.float32), 1)
+            ks = tl.load(ksb + hb, mask=md, other=0.0).to(tl.float32)
+            kz = tl.load(kvh_ptr + hb + K_RZ // 2 + d, mask=md, other=0.0).to(tl.float32)
+            qk_op = (q_un * ks[None, :]).to(tl.float16)  # |q ks| / qa stays in fp16 range (ks < 65504)
+            # s = qa * (qk_op . (1024 + code) + qz), qz = sum_d q kz / qa - 1024 * sum(qk_op)
+            qz = tl.sum(q_un * kz[None, :] - 1024.0 * qk_op.to(tl.float32), 1)
+            kb = tl.load(kv_ptr + rb + K_CODES + d[:, None] * (G // KPB) + jk[None, :], mask=md[:, None], other=0)
+            kcb = kvh_ptr + hb + K_CS // 2
+            s0, n0 = _k_plane(qk_op, kb, qz, qa, kcb, n_valid, 0, KB, KM, KPB, G, ASM)
+            s1, n1 = _k_plane(qk_op, kb, qz, qa, kcb, n_valid, 1, KB, KM, KPB, G, ASM)
+            s2 = s0
+            s3 = s1
+            n2 = n0
+            n3 = n1
+            sm = tl.maximum(s0, s1)
+            if KPB == 4:
+                s2, n2 = _k_plane(qk_op, kb, qz, qa, kcb, n_valid, 2, KB, KM, KPB, G, ASM)
+                s3, n3 = _k_plane(qk_op, kb, qz, qa, kcb, n_valid, 3, KB, KM, KPB, G, ASM)
+                sm = tl.maximum(sm, tl.maximum(s2, s3))
+            m_new = tl.maximum(m_i, tl.max(sm, 1))
+            alpha = tl.exp2(m_i - m_new)
+            m_i = m_new
+            # p, p*vs in fp16 and the folded zero points, one reduction each for l and pz
+            p0, pv0, z0 = _p_plane(s0, n0, n_valid, m_new, kvh_ptr + hb, V_RS, V_RZ)
+            p1, pv1, z1 = _p_plane(s1, n1, n_valid, m_new, kvh_ptr + hb, V_RS, V_RZ)
+            psum = p0 + p1
+            zsum = z0 + z1
+            vbase = kv_ptr + rb + V_CODES + ev[None, :]
+            zv = tl.zeros([QP, D // VPB], tl.float32)
+            vb0 = tl.load(vbase + n0[:, None] * (D // VPB), mask=me[None, :], other=0)
+            vb1 = tl.load(vbase + n1[:, None] * (D // VPB), mask=me[None, :], other=0)
+            t0v, t1v, t2v, t3v = _v_planes(pv0, vb0, zv, zv, zv, zv, VB, VM, VPB, ASM)
+            t0v, t1v, t2v, t3v = _v_planes(pv1, vb1, t0v, t1v, t2v, t3v, VB, VM, VPB, ASM)
+            if KPB == 4:
+                p2, pv2, z2 = _p_plane(s2, n2, n_valid, m_new, kvh_ptr + hb, V_RS, V_RZ)
+                p3, pv3, z3 = _p_plane(s3, n3, n_valid, m_new, kvh_ptr + hb, V_RS, V_RZ)
+                psum += p2 + p3
+                zsum += z2 + z3
+                vb2 = tl.load(vbase + n2[:, None] * (D // VPB), mask=me[None, :], other=0)
+                vb3 = tl.load(vbase + n3[:, None] * (D // VPB), mask=me[None, :], other=0)
+                t0v, t1v, t2v, t3v = _v_planes(pv2, vb2, t0v, t1v, t2v, t3v, VB, VM, VPB, ASM)
+                t0v, t1v, t2v, t3v = _v_planes(pv3, vb3, t0v, t1v, t2v, t3v, VB, VM, VPB, ASM)
+            l_i = l_i * alpha + tl.sum(psum, 1)
+            # o += vc * (pv . (1024 + code) - 1024 sum(pv) + sum p vz)
+            pzc = tl.sum(zsum, 1)[:, None]
             vcb = kvh_ptr + hb + V_CS // 2 + VPB * ev
-            vc0 = tl.load(vcb + 0).to(tl.float32)
-            vc1 = tl.load(vcb + 1).to(tl.float32)
+            a0 = a0 * alpha[:, None] + (t0v + pzc) * tl.load(vcb, mask=me, other=0.0).to(tl.float32)[None, :]
+            a1 = a1 * alpha[:, None] + (t1v + pzc) * tl.load(vcb + 1, mask=me, other=0.0).to(tl.float32)[None, :]
             if VPB == 4:
-                vc2 = tl.load(vcb + 2).to(tl.float32)
-                vc3 = tl.load(vcb + 3).to(tl.float32)
-            for c in tl.static_range(G // BN):
-                n = c * BN + tl.arange(0, BN)
-                nm = n < n_valid
-                kb = tl.load(kv_ptr + rb + K_CODES + d[:, None] * (G // KPB) + (c * (BN // KPB) + jk)[None, :])
-                zk = tl.zeros([QP, BN // KPB], tl.float32)
-                s0 = tl.dot(qk_op, _f16_1024(kb & KM), zk)
-                s1 = tl.dot(qk_op, _f16_1024((kb >> KB) & KM), zk)
-                if KPB == 4:
-                    s2 = tl.dot(qk_op, _f16_1024((kb >> 4) & KM), zk)
-                    s3 = tl.dot(qk_op, _f16_1024(kb >> 6), zk)
-                else:
-                    s2 = s0
-                    s3 = s1
-                sq = _interleave(s0, s1, s2, s3, KPB, QP, BN)
-                kcs = tl.load(kvh_ptr + hb + K_CS // 2 + n).to(tl.float32)
-                s = tl.where(nm[None, :], ((sq + qz[:, None]) * qka[:, None]) * kcs[None, :], float("-inf"))
-                p, alpha, m_i, l_i = _softmax_update(s, m_i, l_i)
-                vs = tl.load(kvh_ptr + hb + V_RS // 2 + n).to(tl.float32)
-                vz = tl.load(kvh_ptr + hb + V_RZ // 2 + n).to(tl.float32)
-                pvs = p * vs[None, :]
-                pva = tl.max(tl.abs(pvs), 1) + 1e-30
-                pv_op = (pvs * (1.0 / pva)[:, None]).to(tl.float16)
-                pz = (tl.sum(p * vz[None, :], 1) / pva - 1024.0 * tl.sum(pv_op.to(tl.float32), 1))[:, None]
-                vb = tl.load(kv_ptr + rb + V_CODES + n[:, None] * (D // VPB) + ev[None, :])
-                zv = tl.zeros([QP, D // VPB], tl.float32)
-                pw = pva[:, None]
-                acc = acc * alpha[:, None]
-                a0 = a0 * alpha[:, None] + (tl.dot(pv_op, _f16_1024(vb & VM), zv) + pz) * pw * vc0[None, :]
-                a1 = a1 * alpha[:, None] + (tl.dot(pv_op, _f16_1024((vb >> VB) & VM), zv) + pz) * pw * vc1[None, :]
-                if VPB == 4:
-                    a2 = a2 * alpha[:, None] + (tl.dot(pv_op, _f16_1024((vb >> 4) & VM), zv) + pz) * pw * vc2[None, :]
-                    a3 = a3 * alpha[:, None] + (tl.dot(pv_op, _f16_1024(vb >> 6), zv) + pz) * pw * vc3[None, :]
+                a2 = a2 * alpha[:, None] + (t2v + pzc) * tl.load(vcb + 2, mask=me, other=0.0).to(tl.float32)[None, :]
+                a3 = a3 * alpha[:, None] + (t3v + pzc) * tl.load(vcb + 3, mask=me, other=0.0).to(tl.float32)[None, :]
+        acc = _interleave(a0, a1, a2, a3, VPB, QP, D)
+        # pass 2: pool tiles, located 32 block ids at a time
+        TC: tl.constexpr = 32
+        tc = tl.arange(0, TC)
+        for c0 in range(t0, t1, TC):
+            tt = c0 + tc
+            tm = tt < t1
+            slots = tl.load(b2s_ptr + tl.load(bt_row + tt, mask=tm, other=0).to(tl.int64), mask=tm, other=-1)
+            todo = tm & (slots >= 0)
+            for _ in range(tl.sum(todo.to(tl.int32), 0)):
+                t = tl.min(tl.where(todo, tt, 2147483647), 0)
+                slot = tl.max(tl.where(tt == t, slots, -1), 0)
+                todo = todo & (tt != t)
+                pbase = slot.to(tl.int64) * stride_ps + hk * stride_ph
+                m_i, l_i, acc = _pool_tile(q_op, qa, m_i, l_i, acc, pk_ptr, pv_ptr, pbase, seq_len - t * G,
+                                           stride_pn, pool_k_scale, pool_v_scale, QP, D, G, BN, PDT, UPCAST)
 
-    if not ALL_POOL:
-        acc = acc + _interleave(a0, a1, a2, a3, VPB, QP, D)
     hq = hk * QPK + qi
     if SPLIT:
         obase = b * stride_ob + hq * stride_oh + sid * stride_os
@@ -195,4 +274,42 @@ def _kvarn_decode_kernel(
         tl.store(ml_ptr + 2 * (obase // D) + 1, l_i, mask=qmask)
     else:
         out = acc / tl.maximum(l_i, 1e-30)[:, None]  # empty rows (seq_len 0: CUDA-graph padding) -> 0
-        tl.store(o_ptr + b * stride_ob + hq[:, None] * stride_oh + d[None, :], out, mask=qmask[:, None])
+        if ROT:
+            out = _rotate_rows(out, sgo_ptr, D, IUP) * o_mult  # sgo_ptr = sgn_ptr: not held across the loops
+        tl.store(o_ptr + b * stride_ob + hq[:, None] * stride_oh + d[None, :], out.to(o_ptr.dtype.element_ty),
+                 mask=qmask[:, None])
+
+
+@triton.jit
+def _combine_kernel(part_ptr, ml_ptr, sgn_ptr, o_ptr, S, stride_ob, stride_oh, o_mult,
+                    HK: tl.constexpr, QPK: tl.constexpr, QP: tl.constexpr, D: tl.constexpr,
+                    ROT: tl.constexpr, IUP: tl.constexpr):
+    """Merge the S split partials of the QPK query heads of one (b, KV head): part [B, Hq, S, D]
+    fp32 (unnormalized, rotated frame), ml [B, Hq, S, 2] (max, sum); log-sum-exp merge, normalize,
+    rotate back (ROT) and store [QPK, D] in o_ptr's dtype."""
+    pid = tl.program_id(0)
+    b = pid // HK
+    hk = pid % HK
+    qi = tl.arange(0, QP)
+    d = tl.arange(0, D)
+    qmask = qi < QPK
+    row = b * HK * QPK + hk * QPK + qi  # flattened (b, hq)
+    m = tl.full([QP], float("-inf"), tl.float32)
+    l = tl.zeros([QP], tl.float32)
+    acc = tl.zeros([QP, D], tl.float32)
+    for s in range(S):
+        ms = tl.load(ml_ptr + (row * S + s) * 2, mask=qmask, other=float("-inf"))
+        ls = tl.load(ml_ptr + (row * S + s) * 2 + 1, mask=qmask, other=0.0)
+        ps = tl.load(part_ptr + (row * S + s)[:, None] * D + d[None, :], mask=qmask[:, None], other=0.0)
+        m_new = tl.maximum(m, ms)
+        live = m_new > float("-inf")
+        a_old = tl.where(live, tl.exp2(m - m_new), 0.0)
+        a_new = tl.where(live, tl.exp2(ms - m_new), 0.0)
+        acc = acc * a_old[:, None] + ps * a_new[:, None]
+        l = l * a_old + ls * a_new
+        m = m_new
+    out = acc / tl.maximum(l, 1e-30)[:, None]
+    if ROT:
+        out = _rotate_rows(out, sgn_ptr, D, IUP) * o_mult
+    tl.store(o_ptr + b * stride_ob + (hk * QPK + qi)[:, None] * stride_oh + d[None, :],
+             out.to(o_ptr.dtype.element_ty), mask=qmask[:, None])

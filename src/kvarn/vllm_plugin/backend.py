@@ -231,10 +231,14 @@ class KvarnImpl(AttentionImpl[KvarnMetadata]):
         md: KvarnMetadata = attn_metadata
         n = md.num_actual_tokens
         cache = self._layer_cache(query.device)
+        # on CUDA the decode kernel stores straight into vLLM's output buffer
+        o_view = output[:n].view(query[:n].shape) if output.is_cuda and output.is_contiguous() else None
         out = cache.attend(
             self._records(kv_cache), query[:n], key[:n], value[:n], md.block_to_slot, md.block_table,
             md.seq_lens, md.query_start_loc_cpu, self.scale,
             quantize_new_tiles=not (registry.pool is not None and registry.pool.keep_fp16), route=md.route,
+            out=o_view,
         )
-        output[:n] = out.reshape(output[:n].shape).to(output.dtype)
+        if out is not o_view:
+            output[:n] = out.reshape(output[:n].shape).to(output.dtype)
         return output

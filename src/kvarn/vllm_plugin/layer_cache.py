@@ -96,28 +96,31 @@ class LayerCache:
         scale: float,
         quantize_new_tiles: bool = True,
         route: StepRoute | None = None,
+        out: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """[T, Hq, D] for query [T, Hq, D] (T = real tokens): fp32 on the reference path, query.dtype on
         the kernel path (which ignores quantize_new_tiles: see the module docstring). route: the
-        step's token routing (built here from the host arrays if None)."""
+        step's token routing (built here from the host arrays if None). out [T, Hq, D]: on a
+        decode-only kernel step the kernel stores there and returns it (no extra copy)."""
         if self._kernels(records):
             if route is None:
                 route = plan_route(query_start_loc_cpu.cpu().numpy(), seq_lens.cpu().numpy(), query.device)
-            return self._attend_kernels(records, query, key, value, block_to_slot, block_table, seq_lens, scale, route)
+            return self._attend_kernels(records, query, key, value, block_to_slot, block_table, seq_lens, scale, route,
+                                        out)
         return paged_attention(
             query, key, value, records, self.pool_k, self.pool_v, block_to_slot, block_table,
             seq_lens, query_start_loc_cpu, self.cfg, scale, quantize_new_tiles,
         )
 
     def _attend_kernels(self, records, query, key, value, block_to_slot, block_table, seq_lens, scale,
-                        route: StepRoute) -> torch.Tensor:
+                        route: StepRoute, out: torch.Tensor | None = None) -> torch.Tensor:
         from kvarn.kernels import kvarn_decode_attention
 
         b2s = block_to_slot.to(torch.int32)
         table = block_table.to(torch.int32)
         if route.decode_only and query.shape[0] == seq_lens.shape[0]:  # one row per request (graph-safe)
             return kvarn_decode_attention(query, records, self.pool_k, self.pool_v, b2s, table,
-                                          seq_lens.to(torch.int32), scale, self.cfg)
+                                          seq_lens.to(torch.int32), scale, self.cfg, out=out)
         whole = route.mq_all and route.num_mq == query.shape[0]
         out = torch.empty_like(query) if route.num_mq + route.num_fresh == query.shape[0] else torch.zeros_like(query)
         if route.num_mq:
