@@ -100,6 +100,8 @@ def test_cuda_step_state_flush_equals_layer_update(dev):
     from kvarn.vllm_plugin.cuda_step import CudaStepState
     cfg = KvarnConfig.from_name("k4v2_g64", head_dim=64)
     state = CudaStepState(cfg, dev, num_blocks=6, max_tokens=16)
+    state.warm_up()  # nothing registered yet: a no-op
+    assert not state.warm
     caches, mine, theirs = [], [], []
     for i in range(3):
         c = LayerCache(cfg, 2, 4, device=dev, use_kernels=True)
@@ -109,6 +111,10 @@ def test_cuda_step_state_flush_equals_layer_update(dev):
         mine.append(torch.zeros(6, 2, cfg.record_bytes, dtype=torch.uint8, device=dev))
         theirs.append(torch.zeros(6, 2, cfg.record_bytes, dtype=torch.uint8, device=dev))
         state.register(f"layer{i}", c, mine[-1])
+    pools = [(c.pool_k.clone(), c.pool_v.clone()) for c in caches]
+    state.warm_up()  # compiles the flush kernel on scratch tensors: no layer's pool or records change
+    assert state.warm and not any(r.any() for r in mine)
+    assert all(torch.equal(c.pool_k, k) and torch.equal(c.pool_v, v) for c, (k, v) in zip(caches, pools))
     blocks, slots = np.array([4, 1]), np.array([2, 0])
     assert state.flush(["layer0", "layer1", "layer2", "missing"], blocks, slots) == 6
     for c, r in zip(caches, theirs):

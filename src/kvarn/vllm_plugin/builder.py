@@ -174,6 +174,7 @@ class KvarnMetadataBuilder(AttentionMetadataBuilder[KvarnMetadata]):
 
             return self._metadata(cm, slot_mapping, t(plan.flush_blocks), t(plan.flush_slots), t(plan.write_rows),
                                   t(plan.block_to_slot), None)
+        self.cuda.warm_up()  # eager mode has no capture: the first real step compiles the flush kernel
         self.cuda.flush(self.layer_names, plan.flush_blocks, plan.flush_slots)
         b2s, rows = self.cuda.stage(plan.block_to_slot, plan.write_rows)
         route = plan_route(qsl, seq, dev)
@@ -184,6 +185,7 @@ class KvarnMetadataBuilder(AttentionMetadataBuilder[KvarnMetadata]):
         cm = common_attn_metadata
         if self.cuda is None:
             return self.build(0, cm)
+        self.cuda.warm_up()
         n = cm.num_reqs
         cm.seq_lens.fill_(1)
         route = plan_route(cm.query_start_loc_cpu[: n + 1].numpy(), np.ones(n, dtype=np.int64), cm.slot_mapping.device)

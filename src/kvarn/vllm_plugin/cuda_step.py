@@ -42,6 +42,26 @@ class CudaStepState:
         self.rows = torch.full((max(1, max_tokens),), -1, dtype=torch.int64, device=self.device)
         self.empty = torch.empty(0, dtype=torch.int64, device=self.device)
         self.layers: dict[str, tuple] = {}
+        self.warm = False
+
+    def warm_up(self) -> None:
+        """Compile the flush kernel before serving, on a scratch tile with the real tensors' strides:
+        otherwise Triton's JIT compiles it at the first complete tile and every request of that
+        step stalls for seconds (the likely cause of the first-level TPOT outlier in
+        examples/gpu_h200, which ran before this warm-up existed).
+        A no-op until a layer has registered, after the first success, and inside a graph capture."""
+        if self.warm or not self.layers or (self.device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
+            return
+        from kvarn.kernels import flush_tiles_layers
+
+        cache, records = next(iter(self.layers.values()))
+        gen = torch.Generator(device=self.device).manual_seed(0)
+        pk = torch.randn(cache.pool_k[:1].shape, generator=gen, device=self.device).to(cache.pool_k.dtype)
+        pv = torch.randn(cache.pool_v[:1].shape, generator=gen, device=self.device).to(cache.pool_v.dtype)
+        rec = torch.empty_like(records[:1])
+        zero = torch.zeros(1, dtype=torch.int32, device=self.device)
+        flush_tiles_layers([pk], [pv], [rec], zero, zero, zero, self.cfg)
+        self.warm = True
 
     def register(self, name: str, cache, records: torch.Tensor) -> None:
         """cache: the layer's LayerCache; records uint8 [num_blocks, Hkv, R] (its vLLM page)."""
