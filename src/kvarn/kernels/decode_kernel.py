@@ -3,18 +3,22 @@
 Program (b, h, split): all Hq/Hk query heads of KV head h (QP >= 16 rows for tl.dot), tiles t of
 request b in the split's range. Two passes over the range, so neither carries the other's state:
 
-1. record tiles (block_to_slot < 0), never materialized. The record's fp16 vectors are folded
+1. record tiles (block_to_slot < 0), never materialized; branch-free over the whole range (a pool
+   tile's loads are masked off and its scores are -1e30), so Triton may pipeline the loads. The
+   record's fp16 vectors are folded
    into the query and probability side, so only integer codes meet the tensor cores (method.md
    §1.4: K_hat[d,n] = (code*ks[d] + kz[d]) * kc[n], V_hat[n,d] = (code*vs[n] + vz[n]) * vc[d]):
 
        s[i, n] = kc[n] * ( sum_d (q[i,d] ks[d]) code_k[d, n]  +  sum_d q[i,d] kz[d] )
        o[i, d] += vc[d] * ( sum_n (p[i,n] vs[n]) code_v[n, d] +  sum_n p[i,n] vz[n] )
 
-   q*ks and p*vs are divided by their row max before the fp16 cast (max multiplied back in fp32).
-   Codes enter tl.dot as fp16 (1024 + code): four codes per PRMT pair from one 32-bit register
-   (``_codes_f16``), and the 1024 * row-sum is subtracted in fp32. Bit plane p of a K byte row
-   holds tokens KPB*j + p: one dot per plane, plane scores interleaved to token order; bit plane
-   p of a V byte row holds channels VPB*e + p and feeds its own accumulator.
+   q*ks/max|q| and p*vs are the fp16 dot operands (|ks|, |vs| < 65504; p <= 1). Codes enter tl.dot
+   as fp16 (1024 + code): four codes per PRMT pair from one 32-bit register (``_codes_f16``), and
+   the 1024 * row sums are subtracted in fp32, folded into one reduction with the zero points. Bit
+   plane p of a K byte row holds tokens KPB*j + p: one dot per plane, and the scores stay per plane
+   (V rows, row scales and masks are read in the same token order, so nothing is interleaved);
+   bit plane p of a V byte row holds channels VPB*e + p and feeds its own accumulator. Four row
+   reductions per tile: max, sum of p, and the two folded zero-point sums.
 2. pool tiles (block_to_slot >= 0: sink, tail, blocks not yet flushed), fp16/bf16 rows read
    directly; found 32 block ids at a time, so pass 2 costs ~nothing where there are none.
 
