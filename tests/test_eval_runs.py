@@ -122,3 +122,23 @@ def test_vllm_free_run_and_retrieval(tmp_path):
     assert v["formats"]["auto"]["free_run"]["exact_match"] == 1.0
     kv = v["formats"]["kvarn_k4v2_g128"]
     assert 0.0 <= kv["free_run"]["exact_match"] <= 1.0 and "accuracy" in kv["retrieval"]
+
+
+def test_vllm_engine_spec_travels_on_stdin(monkeypatch):
+    """A full-size spec (20 prompts of 3,000 ids + pass-key prompts) is ~500 KB of JSON: past Linux's
+    128 KiB limit on one argv string ("Argument list too long"), so it must go to the worker on stdin."""
+    from kvarn.eval import vllm_run
+
+    seen = {}
+
+    def fake_run(cmd, **kw):
+        seen["cmd"], seen["input"] = cmd, kw.get("input")
+        return subprocess.CompletedProcess(cmd, 0, stdout='RESULT {"free": [], "retrieval": []}\n', stderr="")
+
+    monkeypatch.setattr(vllm_run.subprocess, "run", fake_run)
+    free = [[1000 + i] * 3000 for i in range(20)]
+    out = vllm_run.run_engine("m", "auto", free, [[7] * 2048] * 20, 256)
+    assert out == {"free": [], "retrieval": []}
+    assert sum(len(a) for a in seen["cmd"]) < 1000 and seen["cmd"][-1] == "-"
+    spec = json.loads(seen["input"])
+    assert len(seen["input"]) > 128 * 1024 and spec["free"] == free and spec["n_new"] == 256

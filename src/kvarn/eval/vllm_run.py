@@ -3,7 +3,7 @@
 Each ``kv_cache_dtype`` (``auto`` first, then e.g. ``kvarn_k4v2_g128``) runs in its own subprocess
 (one engine per process; vLLM engines do not tear down cleanly in-process)::
 
-    python -m kvarn.eval.vllm_run '<json spec>'     # prints "RESULT {json}" as its last line
+    python -m kvarn.eval.vllm_run - < spec.json     # prints "RESULT {json}" as its last line
 
 with ``LLM(model, kv_cache_dtype=..., block_size=128, enforce_eager=True)``, greedy ``SamplingParams``
 (temperature 0, ignore_eos). Free-run prompts get ``n_new`` tokens, pass-key prompts 8. The kvarn
@@ -69,8 +69,10 @@ def run_engine(model: str, kv_cache_dtype: str, free: list[list[int]], retrieval
             "max_model_len": ((longest + max(n_new, RETRIEVAL_TOKENS)) // BLOCK_SIZE + 1) * BLOCK_SIZE}
     env = dict(os.environ)
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    proc = subprocess.run([sys.executable, "-m", "kvarn.eval.vllm_run", json.dumps(spec)], capture_output=True,
-                          text=True, timeout=timeout, env=env)
+    # the spec goes on stdin: at full size (20 prompts of up to 3,000 ids plus the pass-key prompts) its
+    # JSON is far past the kernel's 128 KiB limit on one command-line argument
+    proc = subprocess.run([sys.executable, "-m", "kvarn.eval.vllm_run", "-"], input=json.dumps(spec),
+                          capture_output=True, text=True, timeout=timeout, env=env)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
         tail = (proc.stdout + proc.stderr)[-3000:]
@@ -117,4 +119,5 @@ def run_vllm_eval(model: str, free: list[list[int]], retrieval: list[list[int]],
 
 
 if __name__ == "__main__":
-    print("RESULT " + json.dumps(_worker(json.loads(sys.argv[1]))), flush=True)
+    arg = sys.argv[1] if len(sys.argv) > 1 else "-"
+    print("RESULT " + json.dumps(_worker(json.loads(sys.stdin.read() if arg == "-" else arg))), flush=True)
