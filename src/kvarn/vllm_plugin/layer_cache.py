@@ -122,17 +122,18 @@ class LayerCache:
             return kvarn_decode_attention(query, records, self.pool_k, self.pool_v, b2s, table,
                                           seq_lens.to(torch.int32), scale, self.cfg, out=out)
         whole = route.mq_all and route.num_mq == query.shape[0]
-        out = torch.empty_like(query) if route.num_mq + route.num_fresh == query.shape[0] else torch.zeros_like(query)
+        # mixed step: results in a buffer of our own (the caller's ``out`` is only for decode-only steps)
+        res = torch.empty_like(query) if route.num_mq + route.num_fresh == query.shape[0] else torch.zeros_like(query)
         if route.num_mq:
             q = query if whole else query.index_select(0, route.mq_tokens)
             o = kvarn_decode_attention(q, records, self.pool_k, self.pool_v, b2s, table.index_select(0, route.mq_req),
                                        route.mq_len, scale, self.cfg)
             if whole:
                 return o
-            out.index_copy_(0, route.mq_tokens, o)
+            res.index_copy_(0, route.mq_tokens, o)
         if route.num_fresh:
             idx = route.fresh_tokens
             o = self.prefill_fn(query.index_select(0, idx), key.index_select(0, idx), value.index_select(0, idx),
                                 route.fresh_cu, route.fresh_max, scale)
-            out.index_copy_(0, idx, o.to(out.dtype))
-        return out
+            res.index_copy_(0, idx, o.to(res.dtype))
+        return res
