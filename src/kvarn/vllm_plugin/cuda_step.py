@@ -45,7 +45,8 @@ class CudaStepState:
         self.warm = False
 
     def warm_up(self) -> None:
-        """Compile the flush kernel before serving, on a scratch tile with the real tensors' strides:
+        """Compile the flush kernel before serving, on a scratch tile with the real tensors' strides and
+        layer count:
         otherwise Triton's JIT compiles it at the first complete tile and every request of that
         step stalls for seconds (the likely cause of the first-level TPOT outlier in
         examples/gpu_h200, which ran before this warm-up existed).
@@ -60,7 +61,9 @@ class CudaStepState:
         pv = torch.randn(cache.pool_v[:1].shape, generator=gen, device=self.device).to(cache.pool_v.dtype)
         rec = torch.empty_like(records[:1])
         zero = torch.zeros(1, dtype=torch.int32, device=self.device)
-        flush_tiles_layers([pk], [pv], [rec], zero, zero, zero, self.cfg)
+        # as many layers as the real flush: Triton specializes the layer count when it is 1
+        nl = len(self.layers)
+        flush_tiles_layers([pk] * nl, [pv] * nl, [rec] * nl, zero, zero, zero, self.cfg)
         self.warm = True
 
     def register(self, name: str, cache, records: torch.Tensor) -> None:
