@@ -12,6 +12,7 @@ two with it. All launches are CUDA-graph safe (no host sync, shapes only).
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -29,17 +30,29 @@ def num_sms(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def choose_num_splits(batch: int, num_kv_heads: int, max_blocks: int, sms: int, target_waves: float = 8.0,
-                      min_tiles_per_split: int = 4) -> int:
-    """Split-K factor from static shapes only (CUDA-graph safe): split until B*Hk*S programs fill
-    ``target_waves`` x the SM count, keeping >= ``min_tiles_per_split`` tiles per split.
-    target_waves 8 from the H200 sweep (docs/gpu.md): B=1/32K best at S=64, B=8/32K at S=16,
-    B=32/8K at S=4 (4 programs of 4 warps fit an SM at maxnreg 128)."""
+@functools.lru_cache(maxsize=4096)
+def choose_num_splits(batch: int, num_kv_heads: int, max_blocks: int, sms: int, programs_per_sm: int = 4,
+                      split_cost: float = 0.05, combine_cost: float = 0.5, tie: float = 0.03) -> int:
+    """Split-K factor S from static shapes only (CUDA-graph safe), by a wave model of the GPU.
+
+    B*Hk*S programs run ``programs_per_sm`` at a time per SM (4 programs of 4 warps at maxnreg 128),
+    so a launch takes ceil(B*Hk*S / (sms * programs_per_sm)) waves of ceil(max_blocks / S) tiles each
+    (the kernel is latency-bound per tile). Cost in tile times: waves * tiles_per_split, plus
+    ``combine_cost`` for the extra combine launch and ``split_cost`` per split (partials written and
+    merged); the fewest splits within ``tie`` (3%) of the cheapest S win. Fitted to the H200 sweep
+    (benchmarks/gpu/results/h200-decode-splits-2026-11-29): it picks the measured best at B=16/2.5K (S=4),
+    B=32/8K (S=2), B=8/8K (S=8), B=64/2K (S=1), where the previous rule (fill 8 waves, >= 4 tiles per
+    split) was up to 37% slower (S=5 at B=16/2.5K: 73.0 vs 53.1 us). Only S that are distinct after
+    rounding tiles per split up are considered."""
     base = batch * num_kv_heads
-    want = -(-int(target_waves * sms) // base)
-    s = max(1, min(want, max_blocks // min_tiles_per_split))
-    tps = -(-max_blocks // s)
-    return -(-max_blocks // tps)
+    slots = max(1, sms * programs_per_sm)
+    costs = {1: float(-(-base // slots) * max_blocks)}
+    for s in range(2, max_blocks + 1):
+        tps = -(-max_blocks // s)
+        if -(-max_blocks // tps) == s:
+            costs[s] = -(-(base * s) // slots) * tps + combine_cost + split_cost * s
+    low = min(costs.values())
+    return min(s for s, c in costs.items() if c <= low * (1 + tie))
 
 
 def kvarn_decode_attention(

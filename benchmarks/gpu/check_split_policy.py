@@ -1,0 +1,60 @@
+"""The automatic split-K factor against the previous rule, same run, same shapes (Qwen3-8B layer).
+
+  python benchmarks/gpu/check_split_policy.py --json out.json
+Prints, per (batch, context): the previous rule's S and time, the wave model's S and time (median us of a
+CUDA-graph replay, L2 flushed), and their ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+
+from bench_decode import kvarn_state
+from gpu_timing import graph_ms
+from kvarn.config import KvarnConfig
+from kvarn.kernels import choose_num_splits, kvarn_decode_attention
+
+SHAPES = [(1, 2048), (8, 2048), (32, 2048), (128, 2048), (16, 2560), (1, 8192), (8, 8192), (32, 8192),
+          (1, 32768), (8, 32768), (32, 32768), (1, 131072)]
+
+
+def previous_rule(batch, hk, max_blocks, sms, target_waves=8.0, min_tiles_per_split=4):
+    """The rule before 2026-11-29 evening: fill 8 waves of SMs, >= 4 tiles per split."""
+    want = -(-int(target_waves * sms) // (batch * hk))
+    s = max(1, min(want, max_blocks // min_tiles_per_split))
+    tps = -(-max_blocks // s)
+    return -(-max_blocks // tps)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--json", default=None)
+    a = ap.parse_args(argv)
+    cfg = KvarnConfig.from_name("kvarn_k4v2_g128", head_dim=128)
+    sms, hk, rows = torch.cuda.get_device_properties(0).multi_processor_count, 8, []
+    for bsz, ctx in SHAPES:
+        st, _ = kvarn_state(bsz, ctx, hk, cfg)
+        q = torch.randn(bsz, 32, 128, device="cuda", dtype=torch.bfloat16)
+        seq = torch.full((bsz,), ctx, dtype=torch.int32, device="cuda")
+        row = {"batch": bsz, "context": ctx}
+        for name, s in (("previous", previous_rule(bsz, hk, ctx // 128, sms)),
+                        ("wave_model", choose_num_splits(bsz, hk, ctx // 128, sms))):
+            us = 1e3 * graph_ms(lambda: kvarn_decode_attention(q, seq_lens=seq, scale=0.088, cfg=cfg, num_splits=s, **st))
+            row[name] = {"splits": s, "us": round(us, 2)}
+        row["speedup"] = round(row["previous"]["us"] / row["wave_model"]["us"], 3)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        del st
+        torch.cuda.empty_cache()
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(rows, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
