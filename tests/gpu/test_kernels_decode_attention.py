@@ -136,10 +136,20 @@ def test_multiquery_matches_reference(dev):
 
 
 def test_auto_splits_policy():
+    """Runs on CPU too (pure function). The H200 sweep's measured best S
+    (benchmarks/gpu/results/h200-decode-splits-2026-11-29) and the wave model's invariants."""
     from kvarn.kernels import choose_num_splits
+    for (b, tiles), best in {(16, 20): 4, (32, 64): 2, (64, 16): 1, (8, 64): 8}.items():
+        assert choose_num_splits(b, 8, tiles, 132) == best, (b, tiles)
     assert choose_num_splits(256, 8, 64, 132) == 1  # the batch fills the GPU: single stage
+    assert choose_num_splits(768, 8, 17, 132) == 1
     assert choose_num_splits(1, 8, 1024, 132) > 16  # long context at batch 1: split-K
-    assert choose_num_splits(1, 8, 3, 132) == 1  # too few tiles to split
+    assert choose_num_splits(1, 8, 1, 132) == 1  # one tile cannot split
+    for b in (1, 3, 8, 32, 100, 256):
+        for tiles in (1, 2, 7, 16, 20, 64, 257):
+            s = choose_num_splits(b, 8, tiles, 132)
+            tps = -(-tiles // s)
+            assert 1 <= s <= tiles and -(-tiles // tps) == s  # no empty split
 
 
 def test_decode_rejects_bad_input(dev):

@@ -43,7 +43,9 @@ def choose_num_splits(batch: int, num_kv_heads: int, max_blocks: int, sms: int, 
     (benchmarks/gpu/results/h200-decode-splits-2026-11-29): it picks the measured best at B=16/2.5K (S=4),
     B=32/8K (S=2), B=8/8K (S=8), B=64/2K (S=1), where the previous rule (fill 8 waves, >= 4 tiles per
     split) was up to 37% slower (S=5 at B=16/2.5K: 73.0 vs 53.1 us). Only S that are distinct after
-    rounding tiles per split up are considered."""
+    rounding tiles per split up are considered. max_blocks is the block table's width (static under
+    CUDA graphs); the kernel splits each request's own tiles S ways, so contexts shorter than the
+    table shrink every split alike instead of leaving the later splits empty."""
     base = batch * num_kv_heads
     slots = max(1, sms * programs_per_sm)
     costs = {1: float(-(-base // slots) * max_blocks)}
@@ -133,12 +135,12 @@ def kvarn_decode_attention(
     scales = (q_mult, 1.0 / math.sqrt(d), float(pool_scale[0]), float(pool_scale[1]))
     if num_splits == 1:
         _kvarn_decode_kernel[(bsz * hk, 1)](
-            *args, o, o, *strides, o.stride(0), o.stride(1), 0, tps, *scales, SPLIT=False, **common)
+            *args, o, o, *strides, o.stride(0), o.stride(1), 0, *scales, SPLIT=False, **common)
     else:
         part = torch.empty(bsz, hq, num_splits, d, dtype=torch.float32, device=q.device)
         ml = torch.empty(bsz, hq, num_splits, 2, dtype=torch.float32, device=q.device)
         _kvarn_decode_kernel[(bsz * hk, num_splits)](
-            *args, part, ml, *strides, part.stride(0), part.stride(1), part.stride(2), tps, *scales, SPLIT=True,
+            *args, part, ml, *strides, part.stride(0), part.stride(1), part.stride(2), *scales, SPLIT=True,
             **common)
         _combine_kernel[(bsz * hk,)](part, ml, sgn, o, num_splits, o.stride(0), o.stride(1), 1.0 / math.sqrt(d),
                                      HK=hk, QPK=qpk, QP=qp, D=d, ROT=rot, IUP=INTERPRET, num_warps=4)

@@ -1,7 +1,8 @@
 """The Triton programs of fused kvarn decode attention (launched by decode_attention.py).
 
 Program (b, h, split): all Hq/Hk query heads of KV head h (QP >= 16 rows for tl.dot), tiles t of
-request b in the split's range. Two passes over the range, so neither carries the other's state:
+request b in the split's range (split s of S: tiles [s*ceil(n/S), (s+1)*ceil(n/S)) of the request's own
+n = ceil(seq_len/G) tiles, whatever the block table's width). Two passes over the range, so neither carries the other's state:
 
 1. record tiles (block_to_slot < 0), never materialized; branch-free over the whole range (a pool
    tile's loads are masked off and its scores are -1e30), so Triton may pipeline the loads. The
@@ -140,7 +141,7 @@ def _pool_tile(q_op, qa, m_i, l_i, acc, pk_ptr, pv_ptr, pbase, n_valid, stride_p
 def _kvarn_decode_kernel(
     q_ptr, sgn_ptr, sgo_ptr, kv_ptr, kvh_ptr, pk_ptr, pv_ptr, b2s_ptr, bt_ptr, sl_ptr, o_ptr, ml_ptr,
     stride_qb, stride_qh, stride_kvb, stride_ps, stride_pn, stride_ph, stride_btb,
-    stride_ob, stride_oh, stride_os, tiles_per_split, q_mult, o_mult, pool_k_scale, pool_v_scale,
+    stride_ob, stride_oh, stride_os, q_mult, o_mult, pool_k_scale, pool_v_scale,
     HK: tl.constexpr, QPK: tl.constexpr, QP: tl.constexpr, BN: tl.constexpr, SPLIT: tl.constexpr,
     POOL_BF16: tl.constexpr, UPCAST: tl.constexpr, IUP: tl.constexpr, ALL_POOL: tl.constexpr,
     ROT: tl.constexpr, ASM: tl.constexpr,
@@ -154,8 +155,11 @@ def _kvarn_decode_kernel(
     hk = pid % HK
     seq_len = tl.load(sl_ptr + b)
     n_tiles = tl.cdiv(seq_len, G)
-    t0 = sid * tiles_per_split
-    t1 = tl.minimum(t0 + tiles_per_split, n_tiles)
+    # split sid takes its share of this request's own tiles (not of the table's width), so every split
+    # has work whatever max_model_len the block table was sized for
+    tps = tl.cdiv(n_tiles, tl.num_programs(1))
+    t0 = sid * tps
+    t1 = tl.minimum(t0 + tps, n_tiles)
 
     qi = tl.arange(0, QP)
     d = tl.arange(0, D)
