@@ -55,6 +55,7 @@ def register(subparsers) -> None:
     p.add_argument("--batch", type=int, default=4, help="equal-length prompts per generation batch")
     p.add_argument("--vllm-dtypes", default="kvarn_k4v2_g128", help="kv_cache_dtype values compared against auto")
     p.add_argument("--vllm-prompts", type=int, default=8)
+    p.add_argument("--vllm-timeout", type=int, default=3600, help="seconds per vLLM engine (one subprocess each)")
     p.set_defaults(func=run)
 
 
@@ -161,7 +162,7 @@ def run(a: argparse.Namespace) -> int:
         rprompts, rmeta = build_prompts(tok, fill, a.retrieval_context, _floats(a.depths), a.trials)
         result["vllm"] = run_vllm_eval(str(folder), [p.ids.tolist() for p in ps], [p.tolist() for p in rprompts],
                                        rmeta, [d.strip() for d in a.vllm_dtypes.split(",") if d.strip()],
-                                       a.gen_tokens, log=log)
+                                       a.gen_tokens, log=log, timeout=a.vllm_timeout)
     result["seconds"] = round(time.time() - t_start, 1)
     report.check_result(result)
     md = report.markdown(result)

@@ -61,7 +61,7 @@ def _worker(spec: dict) -> dict:
 
 
 def run_engine(model: str, kv_cache_dtype: str, free: list[list[int]], retrieval: list[list[int]], n_new: int,
-               dtype: str = "bfloat16", timeout: int = 1800) -> dict:
+               dtype: str = "bfloat16", timeout: int = 3600) -> dict:
     """Run one engine in a subprocess; returns {"free": [[ids]], "retrieval": [[ids]], ...}."""
     longest = max([len(p) for p in free] + [len(p) for p in retrieval] + [1])
     spec = {"model": model, "kv_cache_dtype": kv_cache_dtype, "free": free, "retrieval": retrieval, "n_new": n_new,
@@ -71,8 +71,12 @@ def run_engine(model: str, kv_cache_dtype: str, free: list[list[int]], retrieval
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     # the spec goes on stdin: at full size (20 prompts of up to 3,000 ids plus the pass-key prompts) its
     # JSON is far past the kernel's 128 KiB limit on one command-line argument
-    proc = subprocess.run([sys.executable, "-m", "kvarn.eval.vllm_run", "-"], input=json.dumps(spec),
-                          capture_output=True, text=True, timeout=timeout, env=env)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "kvarn.eval.vllm_run", "-"], input=json.dumps(spec),
+                              capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"vLLM engine ({kv_cache_dtype}) did not finish within {timeout} s "
+                           f"(raise --vllm-timeout, or use fewer/shorter prompts)") from None
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
         tail = (proc.stdout + proc.stderr)[-3000:]
@@ -82,7 +86,7 @@ def run_engine(model: str, kv_cache_dtype: str, free: list[list[int]], retrieval
 
 def run_vllm_eval(model: str, free: list[list[int]], retrieval: list[list[int]], retrieval_meta: list[dict],
                   kv_dtypes: list[str], n_new: int, dtype: str = "bfloat16",
-                  log: Callable[[str], None] = print) -> dict:
+                  log: Callable[[str], None] = print, timeout: int = 3600) -> dict:
     """Compare each of ``kv_dtypes`` against ``auto`` through real vLLM (see module doc)."""
     reason = plugin_available()
     if reason is not None:
@@ -96,7 +100,7 @@ def run_vllm_eval(model: str, free: list[list[int]], retrieval: list[list[int]],
     ref = None
     for kv in ["auto"] + [d for d in kv_dtypes if d != "auto"]:
         t0 = time.time()
-        out = run_engine(model, kv, free, retrieval, n_new, dtype)
+        out = run_engine(model, kv, free, retrieval, n_new, dtype, timeout)
         row: dict = {"seconds": round(time.time() - t0, 1)}
         if ref is None:
             ref = out
