@@ -1,0 +1,110 @@
+"""Offline probe of the record byte layout's cost in the decode kernel's dots (no GPU needed).
+
+Compiles four small Triton kernels for sm_90 (``triton.compile`` with ``GPUTarget("cuda", 90, 32)``; needs a
+Triton wheel that ships ptxas and cuobjdump) and counts SASS opcodes per kernel:
+  k_current     K scores from bytes [D, G/2] (tokens along a channel row, the upstream layout): one dot per
+                token bit-plane, reduction over channels
+  k_transposed  K scores from bytes [G, D/2] (channels along a token row): one dot per channel plane
+  v_current     V accumulation from bytes [G, D/4] (channels along a token row, upstream)
+  v_transposed  V accumulation from bytes [D, G/4] (tokens along a channel row)
+The MMA operand needs 4 consecutive reduction-axis bytes per thread; when the bytes run along the other
+axis Triton loads each byte from shared memory alone (LDS.U8).
+
+    python benchmarks/gpu/sass_layout_probe.py
+2026-11-29, Triton 3.9: k_current 552 instructions with 64 LDS.U8, k_transposed 464 with none;
+v_current 488 with 32 LDS.U8, v_transposed 456 with none (same 32 HMMA each).
+"""
+import collections
+import os
+import re
+import subprocess
+import tempfile
+
+import triton, triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from kvarn.kernels.decode_kernel import _codes_f16
+
+
+@triton.jit
+def k_current(q_ptr, kv_ptr, o_ptr, n_tiles, QP: tl.constexpr, D: tl.constexpr, G: tl.constexpr):
+    qi = tl.arange(0, QP); d = tl.arange(0, D); j = tl.arange(0, G // 2)
+    q = tl.load(q_ptr + qi[:, None] * D + d[None, :]).to(tl.float16)
+    acc = tl.zeros([QP, G // 2], tl.float32)
+    for t in range(n_tiles):
+        kb = tl.load(kv_ptr + t * (D * G // 2) + d[:, None] * (G // 2) + j[None, :])
+        s0 = tl.dot(q, _codes_f16(kb, 0, 15, True))
+        s1 = tl.dot(q, _codes_f16(kb, 4, 15, True))
+        acc += s0 * s1
+    tl.store(o_ptr + qi[:, None] * (G // 2) + j[None, :], acc)
+
+
+@triton.jit
+def k_transposed(q_ptr, kv_ptr, o_ptr, n_tiles, QP: tl.constexpr, D: tl.constexpr, G: tl.constexpr):
+    qi = tl.arange(0, QP); e = tl.arange(0, D // 2); n = tl.arange(0, G)
+    qe = tl.load(q_ptr + qi[:, None] * D + 2 * e[None, :]).to(tl.float16)
+    qo = tl.load(q_ptr + qi[:, None] * D + 2 * e[None, :] + 1).to(tl.float16)
+    acc = tl.zeros([QP, G], tl.float32)
+    for t in range(n_tiles):
+        kb = tl.load(kv_ptr + t * (D * G // 2) + n[:, None] * (D // 2) + e[None, :])  # [G, D/2]
+        s = tl.dot(qe, tl.trans(_codes_f16(kb, 0, 15, True)))
+        s = tl.dot(qo, tl.trans(_codes_f16(kb, 4, 15, True)), s)
+        acc += s
+    tl.store(o_ptr + qi[:, None] * G + n[None, :], acc)
+
+
+def compile_count(K):
+    sig = {"q_ptr": "*fp32", "kv_ptr": "*u8", "o_ptr": "*fp32", "n_tiles": "i32", "QP": "constexpr", "D": "constexpr", "G": "constexpr"}
+    const = {(K.arg_names.index(k),): v for k, v in dict(QP=16, D=128, G=128).items()}
+    attrs = {(i,): [["tt.divisibility", 16]] for i, nm in enumerate(K.arg_names) if nm.endswith("_ptr")}
+    ck = triton.compile(ASTSource(fn=K, signature=sig, constexprs=const, attrs=attrs), target=GPUTarget("cuda", 90, 32),
+                        options=dict(num_warps=4, num_stages=1))
+    open(os.path.join(tempfile.gettempdir(), "sass_layout_probe.cubin"), "wb").write(ck.asm["cubin"])
+    bindir = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin")
+    sass = subprocess.run([os.path.join(bindir, "cuobjdump"), "-sass", os.path.join(tempfile.gettempdir(), "sass_layout_probe.cubin")], capture_output=True, text=True).stdout
+    ops = collections.Counter()
+    for line in sass.splitlines():
+        m = re.match(r"\s*/\*[0-9a-f]+\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]+)", line)
+        if m:
+            ops[m.group(2)] += 1
+    lds = {k: v for k, v in ops.items() if k.startswith(("LDS", "STS", "LDSM", "LDG"))}
+    print(K.__name__, "total", sum(ops.values()), "smem", ck.metadata.shared, lds, "PRMT", ops.get("PRMT", 0), "HMMA", sum(v for k, v in ops.items() if k.startswith("HMMA")))
+
+
+
+
+@triton.jit
+def v_current(q_ptr, kv_ptr, o_ptr, n_tiles, QP: tl.constexpr, D: tl.constexpr, G: tl.constexpr):
+    qi = tl.arange(0, QP); n = tl.arange(0, G); e = tl.arange(0, D // 4)
+    p = tl.load(q_ptr + qi[:, None] * G + n[None, :]).to(tl.float16)
+    a0 = tl.zeros([QP, D // 4], tl.float32); a1 = tl.zeros([QP, D // 4], tl.float32)
+    a2 = tl.zeros([QP, D // 4], tl.float32); a3 = tl.zeros([QP, D // 4], tl.float32)
+    for t in range(n_tiles):
+        vb = tl.load(kv_ptr + t * (D * G // 4) + n[:, None] * (D // 4) + e[None, :])  # [G, D/4]
+        a0 = tl.dot(p, _codes_f16(vb, 0, 3, True), a0)
+        a1 = tl.dot(p, _codes_f16(vb, 2, 3, True), a1)
+        a2 = tl.dot(p, _codes_f16(vb, 4, 3, True), a2)
+        a3 = tl.dot(p, _codes_f16(vb, 6, 3, True), a3)
+    tl.store(o_ptr + qi[:, None] * D + e[None, :], a0 + a1 + a2 + a3)
+
+
+@triton.jit
+def v_transposed(q_ptr, kv_ptr, o_ptr, n_tiles, QP: tl.constexpr, D: tl.constexpr, G: tl.constexpr):
+    qi = tl.arange(0, QP); j = tl.arange(0, G // 4); d = tl.arange(0, D)
+    p0 = tl.load(q_ptr + qi[:, None] * G + 4 * j[None, :]).to(tl.float16)
+    p1 = tl.load(q_ptr + qi[:, None] * G + 4 * j[None, :] + 1).to(tl.float16)
+    p2 = tl.load(q_ptr + qi[:, None] * G + 4 * j[None, :] + 2).to(tl.float16)
+    p3 = tl.load(q_ptr + qi[:, None] * G + 4 * j[None, :] + 3).to(tl.float16)
+    acc = tl.zeros([QP, D], tl.float32)
+    for t in range(n_tiles):
+        vb = tl.load(kv_ptr + t * (D * G // 4) + d[:, None] * (G // 4) + j[None, :])  # [D, G/4]
+        acc = tl.dot(p0, tl.trans(_codes_f16(vb, 0, 3, True)), acc)
+        acc = tl.dot(p1, tl.trans(_codes_f16(vb, 2, 3, True)), acc)
+        acc = tl.dot(p2, tl.trans(_codes_f16(vb, 4, 3, True)), acc)
+        acc = tl.dot(p3, tl.trans(_codes_f16(vb, 6, 3, True)), acc)
+    tl.store(o_ptr + qi[:, None] * D + d[None, :], acc)
+
+
+if __name__ == "__main__":
+    for kern in (k_current, k_transposed, v_current, v_transposed):
+        compile_count(kern)
