@@ -3,7 +3,7 @@
 # microbenchmarks. Logs and JSON go to $OUT (the device tool's output folder) or ./gpu_results.
 #   bash scripts/gpu_check.sh            # tests + benchmarks (~5-8 min on an H200)
 #   QUICK=1 bash scripts/gpu_check.sh    # tests + a reduced decode grid
-#   SWEEP=1 bash scripts/gpu_check.sh    # also the block_n / num_warps / split sweep
+#   SWEEP=1 bash scripts/gpu_check.sh    # also the block_n / num_warps / split sweeps and the split-rule check
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-gpu_results}"
@@ -25,5 +25,12 @@ if [ "${SWEEP:-0}" = 1 ]; then args+=(--sweep); fi
 $PY benchmarks/gpu/bench_decode.py --json "$OUT/bench_decode.json" "${args[@]}" 2>&1 | tee "$OUT/bench_decode.log"
 rc_decode=${PIPESTATUS[0]}
 
-echo "gpu_check: tests rc=$rc_tests bench_write rc=$rc_write bench_decode rc=$rc_decode"
+rc_split=0
+if [ "${SWEEP:-0}" = 1 ]; then  # register cap / warps / split-K grid, and the split rule against the previous one
+  $PY benchmarks/gpu/sweep_occupancy.py --json "$OUT/sweep_occupancy.json" 2>&1 | tee "$OUT/sweep_occupancy.log"
+  $PY benchmarks/gpu/check_split_policy.py --json "$OUT/check_split_policy.json" 2>&1 | tee "$OUT/check_split_policy.log"
+  rc_split=${PIPESTATUS[0]}
+fi
+
+echo "gpu_check: tests rc=$rc_tests bench_write rc=$rc_write bench_decode rc=$rc_decode split rc=$rc_split"
 [ "$rc_tests" = 0 ] && [ "$rc_write" = 0 ] && [ "$rc_decode" = 0 ]
