@@ -28,8 +28,9 @@ rc_decode=${PIPESTATUS[0]}
 rc_split=0
 if [ "${SWEEP:-0}" = 1 ]; then  # register cap / warps / split-K grid, and the split rule against the previous one
   $PY benchmarks/gpu/sweep_occupancy.py --json "$OUT/sweep_occupancy.json" 2>&1 | tee "$OUT/sweep_occupancy.log"
-  $PY benchmarks/gpu/check_split_policy.py --json "$OUT/check_split_policy.json" 2>&1 | tee "$OUT/check_split_policy.log"
   rc_split=${PIPESTATUS[0]}
+  $PY benchmarks/gpu/check_split_policy.py --json "$OUT/check_split_policy.json" 2>&1 | tee "$OUT/check_split_policy.log"
+  [ "${PIPESTATUS[0]}" = 0 ] || rc_split=1
 fi
 
 echo "gpu_check: tests rc=$rc_tests bench_write rc=$rc_write bench_decode rc=$rc_decode split rc=$rc_split"

@@ -20,7 +20,8 @@ import re
 import subprocess
 import tempfile
 
-import triton, triton.language as tl
+import triton
+import triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from kvarn.kernels.decode_kernel import _codes_f16
@@ -59,9 +60,11 @@ def compile_count(K):
     attrs = {(i,): [["tt.divisibility", 16]] for i, nm in enumerate(K.arg_names) if nm.endswith("_ptr")}
     ck = triton.compile(ASTSource(fn=K, signature=sig, constexprs=const, attrs=attrs), target=GPUTarget("cuda", 90, 32),
                         options=dict(num_warps=4, num_stages=1))
-    open(os.path.join(tempfile.gettempdir(), "sass_layout_probe.cubin"), "wb").write(ck.asm["cubin"])
+    cubin = os.path.join(tempfile.gettempdir(), "sass_layout_probe.cubin")
+    with open(cubin, "wb") as f:
+        f.write(ck.asm["cubin"])
     bindir = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin")
-    sass = subprocess.run([os.path.join(bindir, "cuobjdump"), "-sass", os.path.join(tempfile.gettempdir(), "sass_layout_probe.cubin")], capture_output=True, text=True).stdout
+    sass = subprocess.run([os.path.join(bindir, "cuobjdump"), "-sass", cubin], capture_output=True, text=True).stdout
     ops = collections.Counter()
     for line in sass.splitlines():
         m = re.match(r"\s*/\*[0-9a-f]+\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]+)", line)
@@ -69,8 +72,6 @@ def compile_count(K):
             ops[m.group(2)] += 1
     lds = {k: v for k, v in ops.items() if k.startswith(("LDS", "STS", "LDSM", "LDG"))}
     print(K.__name__, "total", sum(ops.values()), "smem", ck.metadata.shared, lds, "PRMT", ops.get("PRMT", 0), "HMMA", sum(v for k, v in ops.items() if k.startswith("HMMA")))
-
-
 
 
 @triton.jit

@@ -38,11 +38,12 @@ def main(argv=None) -> int:
     cfg = KvarnConfig.from_name("kvarn_k4v2_g128", head_dim=128)
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     rows = []
+    auto = {f"{b}x{c}": choose_num_splits(b, a.hk, c // cfg.group, sms) for b, c in SPLIT_SHAPES}
 
     def timed(bsz, ctx, st, **kw):
         q = torch.randn(bsz, a.hq, 128, device="cuda", dtype=torch.bfloat16)
         seq = torch.full((bsz,), ctx, dtype=torch.int32, device="cuda")
-        row = {"batch": bsz, "context": ctx, **{k: v for k, v in kw.items()}}
+        row = {"batch": bsz, "context": ctx, **kw}
         t0 = time.perf_counter()
         try:
             row["us"] = round(1e3 * graph_ms(lambda: kvarn_decode_attention(q, seq_lens=seq, scale=0.088, cfg=cfg,
@@ -61,8 +62,7 @@ def main(argv=None) -> int:
         torch.cuda.empty_cache()
     for (bsz, ctx), splits in SPLIT_SHAPES.items():
         st, _ = kvarn_state(bsz, ctx, a.hk, cfg)
-        auto = choose_num_splits(bsz, a.hk, ctx // cfg.group, sms)
-        print(f"auto splits at B={bsz} ctx={ctx}: {auto}", flush=True)
+        print(f"auto splits at B={bsz} ctx={ctx}: {auto[f'{bsz}x{ctx}']}", flush=True)
         for s in splits:
             timed(bsz, ctx, st, num_splits=s)
         del st
@@ -70,8 +70,7 @@ def main(argv=None) -> int:
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"device": device_info(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                       "auto_splits": {f"{b}x{c}": choose_num_splits(b, a.hk, c // cfg.group, sms)
-                                       for b, c in SPLIT_SHAPES}, "points": rows}, f, indent=1)
+                       "auto_splits": auto, "points": rows}, f, indent=1)
     return 0
 
 
