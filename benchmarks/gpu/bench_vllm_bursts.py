@@ -11,10 +11,14 @@ Bursts (issue #4): A = 768 x (1,024 + 1,024) memory-bound; B = 16 x (2,048 + 512
 C = 256 x (256 + 8,192) long generation. ``--burst NAME=N,P,O`` adds or rescales one.
 A warm-up of up to 8 requests per burst shape (48 output tokens) runs first, untimed, for every arm.
 Prints one ``RESULT {json}`` line per burst and writes all of them to --json.
+``--steps`` runs the engine in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) and adds per-step
+timings to each result; ``--profile NAME@START+COUNT`` also traces decode steps START.. of burst NAME with
+torch.profiler and adds GPU kernel time per step by family (``step_profile.py``).
 """
 
 import argparse
 import json
+import os
 import random
 import time
 
@@ -31,6 +35,8 @@ def parse(argv=None):
     ap.add_argument("--tp", type=int, default=1)
     ap.add_argument("--eager", action="store_true")
     ap.add_argument("--json")
+    ap.add_argument("--steps", action="store_true", help="in-process engine; per-step timings in each result")
+    ap.add_argument("--profile", help="NAME@START+COUNT: profile decode steps of one burst (implies --steps)")
     return ap.parse_args(argv)
 
 
@@ -42,6 +48,12 @@ def main(argv=None):
         bursts[name] = tuple(int(x) for x in vals.split(","))
     names = a.bursts.split(",")
     max_len = max(bursts[n][1] + bursts[n][2] for n in names) + 16
+    prof_name, prof_start, prof_count = None, 0, 0
+    if a.profile:
+        prof_name, rest = a.profile.split("@")
+        prof_start, prof_count = (int(x) for x in rest.split("+"))
+    if a.steps or a.profile:
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     from vllm import LLM, SamplingParams
 
     kw = {"block_size": 128} if a.kv_dtype.startswith("kvarn_") else {}
@@ -52,18 +64,27 @@ def main(argv=None):
     init_s = time.perf_counter() - t0
     cc = llm.llm_engine.vllm_config.cache_config
     capacity = int(cc.num_gpu_blocks) * int(cc.block_size)
+    hi = min(100000, llm.llm_engine.model_config.get_vocab_size())  # 100000 for the Qwen3 shapes
     # warm-up on every burst's shapes (JIT compiles, graph replays) so no arm is timed compiling
     warm_rng = random.Random(1)
     for name in names:
         n, ilen, _ = bursts[name]
-        warm = [{"prompt_token_ids": [warm_rng.randrange(1000, 100000) for _ in range(ilen)]} for _ in range(min(n, 8))]
+        warm = [{"prompt_token_ids": [warm_rng.randrange(1000, hi) for _ in range(ilen)]} for _ in range(min(n, 8))]
         llm.generate(warm, SamplingParams(max_tokens=48, ignore_eos=True, detokenize=False), use_tqdm=False)
+    rec = None
+    if a.steps or a.profile:
+        from step_profile import StepRecorder, format_profile
+        rec = StepRecorder(llm)
     results = []
     for name in names:
         n, ilen, olen = bursts[name]
         rng = random.Random(0)
-        prompts = [{"prompt_token_ids": [rng.randrange(1000, 100000) for _ in range(ilen)]} for _ in range(n)]
+        prompts = [{"prompt_token_ids": [rng.randrange(1000, hi) for _ in range(ilen)]} for _ in range(n)]
         sp = SamplingParams(max_tokens=olen, min_tokens=olen, ignore_eos=True, temperature=1.0, detokenize=False)
+        if rec:
+            rec.begin_burst()
+            if name == prof_name:
+                rec.profile_window(prof_start, prof_count)
         t1 = time.perf_counter()
         outs = llm.generate(prompts, sp, use_tqdm=False)
         el = time.perf_counter() - t1
@@ -72,6 +93,11 @@ def main(argv=None):
                    capacity_tokens=capacity, num_gpu_blocks=cc.num_gpu_blocks, block_size=cc.block_size,
                    n=n, ilen=ilen, olen=olen, gen_tokens=gen, elapsed_s=round(el, 2),
                    out_tok_s=round(gen / el, 1), total_tok_s=round((gen + n * ilen) / el, 1))
+        if rec:
+            res["steps"] = rec.summary()
+            if name == prof_name and rec.profile:
+                res["profile"], rec.profile = rec.profile, None
+                print(format_profile(res["profile"]), flush=True)
         print("RESULT " + json.dumps(res), flush=True)
         results.append(res)
     if a.json:
