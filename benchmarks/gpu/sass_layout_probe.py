@@ -30,14 +30,15 @@ from kvarn.kernels.decode_kernel import _codes_f16
 @triton.jit
 def k_current(q_ptr, kv_ptr, o_ptr, n_tiles, QP: tl.constexpr, D: tl.constexpr, G: tl.constexpr):
     qi = tl.arange(0, QP); d = tl.arange(0, D); j = tl.arange(0, G // 2)
+    pid = tl.program_id(0).to(tl.int64)
     q = tl.load(q_ptr + qi[:, None] * D + d[None, :]).to(tl.float16)
     acc = tl.zeros([QP, G // 2], tl.float32)
     for t in range(n_tiles):
-        kb = tl.load(kv_ptr + t * (D * G // 2) + d[:, None] * (G // 2) + j[None, :])
+        kb = tl.load(kv_ptr + (pid * n_tiles + t) * (D * G // 2) + d[:, None] * (G // 2) + j[None, :])
         s0 = tl.dot(q, _codes_f16(kb, 0, 15, True))
         s1 = tl.dot(q, _codes_f16(kb, 4, 15, True))
         acc += s0 * s1
-    tl.store(o_ptr + qi[:, None] * (G // 2) + j[None, :], acc)
+    tl.store(o_ptr + pid * QP * G + qi[:, None] * (G // 2) + j[None, :], acc)
 
 
 @triton.jit
@@ -45,13 +46,14 @@ def k_transposed(q_ptr, kv_ptr, o_ptr, n_tiles, QP: tl.constexpr, D: tl.constexp
     qi = tl.arange(0, QP); e = tl.arange(0, D // 2); n = tl.arange(0, G)
     qe = tl.load(q_ptr + qi[:, None] * D + 2 * e[None, :]).to(tl.float16)
     qo = tl.load(q_ptr + qi[:, None] * D + 2 * e[None, :] + 1).to(tl.float16)
+    pid = tl.program_id(0).to(tl.int64)
     acc = tl.zeros([QP, G], tl.float32)
     for t in range(n_tiles):
-        kb = tl.load(kv_ptr + t * (D * G // 2) + n[:, None] * (D // 2) + e[None, :])  # [G, D/2]
+        kb = tl.load(kv_ptr + (pid * n_tiles + t) * (D * G // 2) + n[:, None] * (D // 2) + e[None, :])  # [G, D/2]
         s = tl.dot(qe, tl.trans(_codes_f16(kb, 0, 15, True)))
         s = tl.dot(qo, tl.trans(_codes_f16(kb, 4, 15, True)), s)
         acc += s
-    tl.store(o_ptr + qi[:, None] * G + n[None, :], acc)
+    tl.store(o_ptr + pid * QP * G + qi[:, None] * G + n[None, :], acc)
 
 
 def compile_count(K):
@@ -80,13 +82,14 @@ def v_current(q_ptr, kv_ptr, o_ptr, n_tiles, QP: tl.constexpr, D: tl.constexpr, 
     p = tl.load(q_ptr + qi[:, None] * G + n[None, :]).to(tl.float16)
     a0 = tl.zeros([QP, D // 4], tl.float32); a1 = tl.zeros([QP, D // 4], tl.float32)
     a2 = tl.zeros([QP, D // 4], tl.float32); a3 = tl.zeros([QP, D // 4], tl.float32)
+    pid = tl.program_id(0).to(tl.int64)
     for t in range(n_tiles):
-        vb = tl.load(kv_ptr + t * (D * G // 4) + n[:, None] * (D // 4) + e[None, :])  # [G, D/4]
+        vb = tl.load(kv_ptr + (pid * n_tiles + t) * (D * G // 4) + n[:, None] * (D // 4) + e[None, :])  # [G, D/4]
         a0 = tl.dot(p, _codes_f16(vb, 0, 3, True), a0)
         a1 = tl.dot(p, _codes_f16(vb, 2, 3, True), a1)
         a2 = tl.dot(p, _codes_f16(vb, 4, 3, True), a2)
         a3 = tl.dot(p, _codes_f16(vb, 6, 3, True), a3)
-    tl.store(o_ptr + qi[:, None] * D + e[None, :], a0 + a1 + a2 + a3)
+    tl.store(o_ptr + pid * QP * D + qi[:, None] * D + e[None, :], a0 + a1 + a2 + a3)
 
 
 @triton.jit
@@ -97,15 +100,39 @@ def v_transposed(q_ptr, kv_ptr, o_ptr, n_tiles, QP: tl.constexpr, D: tl.constexp
     p2 = tl.load(q_ptr + qi[:, None] * G + 4 * j[None, :] + 2).to(tl.float16)
     p3 = tl.load(q_ptr + qi[:, None] * G + 4 * j[None, :] + 3).to(tl.float16)
     acc = tl.zeros([QP, D], tl.float32)
+    pid = tl.program_id(0).to(tl.int64)
     for t in range(n_tiles):
-        vb = tl.load(kv_ptr + t * (D * G // 4) + d[:, None] * (G // 4) + j[None, :])  # [D, G/4]
+        vb = tl.load(kv_ptr + (pid * n_tiles + t) * (D * G // 4) + d[:, None] * (G // 4) + j[None, :])  # [D, G/4]
         acc = tl.dot(p0, tl.trans(_codes_f16(vb, 0, 3, True)), acc)
         acc = tl.dot(p1, tl.trans(_codes_f16(vb, 2, 3, True)), acc)
         acc = tl.dot(p2, tl.trans(_codes_f16(vb, 4, 3, True)), acc)
         acc = tl.dot(p3, tl.trans(_codes_f16(vb, 6, 3, True)), acc)
-    tl.store(o_ptr + qi[:, None] * D + d[None, :], acc)
+    tl.store(o_ptr + pid * QP * D + qi[:, None] * D + d[None, :], acc)
+
+
+def time_on_gpu(programs=6144, n_tiles=9, qp=16, d=128, g=128):
+    """Each kernel over ``programs`` programs x ``n_tiles`` distinct tiles (burst A: B 768 x Hk 8, 1.1K
+    context); median us of do_bench (L2 flushed) and the tile bytes' rate. Same 4 warps / 1 stage."""
+    import torch
+    q = torch.randn(qp, max(d, g), device="cuda")
+    out = torch.empty(programs * qp * max(d, g), device="cuda")
+    res = {}
+    for kern, tile_bytes in ((k_current, d * g // 2), (k_transposed, d * g // 2), (v_current, d * g // 4),
+                             (v_transposed, d * g // 4)):
+        kv = torch.randint(0, 256, (programs * n_tiles * tile_bytes,), dtype=torch.uint8, device="cuda")
+        fn = lambda: kern[(programs,)](q, kv, out, n_tiles, QP=qp, D=d, G=g, num_warps=4, num_stages=1)  # noqa: E731
+        us = 1e3 * triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median")
+        res[kern.__name__] = dict(us=round(us, 1), gbs=round(kv.numel() / us / 1e3, 1),
+                                  ns_per_tile_per_sm=round(1e3 * us / (programs * n_tiles / torch.cuda.get_device_properties(0).multi_processor_count), 1))
+        print(kern.__name__, res[kern.__name__], flush=True)
+        del kv
+    return res
 
 
 if __name__ == "__main__":
-    for kern in (k_current, k_transposed, v_current, v_transposed):
-        compile_count(kern)
+    import sys
+    if "--time" in sys.argv:  # on a GPU: time the four kernels at the burst-A shape
+        time_on_gpu()
+    else:
+        for kern in (k_current, k_transposed, v_current, v_transposed):
+            compile_count(kern)

@@ -62,7 +62,7 @@ def kvarn_decode_attention(
     block_to_slot: torch.Tensor, block_table: torch.Tensor, seq_lens: torch.Tensor, scale: float,
     cfg: KvarnConfig, num_splits: int | None = None, block_n: int | None = None, num_warps: int = 4,
     pool_scale: tuple[float, float] = (1.0, 1.0), out: torch.Tensor | None = None,
-    num_stages: int | None = None, maxnreg: int | None = 128, all_pool: bool = False,
+    num_stages: int | None = None, maxnreg: int | None = 128, all_pool: bool = False, min_q_rows: int = 4,
 ) -> torch.Tensor:
     """Decode attention of one layer: q [B, Hq, D] (original frame, bf16/fp16) -> [B, Hq, D] in q.dtype.
 
@@ -71,7 +71,10 @@ def kvarn_decode_attention(
     seq_lens int32 [B] (>= 1, including the current token, already in the cache).
     num_splits None = automatic (split-K when B*Hk leaves SMs idle and the table is long).
     Tuning (defaults = fastest in the H200 sweep): block_n = G (tokens per step), num_warps 4,
-    num_stages 1 (records) / 2 (all_pool), maxnreg 128 (records; None = compiler's choice).
+    num_stages 1 (records) / 2 (all_pool), maxnreg 128 (records; None = compiler's choice),
+    min_q_rows 4 (query rows per program: the Hq/Hk heads padded to max(min_q_rows, next pow2); Triton
+    pads the MMA itself, so the fp32 score/softmax/accumulator work runs on 4 rows, not 16: 1.15-1.21x
+    at every shape probed on the H200, 2026-11-29, against the old padding to 16).
     all_pool=True: every block is a pool slot (fp16/bf16/fp8
     cache without records, the benchmark baselines); fp8 pools require it.
     """
@@ -96,7 +99,8 @@ def kvarn_decode_attention(
     bn = block_n or g
     check(g % bn == 0 and bn >= 16, f"block_n must divide G={g} and be >= 16, got {bn}")
     qpk = hq // hk
-    qp = max(16, triton.next_power_of_2(qpk))
+    check(min_q_rows in (1, 2, 4, 8, 16), f"min_q_rows must be one of 1, 2, 4, 8, 16, got {min_q_rows}")
+    qp = max(min_q_rows, triton.next_power_of_2(qpk))
     max_blocks = block_table.shape[1]
     if num_splits is None:
         num_splits = choose_num_splits(bsz, hk, max_blocks, num_sms(q.device))

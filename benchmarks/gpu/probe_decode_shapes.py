@@ -1,0 +1,94 @@
+"""Where the fused decode kernel's time goes at burst-A shapes (Qwen3-8B layer, Hq 32 / Hk 8 / D 128).
+
+The end-to-end profile (``bench_vllm_bursts.py --profile``) puts kvarn's decode attention at 858 us per
+layer at B=768, 1.1K context, as slow as bf16 FA3 and 1.25x fp8 FA3. This probe times, per shape, the
+kernel as vLLM runs it (sink and tail tiles in the fp16 pool) against variants, each a CUDA-graph replay
+(median, L2 flushed):
+
+  records_only   every tile a packed record (no pool pass): what the sink and tail cost
+  block_n=64     pool tiles in two 64-row chunks
+  num_stages=2   software-pipelined record loop
+  maxnreg=None   compiler's register choice (fewer programs per SM)
+  q_rows=16|8|4  the 4 query heads of a KV head padded to 16 / 8 / 4 rows (4 = the default since
+                 2026-11-29; Triton pads the MMA itself)
+  num_warps=2, maxnreg=96|80   more, smaller programs per SM
+  bf16_pool      the same kernel reading a bf16 paged cache (the byte-bound reference)
+
+  python benchmarks/gpu/probe_decode_shapes.py --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import torch
+
+from bench_decode import dense_state, kvarn_state
+from gpu_timing import copy_rate_gbs, device_info, graph_ms
+from kvarn.config import KvarnConfig
+from kvarn.kernels import kvarn_decode_attention
+
+SHAPES = [(768, 1152), (768, 2048), (384, 2048), (16, 2560)]
+VARIANTS = {"default": {}, "block_n=64": dict(block_n=64), "num_stages=2": dict(num_stages=2),
+            "maxnreg=None": dict(maxnreg=None), "q_rows=16": dict(min_q_rows=16), "q_rows=8": dict(min_q_rows=8),
+            "q_rows=4": dict(min_q_rows=4), "num_warps=2": dict(num_warps=2), "maxnreg=96": dict(maxnreg=96),
+            "maxnreg=80": dict(maxnreg=80)}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--hq", type=int, default=32)
+    ap.add_argument("--hk", type=int, default=8)
+    ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ",".join(VARIANTS))
+    ap.add_argument("--shapes", default=None, help="BxCTX,... (default: the burst-A set)")
+    ap.add_argument("--no-baselines", action="store_true", help="skip records_only and bf16_pool")
+    a = ap.parse_args(argv)
+    shapes = [tuple(int(x) for x in s.split("x")) for s in a.shapes.split(",")] if a.shapes else SHAPES
+    variants = {k: VARIANTS[k] for k in a.variants.split(",")}
+    cfg = KvarnConfig.from_name("kvarn_k4v2_g128", head_dim=128)
+    copy = copy_rate_gbs()
+    print(f"copy rate {copy:.0f} GB/s", flush=True)
+    rows = []
+
+    def timed(name, bsz, ctx, st, nbytes, **kw):
+        q = torch.randn(bsz, a.hq, 128, device="cuda", dtype=torch.bfloat16)
+        seq = torch.full((bsz,), ctx, dtype=torch.int32, device="cuda")
+        row = {"variant": name, "batch": bsz, "context": ctx, "bytes": nbytes}
+        try:
+            us = 1e3 * graph_ms(lambda: kvarn_decode_attention(q, seq_lens=seq, scale=0.088, cfg=cfg, **st, **kw))
+            row.update(us=round(us, 1), gbs=round(nbytes / us / 1e3, 1), pct_copy=round(100 * nbytes / us / 1e3 / copy, 1))
+        except Exception as e:  # noqa: BLE001 - report, keep probing
+            row["error"] = f"{type(e).__name__}: {str(e)[:160]}"
+        rows.append(row)
+        print("point", json.dumps(row), flush=True)
+
+    for bsz, ctx in shapes:
+        st, nbytes = kvarn_state(bsz, ctx, a.hk, cfg)
+        for name, kw in variants.items():
+            timed(name, bsz, ctx, st, nbytes, **kw)
+        if a.no_baselines:
+            continue
+        b2s = st["block_to_slot"]
+        saved = b2s.clone()
+        b2s.fill_(-1)  # every tile a record
+        timed("records_only", bsz, ctx, st, bsz * a.hk * (ctx // cfg.group) * cfg.record_bytes)
+        b2s.copy_(saved)
+        del st
+        torch.cuda.empty_cache()
+        dst, dbytes = dense_state(bsz, ctx, a.hk, cfg, torch.bfloat16)
+        timed("bf16_pool", bsz, ctx, dst, dbytes)
+        del dst
+        torch.cuda.empty_cache()
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"device": device_info(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                       "copy_gbs": round(copy, 1), "points": rows}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
