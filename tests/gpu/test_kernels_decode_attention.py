@@ -165,3 +165,6 @@ def test_decode_rejects_bad_input(dev):
     with pytest.raises(ValueError, match="kv_cache"):
         kvarn_decode_attention(q, cache[:, :, :-2], pool, pool, b2s, torch.zeros(1, 2, dtype=torch.int32, device=dev),
                                torch.ones(1, dtype=torch.int32, device=dev), 0.1, cfg)
+    with pytest.raises(ValueError, match="min_q_rows"):
+        kvarn_decode_attention(q, cache, pool, pool, b2s, torch.zeros(1, 2, dtype=torch.int32, device=dev),
+                               torch.ones(1, dtype=torch.int32, device=dev), 0.1, cfg, min_q_rows=3)
