@@ -60,7 +60,8 @@ def main(argv=None) -> int:
         row = {"variant": name, "batch": bsz, "context": ctx, "bytes": nbytes}
         try:
             us = 1e3 * graph_ms(lambda: kvarn_decode_attention(q, seq_lens=seq, scale=0.088, cfg=cfg, **st, **kw))
-            row.update(us=round(us, 1), gbs=round(nbytes / us / 1e3, 1), pct_copy=round(100 * nbytes / us / 1e3 / copy, 1))
+            gbs = nbytes / us / 1e3
+            row.update(us=round(us, 1), gbs=round(gbs, 1), pct_copy=round(100 * gbs / copy, 1))
         except Exception as e:  # noqa: BLE001 - report, keep probing
             row["error"] = f"{type(e).__name__}: {str(e)[:160]}"
         rows.append(row)

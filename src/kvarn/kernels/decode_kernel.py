@@ -1,8 +1,9 @@
 """The Triton programs of fused kvarn decode attention (launched by decode_attention.py).
 
-Program (b, h, split): all Hq/Hk query heads of KV head h (QP >= 16 rows for tl.dot), tiles t of
-request b in the split's range (split s of S: tiles [s*ceil(n/S), (s+1)*ceil(n/S)) of the request's own
-n = ceil(seq_len/G) tiles, whatever the block table's width). Two passes over the range, so neither carries the other's state:
+Program (b, h, split): all Hq/Hk query heads of KV head h (QP = max(min_q_rows, next_pow2(Hq/Hk)) rows;
+Triton pads a small-M tl.dot to the MMA shape itself), tiles t of request b in the split's range (split s
+of S: tiles [s*ceil(n/S), (s+1)*ceil(n/S)) of the request's own n = ceil(seq_len/G) tiles, whatever the
+block table's width). Two passes over the range, so neither carries the other's state:
 
 1. record tiles (block_to_slot < 0), never materialized; branch-free over the whole range (a pool
    tile's loads are masked off and its scores are -1e30), so Triton may pipeline the loads. The
