@@ -67,3 +67,19 @@ def test_needs_an_in_process_engine():
 ])
 def test_kernel_families(name, family):
     assert step_profile.family(name) == family
+
+
+def test_summarize_counts_kernels_once_per_step():
+    """Kernel events only (a CPU op's device time is its kernels' again), per traced step, by family."""
+    ev = [SimpleNamespace(device_type="DeviceType.CUDA", key="_kvarn_decode_kernel", self_device_time_total=3000.0,
+                          device_time_total=3000.0, count=6),
+          SimpleNamespace(device_type="DeviceType.CUDA", key="nvjet_sm90_x", self_device_time_total=1200.0,
+                          device_time_total=1200.0, count=12),
+          SimpleNamespace(device_type="DeviceType.CPU", key="aten::mm", self_device_time_total=0.0,
+                          device_time_total=1200.0, count=12)]
+    p = step_profile.summarize(SimpleNamespace(key_averages=lambda: ev), [dict(reqs=4, ms=1.0)] * 2, wall_ms=10.0)
+    assert p["family_ms_per_step"] == {"kvarn_decode": 1.5, "gemm": 0.6}
+    assert p["gpu_kernel_ms_per_step"] == 2.1 and p["wall_ms_per_step"] == 5.0
+    top = [(t["name"], t["calls_per_step"]) for t in p["top_kernels"]]
+    assert top == [("_kvarn_decode_kernel", 3), ("nvjet_sm90_x", 6)]
+    assert "GPU kernels 2.1 ms/step" in step_profile.format_profile(p)

@@ -10,9 +10,12 @@ Triton wheel that ships ptxas and cuobjdump) and counts SASS opcodes per kernel:
 The MMA operand needs 4 consecutive reduction-axis bytes per thread; when the bytes run along the other
 axis Triton loads each byte from shared memory alone (LDS.U8).
 
-    python benchmarks/gpu/sass_layout_probe.py
-2026-11-29, Triton 3.9: k_current 552 instructions with 64 LDS.U8, k_transposed 464 with none;
-v_current 488 with 32 LDS.U8, v_transposed 456 with none (same 32 HMMA each).
+    python benchmarks/gpu/sass_layout_probe.py          # SASS counts, offline
+    python benchmarks/gpu/sass_layout_probe.py --time   # on a GPU: each kernel timed at the burst-A grid
+2026-11-29, Triton 3.9 (per-program tile offsets): k_current 552 instructions with 64 LDS.U8, k_transposed 472
+with none; v_current 480 with 32 LDS.U8, v_transposed 480 with none (32 HMMA each). Timed on the H200
+(Triton 3.6, 6,144 programs x 9 tiles): k_current 175.6 us, k_transposed 179.8; v_current 131.7,
+v_transposed 146.1: the byte loads are not what bounds the decode kernel.
 """
 import collections
 import os
@@ -116,6 +119,7 @@ def time_on_gpu(programs=6144, n_tiles=9, qp=16, d=128, g=128):
     import torch
     q = torch.randn(qp, max(d, g), device="cuda")
     out = torch.empty(programs * qp * max(d, g), device="cuda")
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
     res = {}
     for kern, tile_bytes in ((k_current, d * g // 2), (k_transposed, d * g // 2), (v_current, d * g // 4),
                              (v_transposed, d * g // 4)):
@@ -123,7 +127,7 @@ def time_on_gpu(programs=6144, n_tiles=9, qp=16, d=128, g=128):
         fn = lambda: kern[(programs,)](q, kv, out, n_tiles, QP=qp, D=d, G=g, num_warps=4, num_stages=1)  # noqa: E731
         us = 1e3 * triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median")
         res[kern.__name__] = dict(us=round(us, 1), gbs=round(kv.numel() / us / 1e3, 1),
-                                  ns_per_tile_per_sm=round(1e3 * us / (programs * n_tiles / torch.cuda.get_device_properties(0).multi_processor_count), 1))
+                                  ns_per_tile_per_sm=round(1e3 * us * sms / (programs * n_tiles), 1))
         print(kern.__name__, res[kern.__name__], flush=True)
         del kv
     return res

@@ -113,11 +113,12 @@ class StepRecorder:
 def summarize_steps(records: list[dict]) -> dict:
     dec = [r for r in records if r["decode"]]
     pre = [r for r in records if not r["decode"]]
-    full = [r["ms"] for r in dec if r["reqs"] >= 0.9 * max((d["reqs"] for d in dec), default=0)]
+    batch_max = max((r["reqs"] for r in dec), default=0)
+    full = [r["ms"] for r in dec if r["reqs"] >= 0.9 * batch_max]
     return dict(
         steps=len(records), decode_steps=len(dec), prefill_steps=len(pre),
         decode_ms_total=round(sum(r["ms"] for r in dec), 1), prefill_ms_total=round(sum(r["ms"] for r in pre), 1),
-        decode_batch_max=max((r["reqs"] for r in dec), default=0),
+        decode_batch_max=batch_max,
         decode_batch_median=statistics.median([r["reqs"] for r in dec]) if dec else 0,
         decode_step_ms_median_at_full_batch=round(statistics.median(full), 2) if full else None,
         decode_steps_at_full_batch=len(full),
@@ -127,17 +128,15 @@ def summarize_steps(records: list[dict]) -> dict:
 def summarize(prof, steps: list[dict], wall_ms: float, top: int = 20) -> dict:
     """Kernel time of a profiled window: per family and top kernels, in ms per step."""
     n = max(len(steps), 1)
-    kernels: dict[str, list[float]] = {}
+    kernels: dict[str, tuple[float, int]] = {}  # key_averages() already holds one entry per kernel name
     for evt in prof.key_averages():
-        if not str(evt.device_type).endswith("CUDA"):  # kernels only; CPU ops would count their kernels twice
-            continue
-        dev_us = float(max(evt.self_device_time_total or 0.0, evt.device_time_total or 0.0))
-        kernels.setdefault(evt.key, [0.0, 0])
-        kernels[evt.key][0] += dev_us
-        kernels[evt.key][1] += int(evt.count)
+        if str(evt.device_type).endswith("CUDA"):  # kernels only; CPU ops would count their kernels twice
+            dev_us = float(max(evt.self_device_time_total or 0.0, evt.device_time_total or 0.0))
+            kernels[evt.key] = (dev_us, int(evt.count))
     fams: dict[str, float] = {}
     for name, (us, _) in kernels.items():
-        fams[family(name)] = fams.get(family(name), 0.0) + us
+        fam = family(name)
+        fams[fam] = fams.get(fam, 0.0) + us
     gpu_ms = sum(fams.values()) / 1e3
     ranked = sorted(kernels.items(), key=lambda kv: -kv[1][0])[:top]
     return dict(
