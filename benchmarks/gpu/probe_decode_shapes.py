@@ -13,6 +13,8 @@ kernel as vLLM runs it (sink and tail tiles in the fp16 pool) against variants, 
                  2026-11-29; Triton pads the MMA itself)
   num_warps=2, maxnreg=96|80   more, smaller programs per SM
   bf16_pool      the same kernel reading a bf16 paged cache (the byte-bound reference)
+  base, base:maxnreg=168, maxnreg=168   the current kernel against an earlier one, same launcher:
+                 ``--base-kernel FILE`` (e.g. ``git show REV:src/kvarn/kernels/decode_kernel.py > FILE``)
 
   python benchmarks/gpu/probe_decode_shapes.py --json out.json
 """
@@ -20,6 +22,7 @@ kernel as vLLM runs it (sink and tail tiles in the fp16 pool) against variants, 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 import time
@@ -29,13 +32,24 @@ import torch
 from bench_decode import dense_state, kvarn_state
 from gpu_timing import copy_rate_gbs, device_info, graph_ms
 from kvarn.config import KvarnConfig
-from kvarn.kernels import kvarn_decode_attention
+from kvarn.kernels import decode_attention, kvarn_decode_attention
 
 SHAPES = [(768, 1152), (768, 2048), (384, 2048), (16, 2560)]
 VARIANTS = {"default": {}, "block_n=64": dict(block_n=64), "num_stages=2": dict(num_stages=2),
             "maxnreg=None": dict(maxnreg=None), "q_rows=16": dict(min_q_rows=16), "q_rows=8": dict(min_q_rows=8),
             "q_rows=4": dict(min_q_rows=4), "num_warps=2": dict(num_warps=2), "maxnreg=96": dict(maxnreg=96),
-            "maxnreg=80": dict(maxnreg=80)}
+            "maxnreg=80": dict(maxnreg=80), "maxnreg=168": dict(maxnreg=168), "base": {},
+            "base:maxnreg=168": dict(maxnreg=168)}
+
+
+def _load_kernel(path: str | None):
+    """``_kvarn_decode_kernel`` of another revision's decode_kernel.py (the launcher's signature)."""
+    if not path:
+        raise SystemExit("the base variants need --base-kernel FILE")
+    spec = importlib.util.spec_from_file_location("kvarn_decode_kernel_base", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod._kvarn_decode_kernel
 
 
 def main(argv=None) -> int:
@@ -45,6 +59,7 @@ def main(argv=None) -> int:
     ap.add_argument("--hk", type=int, default=8)
     ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ",".join(VARIANTS))
     ap.add_argument("--shapes", default=None, help="BxCTX,... (default: the burst-A set)")
+    ap.add_argument("--base-kernel", default=None, help="decode_kernel.py of another revision (variants base*)")
     ap.add_argument("--no-baselines", action="store_true", help="skip records_only and bf16_pool")
     a = ap.parse_args(argv)
     shapes = [tuple(int(x) for x in s.split("x")) for s in a.shapes.split(",")] if a.shapes else SHAPES
@@ -58,12 +73,17 @@ def main(argv=None) -> int:
         q = torch.randn(bsz, a.hq, 128, device="cuda", dtype=torch.bfloat16)
         seq = torch.full((bsz,), ctx, dtype=torch.int32, device="cuda")
         row = {"variant": name, "batch": bsz, "context": ctx, "bytes": nbytes}
+        kernel = decode_attention._kvarn_decode_kernel
+        if name.startswith("base"):
+            decode_attention._kvarn_decode_kernel = _load_kernel(a.base_kernel)
         try:
             us = 1e3 * graph_ms(lambda: kvarn_decode_attention(q, seq_lens=seq, scale=0.088, cfg=cfg, **st, **kw))
             gbs = nbytes / us / 1e3
             row.update(us=round(us, 1), gbs=round(gbs, 1), pct_copy=round(100 * gbs / copy, 1))
         except Exception as e:  # noqa: BLE001 - report, keep probing
             row["error"] = f"{type(e).__name__}: {str(e)[:160]}"
+        finally:
+            decode_attention._kvarn_decode_kernel = kernel
         rows.append(row)
         print("point", json.dumps(row), flush=True)
 

@@ -1,0 +1,95 @@
+"""Offline SASS census of the fused decode kernel (no GPU needed): registers, spills, shared memory and
+instruction counts of ``_kvarn_decode_kernel`` compiled for sm_90 at the Qwen3-8B shape.
+
+Needs a Triton wheel that ships ptxas and cuobjdump (the dev box's Triton 3.9 does; the H200 runs 3.6, whose
+code differs in detail, so compare variants here, time them there).
+
+    python benchmarks/gpu/sass_decode_count.py                      # default launch options
+    python benchmarks/gpu/sass_decode_count.py TPI=1 TPI=2 QP=16    # variants, one line each
+"""
+from __future__ import annotations
+
+import collections
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from kvarn.config import KvarnConfig
+from kvarn.kernels._common import layout_constexprs
+from kvarn.kernels.decode_kernel import _kvarn_decode_kernel
+
+PTRS = {"q_ptr": "*bf16", "sgn_ptr": "*bf16", "sgo_ptr": "*bf16", "kv_ptr": "*u8", "kvh_ptr": "*fp16",
+        "pk_ptr": "*fp16", "pv_ptr": "*fp16", "b2s_ptr": "*i32", "bt_ptr": "*i32", "sl_ptr": "*i32",
+        "o_ptr": "*bf16", "ml_ptr": "*fp32"}
+
+
+def compile_decode(opts: dict) -> dict:
+    """Compile one specialization; returns regs, spills, shared bytes and opcode counts."""
+    k = _kvarn_decode_kernel
+    cfg = KvarnConfig.from_name("kvarn_k4v2_g128")
+    const = dict(HK=8, QPK=4, QP=4, BN=128, SPLIT=False, POOL_BF16=False, UPCAST=False, IUP=False, ALL_POOL=False,
+                 ROT=True, ASM=True, TPI=1, **layout_constexprs(cfg))
+    launch = dict(num_warps=4, num_stages=1, maxnreg=128)
+    for key, v in opts.items():
+        (launch if key in launch else const)[key] = v
+    if launch["maxnreg"] is None:
+        launch.pop("maxnreg")
+    sig = {}
+    for name in k.arg_names:
+        if name in PTRS:
+            sig[name] = PTRS[name]
+        elif name in const:
+            sig[name] = "constexpr"
+        elif name.startswith(("q_mult", "o_mult", "pool_")):
+            sig[name] = "fp32"
+        else:
+            sig[name] = "i32"
+    cst = {(k.arg_names.index(n),): v for n, v in const.items() if n in k.arg_names}
+    # as Triton specializes a launch: pointers and the strides (multiples of 16 at this shape) 16-divisible
+    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(k.arg_names)
+             if n.endswith("_ptr") or (n.startswith("stride_") and n != "stride_os")}
+    ck = triton.compile(ASTSource(fn=k, signature=sig, constexprs=cst, attrs=attrs), target=GPUTarget("cuda", 90, 32),
+                        options=launch)
+    cubin = os.path.join(tempfile.gettempdir(), "sass_decode_count.cubin")
+    with open(cubin, "wb") as f:
+        f.write(ck.asm["cubin"])
+    bindir = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin")
+    sass = subprocess.run([os.path.join(bindir, "cuobjdump"), "-sass", cubin], capture_output=True, text=True).stdout
+    with open(os.path.join(tempfile.gettempdir(), "sass_decode_count.sass"), "w") as f:
+        f.write(sass)
+    ins = []  # (address, opcode with suffixes, branch target or None)
+    for line in sass.splitlines():
+        m = re.match(r"\s*/\*([0-9a-f]+)\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]+)\s*(0x[0-9a-f]+)?", line)
+        if m:
+            tgt = int(m.group(4), 16) if m.group(3) == "BRA" and m.group(4) else None
+            ins.append((int(m.group(1), 16), m.group(3), tgt))
+    ops = collections.Counter(op.split(".")[0] for _, op, _ in ins)
+    # loops = backward branches; the first one is the record pass (pass 1)
+    loops = [(tgt, a) for a, op, tgt in ins if tgt is not None and tgt < a]
+    first = None
+    if loops:
+        lo, hi = loops[0]
+        body = [op for a, op, _ in ins if lo <= a <= hi]
+        mem = collections.Counter(op for op in body if op.startswith(("LDG", "LDS", "STS", "LDL", "STL", "LDSM")))
+        first = dict(instructions=len(body), hmma=sum(op.startswith("HMMA") for op in body),
+                     bar=sum(op.startswith("BAR") for op in body), mem=dict(mem))
+    md = ck.metadata
+    return dict(smem=md.shared, total=sum(ops.values()), spill_ops=ops.get("LDL", 0) + ops.get("STL", 0),
+                record_loop=first)
+
+
+if __name__ == "__main__":
+    variants = sys.argv[1:] or ["default"]
+    for v in variants:
+        opts = {}
+        if v != "default":
+            for kv in v.split(","):
+                key, val = kv.split("=")
+                opts[key] = None if val == "None" else int(val)
+        print(v, compile_decode(opts), flush=True)
