@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from vllm_e2e_util import TINY, austen_token_prompts, default_model, needs_vllm, run_engine
+from vllm_e2e_util import TINY, austen_chat_prompts, austen_token_prompts, default_model, needs_vllm, run_engine
 
 pytestmark = [needs_vllm, pytest.mark.vllm, pytest.mark.slow]
 
@@ -64,6 +64,57 @@ def test_real_model_greedy_agreement_with_bf16():
     print("sample kvarn continuation:", repr(tok.decode(kv.tokens[0])))
     assert early >= 16  # the first two tokens agree on >= 80% of prompts
     assert late[len(late) // 2] >= 5  # median first divergence at token 5 or later
+    for toks in kv.tokens:
+        text = tok.decode(toks)
+        assert sum(c.isalpha() or c.isspace() for c in text) > 0.7 * len(text)  # words, not garbage
+    assert kv.pool["live"] == 0 and kv.pool["pending_flush"] == 0
+
+
+def test_real_model_chat_greedy_agreement_with_bf16():
+    """Issue #3 on chat prompts: 20 templated Austen questions of 600-1,500 tokens, 32 greedy tokens.
+
+    Each prompt is SmolLM2's own chat template around an Austen excerpt and the question "Which characters
+    are named in the passage above? Answer with a list of their names." (``austen_chat_prompts``). The
+    design was fixed by the control alone (bf16 vs fp32 activations, no KV quantization), before kvarn
+    was run: a two-sentence summary gave 9/20, "repeat the first sentence" 11/20, "repeat the passage"
+    11/20, "translate the first paragraph" 12/20, this question 12/20 (latest divergences). The reference
+    itself is that unstable on a 135M model, and bf16 is not even bit-reproducible run to run here: three
+    bf16 runs of this set were not identical (changes on 3 prompts, at tokens 29, 26 and 1).
+
+    Measured 2026-11-30, kvarn_k4v2_g128 on the fixed design: 32-token agreement with bf16 on 2/20
+    prompts, both in the single run after the design was fixed and in this test (fp32: 12/20, 11/20).
+    First divergences [7, 10, 15, -, 8, 13, 13, 10, 14, -, 10, 16, 0, 28, 18, 5, 7, 5, 27, 5], then the
+    same but 1 on prompt 17 (where fp32 also diverged at 1: the bf16 reference changed); median 13.
+    So the issue's bar (>= 16/20 exact) is NOT met and is not asserted. Asserted, with margin: the first
+    two tokens agree on >= 16/20 (measured 19/20, 18/20), the median first divergence is at token 8 or
+    later (measured 13), the text stays words (letters and spaces >= 81% of every kvarn continuation,
+    bar 70%) and the pool is empty at the end. About 9 minutes on 2 cores (kvarn's engine ~7 of them).
+    """
+    model = default_model()
+    lengths = [600 + 900 * i // 19 for i in range(20)]
+    prompts = austen_chat_prompts(model, lengths)
+    spec = {"model": model, "prompts": prompts, "max_tokens": 32, "ignore_eos": True,
+            "engine": {"max_num_seqs": 20}}
+    ref = run_engine({**spec, "kv_cache_dtype": "auto"})
+    fp32 = run_engine({**spec, "kv_cache_dtype": "auto", "dtype": "float32"})
+    kv = run_engine({**spec, "kv_cache_dtype": "kvarn_k4v2_g128", "pool_stats": True})
+    assert ref.returncode == 0 and fp32.returncode == 0 and kv.returncode == 0, kv.output[-3000:]
+    div_kv = [_first_divergence(a, b) for a, b in zip(ref.tokens, kv.tokens)]
+    div_fp32 = [_first_divergence(a, b) for a, b in zip(ref.tokens, fp32.tokens)]
+    early = sum(d is None or d >= 2 for d in div_kv)
+    late = sorted(32 if d is None else d for d in div_kv)
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model)
+    print(f"prompt lengths: {[len(p) for p in prompts]}")
+    print(f"32-token agreement with bf16: kvarn_k4v2_g128 {div_kv.count(None)}/20, fp32 activations {div_fp32.count(None)}/20")
+    print(f"first divergence kvarn: {div_kv}")
+    print(f"first divergence fp32:  {div_fp32}")
+    print("sample bf16 continuation: ", repr(tok.decode(ref.tokens[0])))
+    print("sample kvarn continuation:", repr(tok.decode(kv.tokens[0])))
+    assert all(n - 4 <= len(p) <= n for p, n in zip(prompts, lengths))
+    assert early >= 16  # the first two tokens agree on >= 80% of prompts
+    assert late[len(late) // 2] >= 8  # median first divergence at token 8 or later
     for toks in kv.tokens:
         text = tok.decode(toks)
         assert sum(c.isalpha() or c.isspace() for c in text) > 0.7 * len(text)  # words, not garbage

@@ -98,3 +98,54 @@ def austen_token_prompts(tokenizer_dir: str, lengths: list[int]) -> list[list[in
             i += 1
         out.append(ids[:n])
     return out
+
+
+AUSTEN_CHAT_TASK = "Which characters are named in the passage above? Answer with a list of their names."
+
+
+def austen_chat_prompts(tokenizer_dir: str, lengths: list[int], task: str = AUSTEN_CHAT_TASK) -> list[list[int]]:
+    """Chat prompts for an instruct model: an Austen excerpt plus a short task, in the model's own template.
+
+    Prompt ``i`` is ``tokenizer.apply_chat_template([user], add_generation_prompt=True)`` with the user
+    message ``"Here is a passage from a novel by Jane Austen:\\n\\n<excerpt>\\n\\n<task>"``. The excerpt is
+    consecutive paragraphs (``austen_paragraphs(min_words=40)``) starting at paragraph
+    ``i * len(paras) // len(lengths)`` (so the prompts spread over all six novels), cut at a word boundary
+    to the most words that keep the whole templated prompt at or under ``lengths[i]`` tokens (the usual
+    shortfall is 0-2 tokens; the caller sees the exact lengths). Deterministic: no randomness, one
+    tokenization of the full templated text (the token ids are the canonical encoding of that text).
+    """
+    from transformers import AutoTokenizer
+
+    from kvarn.assets import austen_paragraphs
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    paras = austen_paragraphs(min_words=40)
+
+    def encode(excerpt: str) -> list[int]:
+        msg = f"Here is a passage from a novel by Jane Austen:\n\n{excerpt}\n\n{task}"
+        text = tok.apply_chat_template([{"role": "user", "content": msg}], add_generation_prompt=True,
+                                       tokenize=False)
+        return tok(text, add_special_tokens=False)["input_ids"]
+
+    def excerpt(chunks: list[str], words: list[str], k: int) -> str:  # whole paragraphs, then k words
+        return "\n\n".join(chunks[:-1] + [" ".join(words[:k])]).strip()
+
+    out = []
+    for i, n in enumerate(lengths):
+        start = i * len(paras) // len(lengths)
+        chunks, j = [], start
+        while len(encode("\n\n".join(chunks))) < n:  # enough whole paragraphs to overshoot
+            chunks.append(paras[j % len(paras)])
+            j += 1
+        words = chunks[-1].split()
+        lo, hi = 0, len(words)  # binary search: the most words of the last paragraph that fit
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if len(encode(excerpt(chunks, words, mid))) <= n:
+                lo = mid
+            else:
+                hi = mid - 1
+        ids = encode(excerpt(chunks, words, lo))
+        assert len(ids) <= n, (i, n, len(ids))
+        out.append(ids)
+    return out
