@@ -3,6 +3,11 @@
   python benchmarks/gpu/check_split_policy.py --json out.json
 Prints, per (batch, context): the previous rule's S and time, the wave model's S and time (median us of a
 CUDA-graph replay, L2 flushed), and their ratio.
+
+  python benchmarks/gpu/check_split_policy.py --wide 67 --json out.json
+Batches that fill the GPU (B*Hk >= 4 programs per SM) with a block table 67 tiles wide (max_model_len
+8,576), contexts short and full: the wave model's choice without the full-GPU cap (``cap_full=False``)
+against one split (what the cap gives).
 """
 
 from __future__ import annotations
@@ -30,12 +35,44 @@ def previous_rule(batch, hk, max_blocks, sms, target_waves=8.0, min_tiles_per_sp
     return -(-max_blocks // tps)
 
 
+WIDE_SHAPES = [(96, 1152), (200, 1152), (300, 1152), (496, 1152), (600, 1152), (200, 8576), (496, 8576)]
+
+
+def wide_rows(width: int, cfg, sms: int, hk: int) -> list[dict]:
+    """Full-GPU batches, block table ``width`` tiles wide: uncapped wave model vs one split."""
+    rows = []
+    for bsz, ctx in WIDE_SHAPES:
+        st, _ = kvarn_state(bsz, ctx, hk, cfg)
+        table = st["block_table"]
+        st["block_table"] = torch.zeros(bsz, width, dtype=torch.int32, device="cuda")
+        st["block_table"][:, : table.shape[1]] = table
+        q = torch.randn(bsz, 32, 128, device="cuda", dtype=torch.bfloat16)
+        seq = torch.full((bsz,), ctx, dtype=torch.int32, device="cuda")
+        row = {"batch": bsz, "context": ctx, "table_width": width}
+        for name, s in (("uncapped", choose_num_splits(bsz, hk, width, sms, cap_full=False)), ("one_split", 1)):
+            us = 1e3 * graph_ms(lambda: kvarn_decode_attention(q, seq_lens=seq, scale=0.088, cfg=cfg, num_splits=s, **st))
+            row[name] = {"splits": s, "us": round(us, 2)}
+        row["one_split_speedup"] = round(row["uncapped"]["us"] / row["one_split"]["us"], 3)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        del st
+        torch.cuda.empty_cache()
+    return rows
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", default=None)
+    ap.add_argument("--wide", type=int, default=0, help="table width in tiles: the full-GPU check instead")
     a = ap.parse_args(argv)
     cfg = KvarnConfig.from_name("kvarn_k4v2_g128", head_dim=128)
     sms, hk, rows = torch.cuda.get_device_properties(0).multi_processor_count, 8, []
+    if a.wide:
+        rows = wide_rows(a.wide, cfg, sms, hk)
+        if a.json:
+            with open(a.json, "w") as f:
+                json.dump(rows, f, indent=1)
+        return 0
     for bsz, ctx in SHAPES:
         st, _ = kvarn_state(bsz, ctx, hk, cfg)
         q = torch.randn(bsz, 32, 128, device="cuda", dtype=torch.bfloat16)

@@ -143,6 +143,13 @@ def test_auto_splits_policy():
         assert choose_num_splits(b, 8, tiles, 132) == best, (b, tiles)
     assert choose_num_splits(256, 8, 64, 132) == 1  # the batch fills the GPU: single stage
     assert choose_num_splits(768, 8, 17, 132) == 1
+    # full-GPU batches with a wide table (max_model_len 8,464): the uncapped model chose 17 splits, 1.7-2.0x
+    # slower than one on the H200 (check_split_policy.py --wide 67, 2026-11-30); 2 at B=96 measured faster
+    for b in (200, 300, 496, 600):
+        assert choose_num_splits(b, 8, 67, 132) == 1
+        assert choose_num_splits(b, 8, 67, 132, cap_full=False) > 1  # what the cap prevents
+    assert choose_num_splits(96, 8, 67, 132) == 2
+    assert all(choose_num_splits(b, 8, t, 132) <= 2 for b in range(66, 133) for t in (17, 67, 257))
     assert choose_num_splits(1, 8, 1024, 132) > 16  # long context at batch 1: split-K
     assert choose_num_splits(1, 8, 1, 132) == 1  # one tile cannot split
     for b in (1, 3, 8, 32, 100, 256):

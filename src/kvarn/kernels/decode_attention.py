@@ -32,7 +32,8 @@ def num_sms(device: torch.device) -> int:
 
 @functools.lru_cache(maxsize=4096)
 def choose_num_splits(batch: int, num_kv_heads: int, max_blocks: int, sms: int, programs_per_sm: int = 4,
-                      split_cost: float = 0.05, combine_cost: float = 0.5, tie: float = 0.03) -> int:
+                      split_cost: float = 0.05, combine_cost: float = 0.5, tie: float = 0.03,
+                      cap_full: bool = True) -> int:
     """Split-K factor S from static shapes only (CUDA-graph safe), by a wave model of the GPU.
 
     B*Hk*S programs run ``programs_per_sm`` at a time per SM (4 programs of 4 warps at maxnreg 128),
@@ -45,11 +46,22 @@ def choose_num_splits(batch: int, num_kv_heads: int, max_blocks: int, sms: int, 
     split) was up to 37% slower (S=5 at B=16/2.5K: 73.0 vs 53.1 us). Only S that are distinct after
     rounding tiles per split up are considered. max_blocks is the block table's width (static under
     CUDA graphs); the kernel splits each request's own tiles S ways, so contexts shorter than the
-    table shrink every split alike instead of leaving the later splits empty."""
+    table shrink every split alike instead of leaving the later splits empty.
+
+    ``cap_full``: once B*Hk programs fill the GPU (>= ``programs_per_sm`` per SM) the model's wave
+    rounding is not worth the splits: S <= 2 up to two waves, S = 1 beyond. Without the cap it chose
+    S = 17 at B = 200-496 for a 67-tile table (max_model_len 8,464), 1.71-1.98x slower than S = 1 at
+    1.1K context and 1.15x slower at full context on the H200 (``check_split_policy.py --wide 67``,
+    2026-11-30), and its [B, Hq, 17, D] fp32 partials made vLLM's CUDA-graph memory estimate charge
+    6.77 GiB of KV space instead of 0.37 (``diag_graph_memory.py``). S = 2 at B = 96 measured 1.11x
+    faster than S = 1, hence the middle band."""
     base = batch * num_kv_heads
     slots = max(1, sms * programs_per_sm)
+    max_s = max_blocks
+    if cap_full and base >= slots:  # the GPU is full without splits: at most 2 (one to two waves), else none
+        max_s = 2 if base < 2 * slots else 1
     costs = {1: float(-(-base // slots) * max_blocks)}
-    for s in range(2, max_blocks + 1):
+    for s in range(2, min(max_s, max_blocks) + 1):
         tps = -(-max_blocks // s)
         if -(-max_blocks // tps) == s:
             costs[s] = -(-(base * s) // slots) * tps + combine_cost + split_cost * s
