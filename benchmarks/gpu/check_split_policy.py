@@ -38,21 +38,27 @@ def previous_rule(batch, hk, max_blocks, sms, target_waves=8.0, min_tiles_per_sp
 WIDE_SHAPES = [(96, 1152), (200, 1152), (300, 1152), (496, 1152), (600, 1152), (200, 8576), (496, 8576)]
 
 
-def wide_rows(width: int, cfg, sms: int, hk: int) -> list[dict]:
-    """Full-GPU batches, block table ``width`` tiles wide: uncapped wave model vs one split."""
+def timed_rows(shapes, cfg, hk: int, rules, ratio: str, width: int | None = None) -> list[dict]:
+    """Per (batch, context): each of the two ``rules`` ((name, f(batch, tiles) -> S)) timed on one state
+    (median us of a CUDA-graph replay, L2 flushed); ``ratio`` = first rule's time / second's. ``width``
+    pads the block table to that many tiles (the rules see the padded width, as under vLLM)."""
     rows = []
-    for bsz, ctx in WIDE_SHAPES:
+    for bsz, ctx in shapes:
         st, _ = kvarn_state(bsz, ctx, hk, cfg)
-        table = st["block_table"]
-        st["block_table"] = torch.zeros(bsz, width, dtype=torch.int32, device="cuda")
-        st["block_table"][:, : table.shape[1]] = table
+        tiles = st["block_table"].shape[1]
+        row = {"batch": bsz, "context": ctx}
+        if width:
+            table = st["block_table"]
+            st["block_table"] = torch.zeros(bsz, width, dtype=torch.int32, device="cuda")
+            st["block_table"][:, :tiles] = table
+            tiles = row["table_width"] = width
         q = torch.randn(bsz, 32, 128, device="cuda", dtype=torch.bfloat16)
         seq = torch.full((bsz,), ctx, dtype=torch.int32, device="cuda")
-        row = {"batch": bsz, "context": ctx, "table_width": width}
-        for name, s in (("uncapped", choose_num_splits(bsz, hk, width, sms, cap_full=False)), ("one_split", 1)):
+        for name, rule in rules:
+            s = rule(bsz, tiles)
             us = 1e3 * graph_ms(lambda: kvarn_decode_attention(q, seq_lens=seq, scale=0.088, cfg=cfg, num_splits=s, **st))
             row[name] = {"splits": s, "us": round(us, 2)}
-        row["one_split_speedup"] = round(row["uncapped"]["us"] / row["one_split"]["us"], 3)
+        row[ratio] = round(row[rules[0][0]]["us"] / row[rules[1][0]]["us"], 3)
         rows.append(row)
         print(json.dumps(row), flush=True)
         del st
@@ -66,27 +72,14 @@ def main(argv=None) -> int:
     ap.add_argument("--wide", type=int, default=0, help="table width in tiles: the full-GPU check instead")
     a = ap.parse_args(argv)
     cfg = KvarnConfig.from_name("kvarn_k4v2_g128", head_dim=128)
-    sms, hk, rows = torch.cuda.get_device_properties(0).multi_processor_count, 8, []
-    if a.wide:
-        rows = wide_rows(a.wide, cfg, sms, hk)
-        if a.json:
-            with open(a.json, "w") as f:
-                json.dump(rows, f, indent=1)
-        return 0
-    for bsz, ctx in SHAPES:
-        st, _ = kvarn_state(bsz, ctx, hk, cfg)
-        q = torch.randn(bsz, 32, 128, device="cuda", dtype=torch.bfloat16)
-        seq = torch.full((bsz,), ctx, dtype=torch.int32, device="cuda")
-        row = {"batch": bsz, "context": ctx}
-        for name, s in (("previous", previous_rule(bsz, hk, ctx // 128, sms)),
-                        ("wave_model", choose_num_splits(bsz, hk, ctx // 128, sms))):
-            us = 1e3 * graph_ms(lambda: kvarn_decode_attention(q, seq_lens=seq, scale=0.088, cfg=cfg, num_splits=s, **st))
-            row[name] = {"splits": s, "us": round(us, 2)}
-        row["speedup"] = round(row["previous"]["us"] / row["wave_model"]["us"], 3)
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-        del st
-        torch.cuda.empty_cache()
+    sms, hk = torch.cuda.get_device_properties(0).multi_processor_count, 8
+    if a.wide:  # full-GPU batches, wide table: the uncapped wave model vs one split
+        rules = (("uncapped", lambda b, t: choose_num_splits(b, hk, t, sms, cap_full=False)), ("one_split", lambda b, t: 1))
+        rows = timed_rows(WIDE_SHAPES, cfg, hk, rules, "one_split_speedup", width=a.wide)
+    else:
+        rules = (("previous", lambda b, t: previous_rule(b, hk, t, sms)),
+                 ("wave_model", lambda b, t: choose_num_splits(b, hk, t, sms)))
+        rows = timed_rows(SHAPES, cfg, hk, rules, "speedup")
     if a.json:
         with open(a.json, "w") as f:
             json.dump(rows, f, indent=1)
