@@ -13,12 +13,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 
-def first_divergence(a, b):
-    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None)
-
-
 if __name__ == "__main__":
-    from vllm_e2e_util import austen_chat_prompts, default_model, run_engine
+    from vllm_e2e_util import austen_chat_prompts, default_model, first_divergence, run_engine
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("kv_dtypes", nargs="+")

@@ -12,12 +12,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 
-def first_divergence(a, b):
-    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None)
-
-
 if __name__ == "__main__":
-    from vllm_e2e_util import austen_token_prompts, run_engine
+    from vllm_e2e_util import austen_token_prompts, first_divergence, run_engine
 
     from kvarn.assets import default_model_dir
 

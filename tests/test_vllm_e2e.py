@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from vllm_e2e_util import TINY, austen_chat_prompts, austen_token_prompts, default_model, needs_vllm, run_engine
+from vllm_e2e_util import (TINY, austen_chat_prompts, austen_token_prompts, default_model, first_divergence, needs_vllm,
+                           run_engine)
 
 pytestmark = [needs_vllm, pytest.mark.vllm, pytest.mark.slow]
 
@@ -28,8 +29,35 @@ def test_capacity_ratio_with_pool_counted_head_dim_128():
     assert "kvarn: kvarn_k4v2_g128" in kv.output and "effective capacity vs bf16" in kv.output
 
 
-def _first_divergence(a, b):
-    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None)
+def _greedy_agreement(model: str, prompts: list[list[int]], min_median: int):
+    """bf16, fp32 activations and kvarn_k4v2_g128 on ``prompts`` (32 greedy tokens, max_num_seqs 20):
+    prints the exact agreement figures and first divergences, asserts what separates a correct backend
+    from a broken one (the first two tokens agree on >= 16/20, median first divergence >= ``min_median``,
+    the text stays words, the pool is empty at the end)."""
+    spec = {"model": model, "prompts": prompts, "max_tokens": 32, "ignore_eos": True,
+            "engine": {"max_num_seqs": 20}}
+    ref = run_engine({**spec, "kv_cache_dtype": "auto"})
+    fp32 = run_engine({**spec, "kv_cache_dtype": "auto", "dtype": "float32"})
+    kv = run_engine({**spec, "kv_cache_dtype": "kvarn_k4v2_g128", "pool_stats": True})
+    assert ref.returncode == 0 and fp32.returncode == 0 and kv.returncode == 0, kv.output[-3000:]
+    div_kv = [first_divergence(a, b) for a, b in zip(ref.tokens, kv.tokens)]
+    div_fp32 = [first_divergence(a, b) for a, b in zip(ref.tokens, fp32.tokens)]
+    early = sum(d is None or d >= 2 for d in div_kv)
+    late = sorted(32 if d is None else d for d in div_kv)
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model)
+    print(f"32-token agreement with bf16: kvarn_k4v2_g128 {div_kv.count(None)}/20, fp32 activations {div_fp32.count(None)}/20")
+    print(f"first divergence kvarn: {div_kv}")
+    print(f"first divergence fp32:  {div_fp32}")
+    print("sample bf16 continuation: ", repr(tok.decode(ref.tokens[0])))
+    print("sample kvarn continuation:", repr(tok.decode(kv.tokens[0])))
+    assert early >= 16  # the first two tokens agree on >= 80% of prompts
+    assert late[len(late) // 2] >= min_median  # median first divergence at token min_median or later
+    for toks in kv.tokens:
+        text = tok.decode(toks)
+        assert sum(c.isalpha() or c.isspace() for c in text) > 0.7 * len(text)  # words, not garbage
+    assert kv.pool["live"] == 0 and kv.pool["pending_flush"] == 0
 
 
 def test_real_model_greedy_agreement_with_bf16():
@@ -43,31 +71,7 @@ def test_real_model_greedy_agreement_with_bf16():
     """
     model = default_model()
     lengths = [600 + 900 * i // 19 for i in range(20)]
-    prompts = austen_token_prompts(model, lengths)
-    spec = {"model": model, "prompts": prompts, "max_tokens": 32, "ignore_eos": True,
-            "engine": {"max_num_seqs": 20}}
-    ref = run_engine({**spec, "kv_cache_dtype": "auto"})
-    fp32 = run_engine({**spec, "kv_cache_dtype": "auto", "dtype": "float32"})
-    kv = run_engine({**spec, "kv_cache_dtype": "kvarn_k4v2_g128", "pool_stats": True})
-    assert ref.returncode == 0 and fp32.returncode == 0 and kv.returncode == 0, kv.output[-3000:]
-    div_kv = [_first_divergence(a, b) for a, b in zip(ref.tokens, kv.tokens)]
-    div_fp32 = [_first_divergence(a, b) for a, b in zip(ref.tokens, fp32.tokens)]
-    agree = lambda divs: sum(d is None for d in divs)  # noqa: E731
-    early = sum(d is None or d >= 2 for d in div_kv)
-    late = sorted(32 if d is None else d for d in div_kv)
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(model)
-    print(f"32-token agreement with bf16: kvarn_k4v2_g128 {agree(div_kv)}/20, fp32 activations {agree(div_fp32)}/20")
-    print(f"first divergence kvarn: {div_kv}")
-    print(f"first divergence fp32:  {div_fp32}")
-    print("sample kvarn continuation:", repr(tok.decode(kv.tokens[0])))
-    assert early >= 16  # the first two tokens agree on >= 80% of prompts
-    assert late[len(late) // 2] >= 5  # median first divergence at token 5 or later
-    for toks in kv.tokens:
-        text = tok.decode(toks)
-        assert sum(c.isalpha() or c.isspace() for c in text) > 0.7 * len(text)  # words, not garbage
-    assert kv.pool["live"] == 0 and kv.pool["pending_flush"] == 0
+    _greedy_agreement(model, austen_token_prompts(model, lengths), min_median=5)
 
 
 def test_real_model_chat_greedy_agreement_with_bf16():
@@ -93,32 +97,9 @@ def test_real_model_chat_greedy_agreement_with_bf16():
     model = default_model()
     lengths = [600 + 900 * i // 19 for i in range(20)]
     prompts = austen_chat_prompts(model, lengths)
-    spec = {"model": model, "prompts": prompts, "max_tokens": 32, "ignore_eos": True,
-            "engine": {"max_num_seqs": 20}}
-    ref = run_engine({**spec, "kv_cache_dtype": "auto"})
-    fp32 = run_engine({**spec, "kv_cache_dtype": "auto", "dtype": "float32"})
-    kv = run_engine({**spec, "kv_cache_dtype": "kvarn_k4v2_g128", "pool_stats": True})
-    assert ref.returncode == 0 and fp32.returncode == 0 and kv.returncode == 0, kv.output[-3000:]
-    div_kv = [_first_divergence(a, b) for a, b in zip(ref.tokens, kv.tokens)]
-    div_fp32 = [_first_divergence(a, b) for a, b in zip(ref.tokens, fp32.tokens)]
-    early = sum(d is None or d >= 2 for d in div_kv)
-    late = sorted(32 if d is None else d for d in div_kv)
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(model)
     print(f"prompt lengths: {[len(p) for p in prompts]}")
-    print(f"32-token agreement with bf16: kvarn_k4v2_g128 {div_kv.count(None)}/20, fp32 activations {div_fp32.count(None)}/20")
-    print(f"first divergence kvarn: {div_kv}")
-    print(f"first divergence fp32:  {div_fp32}")
-    print("sample bf16 continuation: ", repr(tok.decode(ref.tokens[0])))
-    print("sample kvarn continuation:", repr(tok.decode(kv.tokens[0])))
     assert all(n - 4 <= len(p) <= n for p, n in zip(prompts, lengths))
-    assert early >= 16  # the first two tokens agree on >= 80% of prompts
-    assert late[len(late) // 2] >= 8  # median first divergence at token 8 or later
-    for toks in kv.tokens:
-        text = tok.decode(toks)
-        assert sum(c.isalpha() or c.isspace() for c in text) > 0.7 * len(text)  # words, not garbage
-    assert kv.pool["live"] == 0 and kv.pool["pending_flush"] == 0
+    _greedy_agreement(model, prompts, min_median=8)
 
 
 def test_prefix_caching_on_equals_off():

@@ -73,6 +73,11 @@ def run_engine(spec: dict, env: dict | None = None, timeout: int = 900) -> Run:
     return Run(p.returncode, out, tokens, pool, pools, preemptions)
 
 
+def first_divergence(a: list[int], b: list[int]) -> int | None:
+    """Index of the first differing token of two generations, None if they agree throughout."""
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None)
+
+
 def default_model() -> str:
     try:
         from kvarn.assets import default_model_dir
