@@ -22,6 +22,7 @@ kernel as vLLM runs it (sink and tail tiles in the fp16 pool) against variants, 
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import sys
@@ -42,8 +43,10 @@ VARIANTS = {"default": {}, "block_n=64": dict(block_n=64), "num_stages=2": dict(
             "base:maxnreg=168": dict(maxnreg=168)}
 
 
+@functools.lru_cache(maxsize=None)
 def _load_kernel(path: str | None):
-    """``_kvarn_decode_kernel`` of another revision's decode_kernel.py (the launcher's signature)."""
+    """``_kvarn_decode_kernel`` of another revision's decode_kernel.py (the launcher's signature), loaded
+    once per file so every shape reuses its compiled specializations."""
     if not path:
         raise SystemExit("the base variants need --base-kernel FILE")
     spec = importlib.util.spec_from_file_location("kvarn_decode_kernel_base", path)

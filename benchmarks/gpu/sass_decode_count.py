@@ -1,20 +1,17 @@
-"""Offline SASS census of the fused decode kernel (no GPU needed): registers, spills, shared memory and
+"""Offline SASS census of the fused decode kernel (no GPU needed): shared memory, spill instructions and
 instruction counts of ``_kvarn_decode_kernel`` compiled for sm_90 at the Qwen3-8B shape.
 
 Needs a Triton wheel that ships ptxas and cuobjdump (the dev box's Triton 3.9 does; the H200 runs 3.6, whose
 code differs in detail, so compare variants here, time them there).
 
     python benchmarks/gpu/sass_decode_count.py                      # default launch options
-    python benchmarks/gpu/sass_decode_count.py TPI=1 TPI=2 QP=16    # variants, one line each
+    python benchmarks/gpu/sass_decode_count.py maxnreg=None QP=16   # variants (launch options or kernel
+                                                                     # constexprs), one line each
 """
 from __future__ import annotations
 
 import collections
-import os
-import re
-import subprocess
 import sys
-import tempfile
 
 import triton
 from triton.backends.compiler import GPUTarget
@@ -23,6 +20,7 @@ from triton.compiler import ASTSource
 from kvarn.config import KvarnConfig
 from kvarn.kernels._common import layout_constexprs
 from kvarn.kernels.decode_kernel import _kvarn_decode_kernel
+from sass_layout_probe import sass_instructions
 
 PTRS = {"q_ptr": "*bf16", "sgn_ptr": "*bf16", "sgo_ptr": "*bf16", "kv_ptr": "*u8", "kvh_ptr": "*fp16",
         "pk_ptr": "*fp16", "pv_ptr": "*fp16", "b2s_ptr": "*i32", "bt_ptr": "*i32", "sl_ptr": "*i32",
@@ -30,11 +28,11 @@ PTRS = {"q_ptr": "*bf16", "sgn_ptr": "*bf16", "sgo_ptr": "*bf16", "kv_ptr": "*u8
 
 
 def compile_decode(opts: dict) -> dict:
-    """Compile one specialization; returns regs, spills, shared bytes and opcode counts."""
+    """Compile one specialization; returns shared bytes, opcode and spill counts, and the record loop's census."""
     k = _kvarn_decode_kernel
     cfg = KvarnConfig.from_name("kvarn_k4v2_g128")
     const = dict(HK=8, QPK=4, QP=4, BN=128, SPLIT=False, POOL_BF16=False, UPCAST=False, IUP=False, ALL_POOL=False,
-                 ROT=True, ASM=True, TPI=1, **layout_constexprs(cfg))
+                 ROT=True, ASM=True, **layout_constexprs(cfg))
     launch = dict(num_warps=4, num_stages=1, maxnreg=128)
     for key, v in opts.items():
         (launch if key in launch else const)[key] = v
@@ -50,25 +48,13 @@ def compile_decode(opts: dict) -> dict:
             sig[name] = "fp32"
         else:
             sig[name] = "i32"
-    cst = {(k.arg_names.index(n),): v for n, v in const.items() if n in k.arg_names}
+    cst = {(k.arg_names.index(n),): v for n, v in const.items()}
     # as Triton specializes a launch: pointers and the strides (multiples of 16 at this shape) 16-divisible
     attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(k.arg_names)
              if n.endswith("_ptr") or (n.startswith("stride_") and n != "stride_os")}
     ck = triton.compile(ASTSource(fn=k, signature=sig, constexprs=cst, attrs=attrs), target=GPUTarget("cuda", 90, 32),
                         options=launch)
-    cubin = os.path.join(tempfile.gettempdir(), "sass_decode_count.cubin")
-    with open(cubin, "wb") as f:
-        f.write(ck.asm["cubin"])
-    bindir = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin")
-    sass = subprocess.run([os.path.join(bindir, "cuobjdump"), "-sass", cubin], capture_output=True, text=True).stdout
-    with open(os.path.join(tempfile.gettempdir(), "sass_decode_count.sass"), "w") as f:
-        f.write(sass)
-    ins = []  # (address, opcode with suffixes, branch target or None)
-    for line in sass.splitlines():
-        m = re.match(r"\s*/\*([0-9a-f]+)\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]+)\s*(0x[0-9a-f]+)?", line)
-        if m:
-            tgt = int(m.group(4), 16) if m.group(3) == "BRA" and m.group(4) else None
-            ins.append((int(m.group(1), 16), m.group(3), tgt))
+    ins = sass_instructions(ck, "sass_decode_count")  # (address, opcode, branch target)
     ops = collections.Counter(op.split(".")[0] for _, op, _ in ins)
     # loops = backward branches; the first one is the record pass (pass 1)
     loops = [(tgt, a) for a, op, tgt in ins if tgt is not None and tgt < a]

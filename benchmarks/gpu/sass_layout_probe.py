@@ -59,22 +59,32 @@ def k_transposed(q_ptr, kv_ptr, o_ptr, n_tiles, QP: tl.constexpr, D: tl.constexp
     tl.store(o_ptr + pid * QP * G + qi[:, None] * G + n[None, :], acc)
 
 
+def sass_instructions(ck, name: str) -> list[tuple[int, str, int | None]]:
+    """SASS of a compiled Triton kernel (``cuobjdump -sass`` of its cubin, also left in the temp folder as
+    NAME.sass): one (address, opcode with suffixes, branch target or None) per instruction."""
+    cubin = os.path.join(tempfile.gettempdir(), name + ".cubin")
+    with open(cubin, "wb") as f:
+        f.write(ck.asm["cubin"])
+    bindir = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin")
+    sass = subprocess.run([os.path.join(bindir, "cuobjdump"), "-sass", cubin], capture_output=True, text=True).stdout
+    with open(os.path.join(tempfile.gettempdir(), name + ".sass"), "w") as f:
+        f.write(sass)
+    ins = []
+    for line in sass.splitlines():
+        m = re.match(r"\s*/\*([0-9a-f]+)\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]+)\s*(0x[0-9a-f]+)?", line)
+        if m:
+            tgt = int(m.group(4), 16) if m.group(3) == "BRA" and m.group(4) else None
+            ins.append((int(m.group(1), 16), m.group(3), tgt))
+    return ins
+
+
 def compile_count(K):
     sig = {"q_ptr": "*fp32", "kv_ptr": "*u8", "o_ptr": "*fp32", "n_tiles": "i32", "QP": "constexpr", "D": "constexpr", "G": "constexpr"}
     const = {(K.arg_names.index(k),): v for k, v in dict(QP=16, D=128, G=128).items()}
     attrs = {(i,): [["tt.divisibility", 16]] for i, nm in enumerate(K.arg_names) if nm.endswith("_ptr")}
     ck = triton.compile(ASTSource(fn=K, signature=sig, constexprs=const, attrs=attrs), target=GPUTarget("cuda", 90, 32),
                         options=dict(num_warps=4, num_stages=1))
-    cubin = os.path.join(tempfile.gettempdir(), "sass_layout_probe.cubin")
-    with open(cubin, "wb") as f:
-        f.write(ck.asm["cubin"])
-    bindir = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin")
-    sass = subprocess.run([os.path.join(bindir, "cuobjdump"), "-sass", cubin], capture_output=True, text=True).stdout
-    ops = collections.Counter()
-    for line in sass.splitlines():
-        m = re.match(r"\s*/\*[0-9a-f]+\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]+)", line)
-        if m:
-            ops[m.group(2)] += 1
+    ops = collections.Counter(op for _, op, _ in sass_instructions(ck, "sass_layout_probe"))
     lds = {k: v for k, v in ops.items() if k.startswith(("LDS", "STS", "LDSM", "LDG"))}
     print(K.__name__, "total", sum(ops.values()), "smem", ck.metadata.shared, lds, "PRMT", ops.get("PRMT", 0), "HMMA", sum(v for k, v in ops.items() if k.startswith("HMMA")))
 
