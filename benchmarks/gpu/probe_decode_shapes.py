@@ -40,7 +40,8 @@ VARIANTS = {"default": {}, "block_n=64": dict(block_n=64), "num_stages=2": dict(
             "maxnreg=None": dict(maxnreg=None), "q_rows=16": dict(min_q_rows=16), "q_rows=8": dict(min_q_rows=8),
             "q_rows=4": dict(min_q_rows=4), "num_warps=2": dict(num_warps=2), "maxnreg=96": dict(maxnreg=96),
             "maxnreg=80": dict(maxnreg=80), "maxnreg=168": dict(maxnreg=168), "base": {},
-            "base:maxnreg=168": dict(maxnreg=168)}
+            "base:maxnreg=168": dict(maxnreg=168), "prefetch=0": dict(prefetch=0), "prefetch=1": dict(prefetch=1),
+            "prefetch=2": dict(prefetch=2), "prefetch=4": dict(prefetch=4)}
 
 
 @functools.lru_cache(maxsize=None)

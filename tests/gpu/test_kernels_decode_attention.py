@@ -62,9 +62,10 @@ CASES = [  # hq, hk, d, preset, q dtype, pool dtype, lens
 ]
 
 
-@pytest.mark.parametrize("splits,block_n,q_rows", [(None, None, 4), (1, None, 4), (3, 32, 4), (None, None, 16)])
+@pytest.mark.parametrize("splits,block_n,q_rows,prefetch",
+                         [(None, None, 4, 0), (1, None, 4, 1), (3, 32, 4, 2), (None, None, 16, 1)])
 @pytest.mark.parametrize("hq,hk,d,preset,qdt,pdt,lens", CASES)
-def test_decode_matches_reference(dev, hq, hk, d, preset, qdt, pdt, lens, splits, block_n, q_rows):
+def test_decode_matches_reference(dev, hq, hk, d, preset, qdt, pdt, lens, splits, block_n, q_rows, prefetch):
     from kvarn.kernels import kvarn_decode_attention
     cfg = KvarnConfig.from_name(preset, d)
     gen = torch.Generator().manual_seed(torch.seed() % 2**31)
@@ -73,7 +74,8 @@ def test_decode_matches_reference(dev, hq, hk, d, preset, qdt, pdt, lens, splits
     scale = d**-0.5
     seq = torch.tensor(lens, dtype=torch.int32)
     out = kvarn_decode_attention(q.to(dev), cache.to(dev), pk.to(dev), pv.to(dev), b2s.to(dev), table.to(dev),
-                                 seq.to(dev), scale, cfg, num_splits=splits, block_n=block_n, min_q_rows=q_rows).cpu()
+                                 seq.to(dev), scale, cfg, num_splits=splits, block_n=block_n, min_q_rows=q_rows,
+                                 prefetch=prefetch).cpu()
     assert out.dtype == qdt and out.shape == q.shape
     assert torch.isfinite(out).all()
     for r, L in enumerate(lens):
@@ -175,3 +177,6 @@ def test_decode_rejects_bad_input(dev):
     with pytest.raises(ValueError, match="min_q_rows"):
         kvarn_decode_attention(q, cache, pool, pool, b2s, torch.zeros(1, 2, dtype=torch.int32, device=dev),
                                torch.ones(1, dtype=torch.int32, device=dev), 0.1, cfg, min_q_rows=3)
+    with pytest.raises(ValueError, match="prefetch"):
+        kvarn_decode_attention(q, cache, pool, pool, b2s, torch.zeros(1, 2, dtype=torch.int32, device=dev),
+                               torch.ones(1, dtype=torch.int32, device=dev), 0.1, cfg, prefetch=7)

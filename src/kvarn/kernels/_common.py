@@ -24,6 +24,8 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 # Decode dequant by inline PTX (PRMT into the fp16 exponent, decode_kernel._codes_f16); KVARN_DECODE_ASM=0
 # selects the plain integer-op form (the interpreter always uses it). For A/B benchmarks and fallback.
 DECODE_ASM = os.environ.get("KVARN_DECODE_ASM", "1") != "0" and not INTERPRET
+# Records requested into L2 this many tiles ahead by the decode kernel (0 = off); KVARN_DECODE_PREFETCH overrides
+DECODE_PREFETCH = int(os.environ.get("KVARN_DECODE_PREFETCH", "0"))
 POOL_DTYPES = (torch.float16, torch.bfloat16)
 ACT_DTYPES = (torch.float16, torch.bfloat16)
 

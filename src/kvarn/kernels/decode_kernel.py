@@ -74,6 +74,15 @@ def _codes_f16(x, SH: tl.constexpr, MASK: tl.constexpr, ASM: tl.constexpr):
 
 
 @triton.jit
+def _prefetch_l2(base, PL: tl.constexpr, NL: tl.constexpr):
+    """Ask L2 for the NL 128-byte lines at base (a record): one ``prefetch.global.L2`` per line, no
+    registers held, nothing waits on it. PL = next pow2 of NL (lanes past NL repeat the last line)."""
+    ln = tl.minimum(tl.arange(0, PL), NL - 1)
+    tl.inline_asm_elementwise("prefetch.global.L2 [$1]; mov.u32 $0, 0;", "=r,l", [base + ln * 128],
+                              dtype=tl.int32, is_pure=False, pack=1)
+
+
+@triton.jit
 def _k_plane(qk_op, kb, qz, qa, kcs_ptr, n_valid, P: tl.constexpr, KB: tl.constexpr, KM: tl.constexpr,
              KPB: tl.constexpr, G: tl.constexpr, ASM: tl.constexpr):
     """Scores of token plane P: kb uint8 [D, G/KPB] K bytes -> (s [QP, G/KPB] log2-domain, -1e30 (finite,
@@ -145,7 +154,7 @@ def _kvarn_decode_kernel(
     stride_ob, stride_oh, stride_os, q_mult, o_mult, pool_k_scale, pool_v_scale,
     HK: tl.constexpr, QPK: tl.constexpr, QP: tl.constexpr, BN: tl.constexpr, SPLIT: tl.constexpr,
     POOL_BF16: tl.constexpr, UPCAST: tl.constexpr, IUP: tl.constexpr, ALL_POOL: tl.constexpr,
-    ROT: tl.constexpr, ASM: tl.constexpr,
+    ROT: tl.constexpr, ASM: tl.constexpr, PREF: tl.constexpr, PL: tl.constexpr,
     D: tl.constexpr, G: tl.constexpr, KB: tl.constexpr, VB: tl.constexpr, R: tl.constexpr,
     K_CODES: tl.constexpr, K_RS: tl.constexpr, K_RZ: tl.constexpr, K_CS: tl.constexpr,
     V_CODES: tl.constexpr, V_CS: tl.constexpr, V_RS: tl.constexpr, V_RZ: tl.constexpr,
@@ -200,7 +209,14 @@ def _kvarn_decode_kernel(
         # pipelines the loads (num_stages); a pool tile's loads are masked off and its scores dropped.
         q_un = q * (1.0 / qa)[:, None]  # rows scaled to max |q| = 1
         ksb = kvh_ptr + K_RS // 2 + d
+        NL: tl.constexpr = (R + 127) // 128
+        # PREF > 0: the record PREF tiles ahead is requested into L2 at the top of each tile (its block id
+        # was loaded one tile earlier, so nothing here waits on memory)
+        nxt = tl.load(bt_row + tl.maximum(tl.minimum(t0 + PREF, t1 - 1), 0)).to(tl.int64)
         for t in range(t0, t1):
+            if PREF > 0:
+                _prefetch_l2(kv_ptr + nxt * stride_kvb + hk * R, PL, NL)
+                nxt = tl.load(bt_row + tl.minimum(t + PREF + 1, t1 - 1)).to(tl.int64)
             blk = tl.load(bt_row + t).to(tl.int64)
             rec = tl.load(b2s_ptr + blk) < 0
             md = (d * 0 + rec.to(tl.int32)) > 0  # masks as tensors: a pool tile loads nothing here

@@ -1,0 +1,44 @@
+"""GPU-host tooling that runs without a GPU: the Nsight Compute stall summary and the burst driver's arm specs."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks" / "gpu"))
+
+
+def test_ncu_stalls_summarizes_the_recorded_profile():
+    import ncu_stalls
+    rows = ncu_stalls.load(str(ROOT / "benchmarks/gpu/results/h200-decode-2026-11-30b/ncu_records_sass.csv.gz"))
+    assert len(rows) > 1000 and "stall_long_sb" in rows[0]
+    text = ncu_stalls.summarize(rows, top=5).splitlines()
+    assert text[0] == "75005 warp-state samples"
+    assert text[1].split() == ["long_sb", "36.5%"]  # the profile's finding (docs/gpu.md, 2026-11-30)
+    hot = text[text.index("hottest instructions") + 1]
+    assert "STS.U16" in hot and hot.strip().startswith("6.6%")
+
+
+def test_gpu_bursts_passes_arm_env_and_logs_gpu_state(tmp_path):
+    stub = tmp_path / "bin"
+    stub.mkdir()
+    (stub / "nvidia-smi").write_text('#!/bin/bash\necho "$2, 1980 MHz, 3201 MHz, 45, 300.00 W, 0x0"\n')
+    (stub / "python3").write_text('#!/bin/bash\necho "ARGS $* PREFETCH=${KVARN_DECODE_PREFETCH:-unset} '
+                                  'GPU=$CUDA_VISIBLE_DEVICES"\n')
+    for f in stub.iterdir():
+        f.chmod(0o755)
+    out = tmp_path / "out"
+    env = dict(os.environ, PATH=f"{stub}:{os.environ['PATH']}", OUT=str(out), LANES="0 1")
+    arms = "kvarn_k4v2_g128:KVARN_DECODE_PREFETCH=0 kvarn_k4v2_g128:KVARN_DECODE_PREFETCH=1 auto"
+    res = subprocess.run(["bash", str(ROOT / "scripts/gpu_bursts.sh"), "M", arms, "--bursts", "A"], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    logs = {p.name: p.read_text() for p in out.iterdir()}
+    assert set(logs) == {"bursts_kvarn_k4v2_g128_KVARN_DECODE_PREFETCH_0.log",
+                         "bursts_kvarn_k4v2_g128_KVARN_DECODE_PREFETCH_1.log", "bursts_auto.log"}
+    one = logs["bursts_kvarn_k4v2_g128_KVARN_DECODE_PREFETCH_1.log"].splitlines()
+    assert one[0].startswith("gpu_state ") and one[-1].startswith("gpu_state ") and "1980 MHz" in one[0]
+    assert "kvarn_k4v2_g128 --json" in one[1] and "PREFETCH=1 GPU=1" in one[1] and "--bursts A" in one[1]
+    assert "PREFETCH=0 GPU=0" in logs["bursts_kvarn_k4v2_g128_KVARN_DECODE_PREFETCH_0.log"]
+    assert "M auto --json" in logs["bursts_auto.log"] and "PREFETCH=unset GPU=0" in logs["bursts_auto.log"]
