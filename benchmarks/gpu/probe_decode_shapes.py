@@ -13,6 +13,7 @@ kernel as vLLM runs it (sink and tail tiles in the fp16 pool) against variants, 
                  2026-11-29; Triton pads the MMA itself)
   num_warps=2, maxnreg=96|80   more, smaller programs per SM
   bf16_pool      the same kernel reading a bf16 paged cache (the byte-bound reference)
+  prefetch=0|1|2|4   records requested into L2 that many tiles ahead (2026-11-30: 1 is 1.05-1.11x faster)
   base, base:maxnreg=168, maxnreg=168   the current kernel against an earlier one, same launcher:
                  ``--base-kernel FILE`` (e.g. ``git show REV:src/kvarn/kernels/decode_kernel.py > FILE``)
 
