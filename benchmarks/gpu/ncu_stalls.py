@@ -22,8 +22,8 @@ def _num(x: str) -> float:
 
 def load(path: str) -> list[dict[str, str]]:
     """Rows of the source page: one dict per SASS instruction (the first line names the kernel)."""
-    raw = gzip.open(path, "rt") if path.endswith(".gz") else open(path)
-    with raw as f:
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rt") as f:
         lines = f.read().splitlines()
     hdr = next(i for i, line in enumerate(lines) if line.startswith('"Address"'))
     return list(csv.DictReader(io.StringIO("\n".join(lines[hdr:]))))

@@ -19,8 +19,8 @@ import torch
 import triton
 
 from kvarn.config import KvarnConfig
-from kvarn.kernels._common import (ACT_DTYPES, DECODE_ASM, DECODE_PREFETCH, INTERPRET, LOG2E, check, check_cache, hadamard,
-                                   hadamard_signs, layout_constexprs)
+from kvarn.kernels._common import (ACT_DTYPES, DECODE_ASM, DECODE_PREFETCH, INTERPRET, LOG2E, check, check_cache,
+                                   hadamard, hadamard_signs, layout_constexprs)
 from kvarn.kernels.decode_kernel import _combine_kernel, _kvarn_decode_kernel
 
 
