@@ -212,7 +212,8 @@ def _kvarn_decode_kernel(
         NL: tl.constexpr = (R + 127) // 128
         # PREF > 0: the record PREF tiles ahead is requested into L2 at the top of each tile (its block id
         # was loaded one tile earlier, so nothing here waits on memory)
-        nxt = tl.load(bt_row + tl.maximum(tl.minimum(t0 + PREF, t1 - 1), 0)).to(tl.int64)
+        if PREF > 0:
+            nxt = tl.load(bt_row + tl.maximum(tl.minimum(t0 + PREF, t1 - 1), 0)).to(tl.int64)
         for t in range(t0, t1):
             if PREF > 0:
                 _prefetch_l2(kv_ptr + nxt * stride_kvb + hk * R, PL, NL)
