@@ -42,3 +42,13 @@ def test_gpu_bursts_passes_arm_env_and_logs_gpu_state(tmp_path):
     assert "kvarn_k4v2_g128 --json" in one[1] and "PREFETCH=1 GPU=1" in one[1] and "--bursts A" in one[1]
     assert "PREFETCH=0 GPU=0" in logs["bursts_kvarn_k4v2_g128_KVARN_DECODE_PREFETCH_0.log"]
     assert "M auto --json" in logs["bursts_auto.log"] and "PREFETCH=unset GPU=0" in logs["bursts_auto.log"]
+
+
+def test_probe_variant_names_parse_to_launcher_arguments():
+    import pytest
+    probe = pytest.importorskip("probe_decode_shapes")
+    assert probe.variant_kwargs("ahead=2+prefetch=1") == {"ahead": 2, "prefetch": 1}
+    assert probe.variant_kwargs("q_rows=8+maxnreg=None") == {"min_q_rows": 8, "maxnreg": None}
+    assert probe.variant_kwargs("num_stages=2") == {"num_stages": 2}  # a named one
+    with pytest.raises(SystemExit, match="unknown variant 'fast=1'.*ahead"):
+        probe.variant_kwargs("fast=1")

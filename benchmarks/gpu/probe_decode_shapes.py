@@ -14,6 +14,8 @@ kernel as vLLM runs it (sink and tail tiles in the fp16 pool) against variants, 
   num_warps=2, maxnreg=96|80   more, smaller programs per SM
   bf16_pool      the same kernel reading a bf16 paged cache (the byte-bound reference)
   prefetch=0|1|2|4   records requested into L2 that many tiles ahead (2026-11-30: 1 is 1.05-1.11x faster)
+  ahead=1|2      the record loop's block ids / pool-map entries (1) and K scale vectors (2) loaded a tile early
+  KEY=V+KEY=V    any mix of the launcher's tuning arguments, e.g. ahead=2+prefetch=1
   base, base:maxnreg=168, maxnreg=168   the current kernel against an earlier one, same launcher:
                  ``--base-kernel FILE`` (e.g. ``git show REV:src/kvarn/kernels/decode_kernel.py > FILE``)
 
@@ -45,6 +47,22 @@ VARIANTS = {"default": {}, "block_n=64": dict(block_n=64), "num_stages=2": dict(
             "prefetch=2": dict(prefetch=2), "prefetch=4": dict(prefetch=4)}
 
 
+def variant_kwargs(name: str) -> dict:
+    """A named variant, or launcher settings joined by '+': ``ahead=2+prefetch=1`` -> {ahead: 2, prefetch: 1}
+    (keys: the launcher's tuning arguments; q_rows = min_q_rows; maxnreg=None = the compiler's choice)."""
+    if name in VARIANTS:
+        return VARIANTS[name]
+    keys = {"ahead", "prefetch", "maxnreg", "num_stages", "num_warps", "block_n", "q_rows"}
+    kw = {}
+    for part in name.split("+"):
+        k, _, v = part.partition("=")
+        if k not in keys or not v:
+            raise SystemExit(f"unknown variant {name!r}: use one of {', '.join(VARIANTS)} or KEY=VALUE joined by "
+                             f"'+' with KEY in {', '.join(sorted(keys))}")
+        kw["min_q_rows" if k == "q_rows" else k] = None if v == "None" else int(v)
+    return kw
+
+
 @functools.lru_cache(maxsize=None)
 def _load_kernel(path: str | None):
     """``_kvarn_decode_kernel`` of another revision's decode_kernel.py (the launcher's signature), loaded
@@ -68,7 +86,7 @@ def main(argv=None) -> int:
     ap.add_argument("--no-baselines", action="store_true", help="skip records_only and bf16_pool")
     a = ap.parse_args(argv)
     shapes = [tuple(int(x) for x in s.split("x")) for s in a.shapes.split(",")] if a.shapes else SHAPES
-    variants = {k: VARIANTS[k] for k in a.variants.split(",")}
+    variants = {k: variant_kwargs(k) for k in a.variants.split(",")}
     cfg = KvarnConfig.from_name("kvarn_k4v2_g128", head_dim=128)
     copy = copy_rate_gbs()
     print(f"copy rate {copy:.0f} GB/s", flush=True)

@@ -32,7 +32,7 @@ def compile_decode(opts: dict) -> dict:
     k = _kvarn_decode_kernel
     cfg = KvarnConfig.from_name("kvarn_k4v2_g128")
     const = dict(HK=8, QPK=4, QP=4, BN=128, SPLIT=False, POOL_BF16=False, UPCAST=False, IUP=False, ALL_POOL=False,
-                 ROT=True, ASM=True, PREF=0, PL=128, **layout_constexprs(cfg))
+                 ROT=True, ASM=True, PREF=0, PL=128, AHD=0, **layout_constexprs(cfg))
     launch = dict(num_warps=4, num_stages=1, maxnreg=128)
     for key, v in opts.items():
         (launch if key in launch else const)[key] = v

@@ -62,10 +62,11 @@ CASES = [  # hq, hk, d, preset, q dtype, pool dtype, lens
 ]
 
 
-@pytest.mark.parametrize("splits,block_n,q_rows,prefetch",
-                         [(None, None, 4, 0), (1, None, 4, 1), (3, 32, 4, 2), (None, None, 16, 1)])
+@pytest.mark.parametrize("splits,block_n,q_rows,prefetch,ahead",
+                         [(None, None, 4, 0, 0), (1, None, 4, 1, 1), (3, 32, 4, 2, 2), (None, None, 16, 1, 1),
+                          (2, None, 4, 0, 2)])
 @pytest.mark.parametrize("hq,hk,d,preset,qdt,pdt,lens", CASES)
-def test_decode_matches_reference(dev, hq, hk, d, preset, qdt, pdt, lens, splits, block_n, q_rows, prefetch):
+def test_decode_matches_reference(dev, hq, hk, d, preset, qdt, pdt, lens, splits, block_n, q_rows, prefetch, ahead):
     from kvarn.kernels import kvarn_decode_attention
     cfg = KvarnConfig.from_name(preset, d)
     gen = torch.Generator().manual_seed(torch.seed() % 2**31)
@@ -75,7 +76,7 @@ def test_decode_matches_reference(dev, hq, hk, d, preset, qdt, pdt, lens, splits
     seq = torch.tensor(lens, dtype=torch.int32)
     out = kvarn_decode_attention(q.to(dev), cache.to(dev), pk.to(dev), pv.to(dev), b2s.to(dev), table.to(dev),
                                  seq.to(dev), scale, cfg, num_splits=splits, block_n=block_n, min_q_rows=q_rows,
-                                 prefetch=prefetch).cpu()
+                                 prefetch=prefetch, ahead=ahead).cpu()
     assert out.dtype == qdt and out.shape == q.shape
     assert torch.isfinite(out).all()
     for r, L in enumerate(lens):
@@ -180,3 +181,6 @@ def test_decode_rejects_bad_input(dev):
     with pytest.raises(ValueError, match="prefetch"):
         kvarn_decode_attention(q, cache, pool, pool, b2s, torch.zeros(1, 2, dtype=torch.int32, device=dev),
                                torch.ones(1, dtype=torch.int32, device=dev), 0.1, cfg, prefetch=7)
+    with pytest.raises(ValueError, match="ahead"):
+        kvarn_decode_attention(q, cache, pool, pool, b2s, torch.zeros(1, 2, dtype=torch.int32, device=dev),
+                               torch.ones(1, dtype=torch.int32, device=dev), 0.1, cfg, ahead=3)

@@ -26,6 +26,8 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 DECODE_ASM = os.environ.get("KVARN_DECODE_ASM", "1") != "0" and not INTERPRET
 # Records requested into L2 this many tiles ahead by the decode kernel (0 = off); KVARN_DECODE_PREFETCH overrides
 DECODE_PREFETCH = int(os.environ.get("KVARN_DECODE_PREFETCH", "0"))
+# Record-loop loads run ahead of their tile (0 off, 1 ids, 2 ids + K scales); KVARN_DECODE_AHEAD overrides
+DECODE_AHEAD = int(os.environ.get("KVARN_DECODE_AHEAD", "0"))
 POOL_DTYPES = (torch.float16, torch.bfloat16)
 ACT_DTYPES = (torch.float16, torch.bfloat16)
 

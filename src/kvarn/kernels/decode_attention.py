@@ -19,8 +19,8 @@ import torch
 import triton
 
 from kvarn.config import KvarnConfig
-from kvarn.kernels._common import (ACT_DTYPES, DECODE_ASM, DECODE_PREFETCH, INTERPRET, LOG2E, check, check_cache,
-                                   hadamard, hadamard_signs, layout_constexprs)
+from kvarn.kernels._common import (ACT_DTYPES, DECODE_AHEAD, DECODE_ASM, DECODE_PREFETCH, INTERPRET, LOG2E, check,
+                                   check_cache, hadamard, hadamard_signs, layout_constexprs)
 from kvarn.kernels.decode_kernel import _combine_kernel, _kvarn_decode_kernel
 
 
@@ -75,7 +75,7 @@ def kvarn_decode_attention(
     cfg: KvarnConfig, num_splits: int | None = None, block_n: int | None = None, num_warps: int = 4,
     pool_scale: tuple[float, float] = (1.0, 1.0), out: torch.Tensor | None = None,
     num_stages: int | None = None, maxnreg: int | None = 128, all_pool: bool = False, min_q_rows: int = 4,
-    prefetch: int | None = None,
+    prefetch: int | None = None, ahead: int | None = None,
 ) -> torch.Tensor:
     """Decode attention of one layer: q [B, Hq, D] (original frame, bf16/fp16) -> [B, Hq, D] in q.dtype.
 
@@ -92,6 +92,9 @@ def kvarn_decode_attention(
     record N tiles ahead (one ``prefetch.global.L2`` per 128-byte line). N=1 was 1.05-1.11x faster per call
     on the H200 (2026-11-30, benchmarks/gpu/results/h200-decode-2026-11-30b/); off by default until an
     end-to-end A/B confirms it (the bursts of that lease did not).
+    ahead A (None = ``KVARN_DECODE_AHEAD``, default 0): the record loop's dependent loads run ahead of the
+    tile that uses them: A=1 block ids two tiles and pool-map entries one tile ahead, A=2 also the K scale
+    vectors one tile ahead.
     all_pool=True: every block is a pool slot (fp16/bf16/fp8
     cache without records, the benchmark baselines); fp8 pools require it.
     """
@@ -120,6 +123,8 @@ def kvarn_decode_attention(
     qp = max(min_q_rows, triton.next_power_of_2(qpk))
     prefetch = DECODE_PREFETCH if prefetch is None else prefetch
     check(prefetch in (0, 1, 2, 3, 4), f"prefetch (tiles ahead, 0 = off) must be 0-4, got {prefetch}")
+    ahead = DECODE_AHEAD if ahead is None else ahead
+    check(ahead in (0, 1, 2), f"ahead must be 0 (off), 1 (ids) or 2 (ids and K scales), got {ahead}")
     max_blocks = block_table.shape[1]
     if num_splits is None:
         num_splits = choose_num_splits(bsz, hk, max_blocks, num_sms(q.device))
@@ -149,6 +154,7 @@ def kvarn_decode_attention(
     common = dict(HK=hk, QPK=qpk, QP=qp, BN=bn, POOL_BF16=bf16_pool, UPCAST=INTERPRET and bf16_pool, IUP=INTERPRET,
                   ALL_POOL=bool(all_pool), ROT=rot, ASM=DECODE_ASM, num_warps=num_warps,
                   PREF=prefetch if DECODE_ASM else 0, PL=triton.next_power_of_2(-(-cfg.record_bytes // 128)),
+                  AHD=ahead,
                   **layout_constexprs(cfg))
     # records: compute-bound, no software pipelining; pool-only: 2 stages (H200 sweep, docs/gpu.md)
     common["num_stages"] = num_stages if num_stages is not None else (2 if all_pool and d <= 128 else 1)

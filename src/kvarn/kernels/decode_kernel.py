@@ -154,7 +154,7 @@ def _kvarn_decode_kernel(
     stride_ob, stride_oh, stride_os, q_mult, o_mult, pool_k_scale, pool_v_scale,
     HK: tl.constexpr, QPK: tl.constexpr, QP: tl.constexpr, BN: tl.constexpr, SPLIT: tl.constexpr,
     POOL_BF16: tl.constexpr, UPCAST: tl.constexpr, IUP: tl.constexpr, ALL_POOL: tl.constexpr,
-    ROT: tl.constexpr, ASM: tl.constexpr, PREF: tl.constexpr, PL: tl.constexpr,
+    ROT: tl.constexpr, ASM: tl.constexpr, PREF: tl.constexpr, PL: tl.constexpr, AHD: tl.constexpr,
     D: tl.constexpr, G: tl.constexpr, KB: tl.constexpr, VB: tl.constexpr, R: tl.constexpr,
     K_CODES: tl.constexpr, K_RS: tl.constexpr, K_RZ: tl.constexpr, K_CS: tl.constexpr,
     V_CODES: tl.constexpr, V_CS: tl.constexpr, V_RS: tl.constexpr, V_RZ: tl.constexpr,
@@ -214,19 +214,42 @@ def _kvarn_decode_kernel(
         # was loaded one tile earlier, so nothing here waits on memory)
         if PREF > 0:
             nxt = tl.load(bt_row + tl.maximum(tl.minimum(t0 + PREF, t1 - 1), 0)).to(tl.int64)
+        # AHD > 0: the per-tile load chain (block id -> pool-map entry [-> K scale vectors, AHD 2]) runs
+        # ahead of the tile that uses it: ids two tiles ahead, map entries [and scales] one tile ahead
+        if AHD > 0:
+            live = t0 < t1  # an empty range (split past the end, graph padding) reads block 0's entries
+            b_nx = tl.where(live, tl.load(bt_row + tl.maximum(tl.minimum(t0, t1 - 1), 0)), 0).to(tl.int64)
+            b_nx2 = tl.load(bt_row + tl.maximum(tl.minimum(t0 + 1, t1 - 1), 0)).to(tl.int64)
+            r_nx = tl.load(b2s_ptr + b_nx) < 0
+            if AHD > 1:  # a pool tile's page is a valid block, read unmasked; its scores are dropped below
+                ks_nx = tl.load(ksb + (b_nx * stride_kvb + hk * R) // 2)
+                kz_nx = tl.load(kvh_ptr + (b_nx * stride_kvb + hk * R) // 2 + K_RZ // 2 + d)
         for t in range(t0, t1):
             if PREF > 0:
                 _prefetch_l2(kv_ptr + nxt * stride_kvb + hk * R, PL, NL)
                 nxt = tl.load(bt_row + tl.minimum(t + PREF + 1, t1 - 1)).to(tl.int64)
-            blk = tl.load(bt_row + t).to(tl.int64)
-            rec = tl.load(b2s_ptr + blk) < 0
+            if AHD > 0:
+                blk = b_nx
+                rec = r_nx
+                r_nx = tl.load(b2s_ptr + b_nx2) < 0
+                if AHD > 1:
+                    ks = ks_nx.to(tl.float32)
+                    kz = kz_nx.to(tl.float32)
+                    ks_nx = tl.load(ksb + (b_nx2 * stride_kvb + hk * R) // 2)
+                    kz_nx = tl.load(kvh_ptr + (b_nx2 * stride_kvb + hk * R) // 2 + K_RZ // 2 + d)
+                b_nx = b_nx2
+                b_nx2 = tl.load(bt_row + tl.minimum(t + 2, t1 - 1)).to(tl.int64)
+            else:
+                blk = tl.load(bt_row + t).to(tl.int64)
+                rec = tl.load(b2s_ptr + blk) < 0
             md = (d * 0 + rec.to(tl.int32)) > 0  # masks as tensors: a pool tile loads nothing here
             me = (ev * 0 + rec.to(tl.int32)) > 0
             n_valid = tl.where(rec, seq_len - t * G, 0)
             rb = blk * stride_kvb + hk * R  # byte offset of the record
             hb = rb // 2  # fp16 element offset (R and all scale offsets are even)
-            ks = tl.load(ksb + hb, mask=md, other=0.0).to(tl.float32)
-            kz = tl.load(kvh_ptr + hb + K_RZ // 2 + d, mask=md, other=0.0).to(tl.float32)
+            if AHD < 2:
+                ks = tl.load(ksb + hb, mask=md, other=0.0).to(tl.float32)
+                kz = tl.load(kvh_ptr + hb + K_RZ // 2 + d, mask=md, other=0.0).to(tl.float32)
             qk_op = (q_un * ks[None, :]).to(tl.float16)  # |q ks| / qa stays in fp16 range (ks < 65504)
             # s = qa * (qk_op . (1024 + code) + qz), qz = sum_d q kz / qa - 1024 * sum(qk_op)
             qz = tl.sum(q_un * kz[None, :] - 1024.0 * qk_op.to(tl.float32), 1)
