@@ -52,3 +52,12 @@ def test_probe_variant_names_parse_to_launcher_arguments():
     assert probe.variant_kwargs("num_stages=2") == {"num_stages": 2}  # a named one
     with pytest.raises(SystemExit, match="unknown variant 'fast=1'.*ahead"):
         probe.variant_kwargs("fast=1")
+
+
+def test_probe_base_variants_pick_their_kernel_file():
+    import pytest
+    probe = pytest.importorskip("probe_decode_shapes")
+    assert probe.base_file("a.py", "base") == "a.py"
+    assert probe.base_file("a.py,b.py", "base2:ahead=2") == "b.py"
+    with pytest.raises(SystemExit, match="base3.*at least 3"):
+        probe.base_file("a.py,b.py", "base3")

@@ -17,7 +17,8 @@ kernel as vLLM runs it (sink and tail tiles in the fp16 pool) against variants, 
   ahead=1|2      the record loop's block ids / pool-map entries (1) and K scale vectors (2) loaded a tile early
   KEY=V+KEY=V    any mix of the launcher's tuning arguments, e.g. ahead=2+prefetch=1
   base, base:maxnreg=168, maxnreg=168   the current kernel against an earlier one, same launcher:
-                 ``--base-kernel FILE`` (e.g. ``git show REV:src/kvarn/kernels/decode_kernel.py > FILE``)
+                 ``--base-kernel FILE`` (e.g. ``git show REV:src/kvarn/kernels/decode_kernel.py > FILE``);
+                 ``--base-kernel A,B`` with variants base1[:KEY=V+...], base2[:...] compares several
 
   python benchmarks/gpu/probe_decode_shapes.py --json out.json
 """
@@ -63,6 +64,15 @@ def variant_kwargs(name: str) -> dict:
     return kw
 
 
+def base_file(files: str | None, name: str) -> str:
+    """The file of variant ``base[N][:settings]``: the N-th (default 1st) of the comma-separated --base-kernel files."""
+    paths = (files or "").split(",")
+    idx = name.partition(":")[0][4:] or "1"
+    if not files or not idx.isdigit() or not 1 <= int(idx) <= len(paths):
+        raise SystemExit(f"variant {name!r} needs --base-kernel with at least {idx} comma-separated file(s)")
+    return paths[int(idx) - 1]
+
+
 @functools.lru_cache(maxsize=None)
 def _load_kernel(path: str | None):
     """``_kvarn_decode_kernel`` of another revision's decode_kernel.py (the launcher's signature), loaded
@@ -82,11 +92,13 @@ def main(argv=None) -> int:
     ap.add_argument("--hk", type=int, default=8)
     ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ",".join(VARIANTS))
     ap.add_argument("--shapes", default=None, help="BxCTX,... (default: the burst-A set)")
-    ap.add_argument("--base-kernel", default=None, help="decode_kernel.py of another revision (variants base*)")
+    ap.add_argument("--base-kernel", default=None,
+                    help="decode_kernel.py of other revisions, comma-separated (variants baseN[:KEY=V+...])")
     ap.add_argument("--no-baselines", action="store_true", help="skip records_only and bf16_pool")
     a = ap.parse_args(argv)
     shapes = [tuple(int(x) for x in s.split("x")) for s in a.shapes.split(",")] if a.shapes else SHAPES
-    variants = {k: variant_kwargs(k) for k in a.variants.split(",")}
+    variants = {k: (variant_kwargs(k.partition(":")[2]) if ":" in k else {}) if k.startswith("base")
+                else variant_kwargs(k) for k in a.variants.split(",")}
     cfg = KvarnConfig.from_name("kvarn_k4v2_g128", head_dim=128)
     copy = copy_rate_gbs()
     print(f"copy rate {copy:.0f} GB/s", flush=True)
@@ -98,7 +110,7 @@ def main(argv=None) -> int:
         row = {"variant": name, "batch": bsz, "context": ctx, "bytes": nbytes}
         kernel = decode_attention._kvarn_decode_kernel
         if name.startswith("base"):
-            decode_attention._kvarn_decode_kernel = _load_kernel(a.base_kernel)
+            decode_attention._kvarn_decode_kernel = _load_kernel(base_file(a.base_kernel, name))
         try:
             us = 1e3 * graph_ms(lambda: kvarn_decode_attention(q, seq_lens=seq, scale=0.088, cfg=cfg, **st, **kw))
             gbs = nbytes / us / 1e3

@@ -63,8 +63,8 @@ CASES = [  # hq, hk, d, preset, q dtype, pool dtype, lens
 
 
 @pytest.mark.parametrize("splits,block_n,q_rows,prefetch,ahead",
-                         [(None, None, 4, 0, 0), (1, None, 4, 1, 1), (3, 32, 4, 2, 2), (None, None, 16, 1, 1),
-                          (2, None, 4, 0, 2)])
+                         [(None, None, 4, None, None), (1, None, 4, 0, 0), (1, None, 4, 1, 1), (3, 32, 4, 2, 2),
+                          (None, None, 16, 1, 1), (2, None, 4, 0, 2)])
 @pytest.mark.parametrize("hq,hk,d,preset,qdt,pdt,lens", CASES)
 def test_decode_matches_reference(dev, hq, hk, d, preset, qdt, pdt, lens, splits, block_n, q_rows, prefetch, ahead):
     from kvarn.kernels import kvarn_decode_attention

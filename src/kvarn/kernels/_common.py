@@ -24,10 +24,11 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 # Decode dequant by inline PTX (PRMT into the fp16 exponent, decode_kernel._codes_f16); KVARN_DECODE_ASM=0
 # selects the plain integer-op form (the interpreter always uses it). For A/B benchmarks and fallback.
 DECODE_ASM = os.environ.get("KVARN_DECODE_ASM", "1") != "0" and not INTERPRET
-# Records requested into L2 this many tiles ahead by the decode kernel (0 = off); KVARN_DECODE_PREFETCH overrides
-DECODE_PREFETCH = int(os.environ.get("KVARN_DECODE_PREFETCH", "0"))
+# Records requested into L2 this many tiles ahead by the decode kernel (0 = off); KVARN_DECODE_PREFETCH overrides.
+# Defaults (prefetch 1, ahead 2): the fastest in the H200 probe and A/B of 2026-11-30 (docs/gpu.md)
+DECODE_PREFETCH = int(os.environ.get("KVARN_DECODE_PREFETCH", "1"))
 # Record-loop loads run ahead of their tile (0 off, 1 ids, 2 ids + K scales); KVARN_DECODE_AHEAD overrides
-DECODE_AHEAD = int(os.environ.get("KVARN_DECODE_AHEAD", "0"))
+DECODE_AHEAD = int(os.environ.get("KVARN_DECODE_AHEAD", "2"))
 POOL_DTYPES = (torch.float16, torch.bfloat16)
 ACT_DTYPES = (torch.float16, torch.bfloat16)
 

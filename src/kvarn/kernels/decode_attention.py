@@ -88,13 +88,13 @@ def kvarn_decode_attention(
     min_q_rows 4 (query rows per program: the Hq/Hk heads padded to max(min_q_rows, next pow2); Triton
     pads the MMA itself, so the fp32 score/softmax/accumulator work runs on 4 rows, not 16: 1.15-1.21x
     at every shape probed on the H200, 2026-11-29, against the old padding to 16).
-    prefetch N (None = ``KVARN_DECODE_PREFETCH``, default 0 = off): each record tile first asks L2 for the
-    record N tiles ahead (one ``prefetch.global.L2`` per 128-byte line). N=1 was 1.05-1.11x faster per call
-    on the H200 (2026-11-30, benchmarks/gpu/results/h200-decode-2026-11-30b/); off by default until an
-    end-to-end A/B confirms it (the bursts of that lease did not).
-    ahead A (None = ``KVARN_DECODE_AHEAD``, default 0): the record loop's dependent loads run ahead of the
-    tile that uses them: A=1 block ids two tiles and pool-map entries one tile ahead, A=2 also the K scale
-    vectors one tile ahead.
+    prefetch N (None = ``KVARN_DECODE_PREFETCH``, default 1; 0 = off): each record tile first asks L2 for
+    the record N tiles ahead (one ``prefetch.global.L2`` per 128-byte line).
+    ahead A (None = ``KVARN_DECODE_AHEAD``, default 2; 0 = off): the record loop's dependent loads run ahead
+    of the tile that uses them: A=1 block ids two tiles and pool-map entries one tile ahead, A=2 also the
+    K scale vectors one tile ahead. Both defaults: 1.05-1.16x per layer call at five burst shapes and
+    1.02x / 1.05x on burst A end to end, measured with the two settings side by side and then on swapped
+    GPUs (H200, 2026-11-30, benchmarks/gpu/results/h200-ahead-2026-11-30c/).
     all_pool=True: every block is a pool slot (fp16/bf16/fp8
     cache without records, the benchmark baselines); fp8 pools require it.
     """
