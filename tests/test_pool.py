@@ -122,3 +122,26 @@ def test_padding_tokens_are_skipped():
     pool = SlotPool(4, G)
     plan = pool.plan_step(np.array([G, -1, -1]), np.array([1]))
     assert plan.write_rows.tolist()[1:] == [-1, -1]
+
+
+def test_keep_fp16_debug_mode_never_flushes():
+    """KVARN_DEBUG_KEEP_FP16=1 (the lossless control of the drift measurements): every complete tile keeps its
+    fp16 slot, so nothing is ever quantized; the same workload without it flushes."""
+    for keep in (True, False):
+        random.seed(1)
+        pool = SlotPool(64, G, retire_sinks=False, num_blocks=4, keep_fp16=keep)
+        sch = FakeScheduler(64)
+        sch.add(0, 5 * G + 3)
+        sch.add(1, 3 * G)
+        flushed = 0
+        for _ in range(6):
+            live = [r for r in (0, 1) if sch.reqs[r]["computed"] < sch.reqs[r]["total"]]
+            if not live:
+                break
+            plan = pool.plan_step(*sch.step(live, G))
+            pool.check_invariants()
+            flushed += len(plan.flush_blocks)
+        if keep:
+            assert flushed == 0 and int((pool.block_slot >= 0).sum()) == 6 + 3  # every block of both requests
+        else:
+            assert flushed > 0
