@@ -61,3 +61,13 @@ def test_probe_base_variants_pick_their_kernel_file():
     assert probe.base_file("a.py,b.py", "base2:ahead=2") == "b.py"
     with pytest.raises(SystemExit, match="base3.*at least 3"):
         probe.base_file("a.py,b.py", "base3")
+
+
+def test_burst_driver_engine_options_parse_and_reject_a_short_model_len():
+    import pytest
+    bursts = pytest.importorskip("bench_vllm_bursts")
+    a = bursts.parse(["M", "kvarn_k4v2_g128", "--max-model-len", "8464", "--max-graph-size", "1024"])
+    assert (a.max_model_len, a.max_graph_size) == (8464, 1024)
+    assert bursts.parse(["M", "auto"]).max_graph_size is None
+    with pytest.raises(SystemExit, match="shorter than the bursts need .2064."):
+        bursts.main(["M", "auto", "--bursts", "A", "--max-model-len", "1024"])

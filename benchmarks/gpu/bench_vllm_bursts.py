@@ -14,6 +14,8 @@ Prints one ``RESULT {json}`` line per burst and writes all of them to --json.
 ``--steps`` runs the engine in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) and adds per-step
 timings to each result; ``--profile NAME@START+COUNT`` also traces decode steps START.. of burst NAME with
 torch.profiler and adds GPU kernel time per step by family (``step_profile.py``).
+``--max-model-len N`` fixes max_model_len whatever bursts run (by default it follows them); ``--max-graph-size N``
+sets vLLM's CUDA-graph capture limit (default 512, so burst A's 768-request decode steps run eagerly).
 """
 
 import argparse
@@ -34,6 +36,10 @@ def parse(argv=None):
     ap.add_argument("--max-num-seqs", type=int, default=1024)
     ap.add_argument("--tp", type=int, default=1)
     ap.add_argument("--eager", action="store_true")
+    ap.add_argument("--max-model-len", type=int, default=None,
+                    help="fixed max_model_len (default: the longest selected burst + 16, so it varies with --bursts)")
+    ap.add_argument("--max-graph-size", type=int, default=None,
+                    help="vLLM's max_cudagraph_capture_size (0.26 default 512: larger decode batches run eagerly)")
     ap.add_argument("--json")
     ap.add_argument("--steps", action="store_true", help="in-process engine; per-step timings in each result")
     ap.add_argument("--profile", help="NAME@START+COUNT: profile decode steps of one burst (implies --steps)")
@@ -48,6 +54,10 @@ def main(argv=None):
         bursts[name] = tuple(int(x) for x in vals.split(","))
     names = a.bursts.split(",")
     max_len = max(bursts[n][1] + bursts[n][2] for n in names) + 16
+    if a.max_model_len is not None:
+        if a.max_model_len < max_len:
+            raise SystemExit(f"--max-model-len {a.max_model_len} is shorter than the bursts need ({max_len})")
+        max_len = a.max_model_len
     prof_name, prof_start, prof_count = None, 0, 0
     if a.profile:
         prof_name, rest = a.profile.split("@")
@@ -57,6 +67,8 @@ def main(argv=None):
     from vllm import LLM, SamplingParams
 
     kw = {"block_size": 128} if a.kv_dtype.startswith("kvarn_") else {}
+    if a.max_graph_size is not None:
+        kw["compilation_config"] = {"max_cudagraph_capture_size": a.max_graph_size}
     t0 = time.perf_counter()
     llm = LLM(model=a.model, load_format="dummy", skip_tokenizer_init=True, dtype="bfloat16", kv_cache_dtype=a.kv_dtype,
               gpu_memory_utilization=0.90, max_model_len=max_len, max_num_seqs=a.max_num_seqs, seed=0,
