@@ -224,8 +224,9 @@ def _kvarn_decode_kernel(
             b_nx2 = tl.load(bt_row + tl.maximum(tl.minimum(t0 + 1, t1 - 1), 0)).to(tl.int64)
             r_nx = tl.load(b2s_ptr + b_nx) < 0
             if AHD > 1:  # a pool tile's page is a valid block, read unmasked; its scores are dropped below
-                ks_nx = tl.load(ksb + (b_nx * stride_kvb + hk * R) // 2)
-                kz_nx = tl.load(kvh_ptr + (b_nx * stride_kvb + hk * R) // 2 + K_RZ // 2 + d)
+                h_nx = (b_nx * stride_kvb + hk * R) // 2  # the record's fp16 offset
+                ks_nx = tl.load(ksb + h_nx)
+                kz_nx = tl.load(kvh_ptr + h_nx + K_RZ // 2 + d)
         for t in range(t0, t1):
             if PREF > 0:
                 _prefetch_l2(kv_ptr + nxt * stride_kvb + hk * R, PL, NL)
@@ -237,8 +238,9 @@ def _kvarn_decode_kernel(
                 if AHD > 1:
                     ks = ks_nx.to(tl.float32)
                     kz = kz_nx.to(tl.float32)
-                    ks_nx = tl.load(ksb + (b_nx2 * stride_kvb + hk * R) // 2)
-                    kz_nx = tl.load(kvh_ptr + (b_nx2 * stride_kvb + hk * R) // 2 + K_RZ // 2 + d)
+                    h_nx = (b_nx2 * stride_kvb + hk * R) // 2
+                    ks_nx = tl.load(ksb + h_nx)
+                    kz_nx = tl.load(kvh_ptr + h_nx + K_RZ // 2 + d)
                 b_nx = b_nx2
                 b_nx2 = tl.load(bt_row + tl.minimum(t + 2, t1 - 1)).to(tl.int64)
             else:
