@@ -71,3 +71,11 @@ def test_burst_driver_engine_options_parse_and_reject_a_short_model_len():
     assert bursts.parse(["M", "auto"]).max_graph_size is None
     with pytest.raises(SystemExit, match="shorter than the bursts need .2064."):
         bursts.main(["M", "auto", "--bursts", "A", "--max-model-len", "1024"])
+
+
+def test_probe_base_variant_settings_follow_the_colon():
+    import pytest
+    probe = pytest.importorskip("probe_decode_shapes")
+    assert probe.variant_kwargs("base") == {} and probe.variant_kwargs("base2") == {}
+    assert probe.variant_kwargs("base2:ahead=2+prefetch=1") == {"ahead": 2, "prefetch": 1}
+    assert probe.variant_kwargs("base:maxnreg=168") == {"maxnreg": 168}

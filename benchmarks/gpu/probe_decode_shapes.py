@@ -50,7 +50,10 @@ VARIANTS = {"default": {}, "block_n=64": dict(block_n=64), "num_stages=2": dict(
 
 def variant_kwargs(name: str) -> dict:
     """A named variant, or launcher settings joined by '+': ``ahead=2+prefetch=1`` -> {ahead: 2, prefetch: 1}
-    (keys: the launcher's tuning arguments; q_rows = min_q_rows; maxnreg=None = the compiler's choice)."""
+    (keys: the launcher's tuning arguments; q_rows = min_q_rows; maxnreg=None = the compiler's choice).
+    ``baseN[:settings]`` (another kernel file, see base_file) takes the settings after the colon."""
+    if name.startswith("base"):
+        return variant_kwargs(name.partition(":")[2]) if ":" in name else {}
     if name in VARIANTS:
         return VARIANTS[name]
     keys = {"ahead", "prefetch", "maxnreg", "num_stages", "num_warps", "block_n", "q_rows"}
@@ -97,8 +100,7 @@ def main(argv=None) -> int:
     ap.add_argument("--no-baselines", action="store_true", help="skip records_only and bf16_pool")
     a = ap.parse_args(argv)
     shapes = [tuple(int(x) for x in s.split("x")) for s in a.shapes.split(",")] if a.shapes else SHAPES
-    variants = {k: (variant_kwargs(k.partition(":")[2]) if ":" in k else {}) if k.startswith("base")
-                else variant_kwargs(k) for k in a.variants.split(",")}
+    variants = {k: variant_kwargs(k) for k in a.variants.split(",")}
     cfg = KvarnConfig.from_name("kvarn_k4v2_g128", head_dim=128)
     copy = copy_rate_gbs()
     print(f"copy rate {copy:.0f} GB/s", flush=True)

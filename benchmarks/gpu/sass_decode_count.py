@@ -4,7 +4,7 @@ instruction counts of ``_kvarn_decode_kernel`` compiled for sm_90 at the Qwen3-8
 Needs a Triton wheel that ships ptxas and cuobjdump (the dev box's Triton 3.9 does; the H200 runs 3.6, whose
 code differs in detail, so compare variants here, time them there).
 
-    python benchmarks/gpu/sass_decode_count.py                      # default launch options
+    python benchmarks/gpu/sass_decode_count.py                      # the launcher's defaults
     python benchmarks/gpu/sass_decode_count.py maxnreg=None QP=16   # variants (launch options or kernel
                                                                      # constexprs), one line each
 """
@@ -18,7 +18,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from kvarn.config import KvarnConfig
-from kvarn.kernels._common import layout_constexprs
+from kvarn.kernels._common import DECODE_AHEAD, DECODE_PREFETCH, layout_constexprs
 from kvarn.kernels.decode_kernel import _kvarn_decode_kernel
 from sass_layout_probe import sass_instructions
 
@@ -32,7 +32,8 @@ def compile_decode(opts: dict) -> dict:
     k = _kvarn_decode_kernel
     cfg = KvarnConfig.from_name("kvarn_k4v2_g128")
     const = dict(HK=8, QPK=4, QP=4, BN=128, SPLIT=False, POOL_BF16=False, UPCAST=False, IUP=False, ALL_POOL=False,
-                 ROT=True, ASM=True, PREF=0, PL=128, AHD=0, **layout_constexprs(cfg))
+                 ROT=True, ASM=True, PREF=DECODE_PREFETCH, AHD=DECODE_AHEAD,  # the launcher's defaults
+                 PL=triton.next_power_of_2(-(-cfg.record_bytes // 128)), **layout_constexprs(cfg))
     launch = dict(num_warps=4, num_stages=1, maxnreg=128)
     for key, v in opts.items():
         (launch if key in launch else const)[key] = v
