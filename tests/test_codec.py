@@ -60,8 +60,8 @@ def test_record_layout_bit_exact(preset, d):
         x = f[name]
         rebuilt[:, start : start + length] = (x if x.dtype == torch.uint8 else x.view(torch.uint8)).reshape(3, -1)
     assert torch.equal(rebuilt, rec)
-    assert f["k_codes"].shape == (3, d, g * cfg.key_bits // 8)
-    assert f["v_codes"].shape == (3, g, d * cfg.value_bits // 8)
+    assert f["k_codes"].shape == (3, g * cfg.key_bits // 8, d)
+    assert f["v_codes"].shape == (3, d * cfg.value_bits // 8, g)
     assert (rec[:, cfg.raw_record_bytes :] == 0).all()
     # decode is deterministic and encode is deterministic
     assert torch.equal(encode_tiles(k, v, cfg), rec)
@@ -160,3 +160,24 @@ def test_roundtrip_keeps_sink_and_tail_exact(t):
     if t >= 256:
         assert not torch.equal(kh[128:256], k[128:256].half().float())
         assert nmse(kh, k) < 0.02
+
+
+@pytest.mark.parametrize("preset,d", ALL)
+def test_code_bytes_sit_where_the_decode_kernel_reads_them(preset, d):
+    """The stored code order (kvarn.config): K byte (j, d) = channel d of tokens p*(G/PK) + j at bits p*kb;
+    V byte (e, n) = token n of channels PV*e + p at bits p*vb. Checked bit-exactly on random codes."""
+    from kvarn.reference.codec import _pack_k, _pack_v, _unpack_k, _unpack_v
+
+    cfg = KvarnConfig.from_name(preset, d)
+    g, kb, vb = cfg.group, cfg.key_bits, cfg.value_bits
+    kq = torch.randint(0, 1 << kb, (2, d, g), dtype=torch.uint8)
+    vq = torch.randint(0, 1 << vb, (2, g, d), dtype=torch.uint8)
+    kbytes, vbytes = _pack_k(kq, kb), _pack_v(vq, vb)
+    assert kbytes.shape == (2, g * kb // 8, d) and vbytes.shape == (2, d * vb // 8, g)
+    pk, pv = 8 // kb, 8 // vb
+    for n, c in [(0, 0), (g - 1, d - 1), (g // pk, 1), (g // pk - 1, d // 2), (g - 2, 3)]:
+        p, j = divmod(n, g // pk)
+        assert (kbytes[1, j, c].item() >> (p * kb)) & ((1 << kb) - 1) == kq[1, c, n].item()
+        e, p = divmod(c, pv)
+        assert (vbytes[1, e, n].item() >> (p * vb)) & ((1 << vb) - 1) == vq[1, n, c].item()
+    assert torch.equal(_unpack_k(kbytes, kb), kq) and torch.equal(_unpack_v(vbytes, vb), vq)

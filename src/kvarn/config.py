@@ -6,8 +6,14 @@ and every derived byte size and offset of the per-(block, KV head) record.
 
 Record layout (method.md §1.5), all scales fp16, LSB-first packed codes::
 
-    K codes  [D, G*kb/8] | K row_scale [D] | K row_zero [D] | K col_scale [G]
-    V codes  [G, D*vb/8] | V col_scale [D] | V row_scale [G] | V row_zero [G] | pad
+    K codes  [G*kb/8, D] | K row_scale [D] | K row_zero [D] | K col_scale [G]
+    V codes  [D*vb/8, G] | V col_scale [D] | V row_scale [G] | V row_zero [G] | pad
+
+Code bytes are stored with the reduction axis of the decode kernel's products contiguous (channels for
+q.K, tokens for p.V), so its tensor-core operands load as whole words (ldmatrix) rather than byte by
+byte: K byte (j, d) holds channel d of tokens p*(G/PK) + j in bits p*kb (PK = 8/kb token planes);
+V byte (e, n) holds token n of channels PV*e + p in bits p*vb (PV = 8/vb). This transposes method.md's
+byte order (sizes and offsets unchanged; 2026-11-30).
 
 K tiles are [D, G] (rows = channels, columns = tokens): per-channel step/zero, per-token scale.
 V tiles are [G, D] (rows = tokens, columns = channels): per-token step/zero, per-channel scale.

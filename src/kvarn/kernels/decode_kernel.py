@@ -16,10 +16,13 @@ block table's width). Two passes over the range, so neither carries the other's 
 
    q*ks/max|q| and p*vs are the fp16 dot operands (|ks|, |vs| < 65504; p <= 1). Codes enter tl.dot
    as fp16 (1024 + code): four codes per PRMT pair from one 32-bit register (``_codes_f16``), and
-   the 1024 * row sums are subtracted in fp32, folded into one reduction with the zero points. Bit
-   plane p of a K byte row holds tokens KPB*j + p: one dot per plane, and the scores stay per plane
-   (V rows, row scales and masks are read in the same token order, so nothing is interleaved);
-   bit plane p of a V byte row holds channels VPB*e + p and feeds its own accumulator. Four row
+   the 1024 * row sums are subtracted in fp32, folded into one reduction with the zero points. Code
+   bytes are stored with each product's reduction axis contiguous (K [G/KPB, D], V [D/VPB, G]), so
+   Triton moves them into MMA operand registers with ldmatrix instead of one shared-memory load per
+   byte. Bit plane p of a K byte holds the token range p*(G/KPB) + j: one dot per plane, and the
+   scores stay per plane (V codes, row scales and masks are read for the same token range, so
+   nothing is interleaved); bit plane p of a V byte holds channels VPB*e + p and feeds its own
+   accumulator. Four row
    reductions per tile: max, sum of p, and the two folded zero-point sums.
    The per-tile load chain (block id -> pool-map entry -> K scale vectors) runs a tile ahead (AHD) and the
    record PREF tiles ahead is requested into L2, so a tile's first loads rarely wait on DRAM.
@@ -88,8 +91,8 @@ def _prefetch_l2(base, PL: tl.constexpr, NL: tl.constexpr):
 def _k_plane(qk_op, kb, qz, qa, kcs_ptr, n_valid, P: tl.constexpr, KB: tl.constexpr, KM: tl.constexpr,
              KPB: tl.constexpr, G: tl.constexpr, ASM: tl.constexpr):
     """Scores of token plane P: kb uint8 [D, G/KPB] K bytes -> (s [QP, G/KPB] log2-domain, -1e30 (finite,
-    so an all-masked tile leaves m finite) past n_valid; token index n [G/KPB] = KPB*j + P)."""
-    n = KPB * tl.arange(0, G // KPB) + P
+    so an all-masked tile leaves m finite) past n_valid; token index n [G/KPB] = P*(G/KPB) + j)."""
+    n = P * (G // KPB) + tl.arange(0, G // KPB)
     s = tl.dot(qk_op, _codes_f16(kb, KB * P, KM, ASM), tl.zeros([qk_op.shape[0], G // KPB], tl.float32))
     kcs = tl.load(kcs_ptr + n, mask=n < n_valid, other=0.0).to(tl.float32)
     return tl.where((n < n_valid)[None, :], ((s + qz[:, None]) * qa[:, None]) * kcs[None, :], -1e30), n
@@ -257,7 +260,7 @@ def _kvarn_decode_kernel(
             qk_op = (q_un * ks[None, :]).to(tl.float16)  # |q ks| / qa stays in fp16 range (ks < 65504)
             # s = qa * (qk_op . (1024 + code) + qz), qz = sum_d q kz / qa - 1024 * sum(qk_op)
             qz = tl.sum(q_un * kz[None, :] - 1024.0 * qk_op.to(tl.float32), 1)
-            kb = tl.load(kv_ptr + rb + K_CODES + d[:, None] * (G // KPB) + jk[None, :], mask=md[:, None], other=0)
+            kb = tl.load(kv_ptr + rb + K_CODES + d[:, None] + jk[None, :] * D, mask=md[:, None], other=0)  # [D, G/KPB]
             kcb = kvh_ptr + hb + K_CS // 2
             s0, n0 = _k_plane(qk_op, kb, qz, qa, kcb, n_valid, 0, KB, KM, KPB, G, ASM)
             s1, n1 = _k_plane(qk_op, kb, qz, qa, kcb, n_valid, 1, KB, KM, KPB, G, ASM)
@@ -278,10 +281,10 @@ def _kvarn_decode_kernel(
             p1, pv1, z1 = _p_plane(s1, n1, n_valid, m_new, kvh_ptr + hb, V_RS, V_RZ)
             psum = p0 + p1
             zsum = z0 + z1
-            vbase = kv_ptr + rb + V_CODES + ev[None, :]
+            vbase = kv_ptr + rb + V_CODES + ev[None, :] * G  # V bytes of token n: vbase + n
             zv = tl.zeros([QP, D // VPB], tl.float32)
-            vb0 = tl.load(vbase + n0[:, None] * (D // VPB), mask=me[None, :], other=0)
-            vb1 = tl.load(vbase + n1[:, None] * (D // VPB), mask=me[None, :], other=0)
+            vb0 = tl.load(vbase + n0[:, None], mask=me[None, :], other=0)
+            vb1 = tl.load(vbase + n1[:, None], mask=me[None, :], other=0)
             t0v, t1v, t2v, t3v = _v_planes(pv0, vb0, zv, zv, zv, zv, VB, VM, VPB, ASM)
             t0v, t1v, t2v, t3v = _v_planes(pv1, vb1, t0v, t1v, t2v, t3v, VB, VM, VPB, ASM)
             if KPB == 4:
@@ -289,8 +292,8 @@ def _kvarn_decode_kernel(
                 p3, pv3, z3 = _p_plane(s3, n3, n_valid, m_new, kvh_ptr + hb, V_RS, V_RZ)
                 psum += p2 + p3
                 zsum += z2 + z3
-                vb2 = tl.load(vbase + n2[:, None] * (D // VPB), mask=me[None, :], other=0)
-                vb3 = tl.load(vbase + n3[:, None] * (D // VPB), mask=me[None, :], other=0)
+                vb2 = tl.load(vbase + n2[:, None], mask=me[None, :], other=0)
+                vb3 = tl.load(vbase + n3[:, None], mask=me[None, :], other=0)
                 t0v, t1v, t2v, t3v = _v_planes(pv2, vb2, t0v, t1v, t2v, t3v, VB, VM, VPB, ASM)
                 t0v, t1v, t2v, t3v = _v_planes(pv3, vb3, t0v, t1v, t2v, t3v, VB, VM, VPB, ASM)
             l_i = l_i * alpha + tl.sum(psum, 1)

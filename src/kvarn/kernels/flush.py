@@ -107,15 +107,21 @@ def _encode_tile(m, clip_ptr, NCLIP, R: tl.constexpr, C: tl.constexpr, BITS: tl.
 
 
 @triton.jit
-def _pack_store(ptr, q, R: tl.constexpr, C: tl.constexpr, BITS: tl.constexpr):
-    """Pack codes q [R, C] LSB-first along C into bytes [R, C*BITS/8] at ptr (uint8)."""
+def _pack_store(ptr, q, R: tl.constexpr, C: tl.constexpr, BITS: tl.constexpr, PLANES: tl.constexpr):
+    """Pack codes q [R, C] LSB-first along C and store the bytes transposed, [C*BITS/8, R] at ptr (uint8;
+    kvarn.config's record layout). PLANES: byte j holds columns p*(C/P) + j (K: token planes); otherwise
+    columns P*j + p (V: channels)."""
     P: tl.constexpr = 8 // BITS
-    qi = tl.reshape(q.to(tl.int32), [R, C // P, P])
+    qi = q.to(tl.int32)
+    if PLANES:
+        qi = tl.reshape(tl.permute(tl.reshape(qi, [R, P, C // P]), (0, 2, 1)), [R, C // P, P])
+    else:
+        qi = tl.reshape(qi, [R, C // P, P])
     sh = tl.arange(0, P) * BITS
     packed = tl.sum(qi << sh[None, None, :], 2).to(tl.uint8)
     r = tl.arange(0, R)
     j = tl.arange(0, C // P)
-    tl.store(ptr + r[:, None] * (C // P) + j[None, :], packed)
+    tl.store(ptr + r[:, None] + j[None, :] * R, packed)
 
 
 @triton.jit
@@ -148,7 +154,7 @@ def _flush_kernel(
     if IS_V:
         m = tl.load(pv_ptr + pbase + g[:, None] * stride_pn + d[None, :]).to(tl.float32)  # [G, D]
         q, rs, rz, cs = _encode_tile(m, clip_ptr, NCLIP, G, D, VB, ITERS, LOG_LO, LOG_HI, STD_LO, STD_HI, PRESCALE)
-        _pack_store(kv_ptr + rb + V_CODES, q, G, D, VB)
+        _pack_store(kv_ptr + rb + V_CODES, q, G, D, VB, False)
         tl.store(kvh_ptr + rb // 2 + V_CS // 2 + d, cs.to(tl.float16))
         tl.store(kvh_ptr + rb // 2 + V_RS // 2 + g, rs.to(tl.float16))
         tl.store(kvh_ptr + rb // 2 + V_RZ // 2 + g, rz.to(tl.float16))
@@ -158,7 +164,7 @@ def _flush_kernel(
     else:
         m = tl.load(pk_ptr + pbase + g[None, :] * stride_pn + d[:, None]).to(tl.float32)  # [D, G]
         q, rs, rz, cs = _encode_tile(m, clip_ptr, NCLIP, D, G, KB, ITERS, LOG_LO, LOG_HI, STD_LO, STD_HI, PRESCALE)
-        _pack_store(kv_ptr + rb + K_CODES, q, D, G, KB)
+        _pack_store(kv_ptr + rb + K_CODES, q, D, G, KB, True)
         tl.store(kvh_ptr + rb // 2 + K_RS // 2 + d, rs.to(tl.float16))
         tl.store(kvh_ptr + rb // 2 + K_RZ // 2 + d, rz.to(tl.float16))
         tl.store(kvh_ptr + rb // 2 + K_CS // 2 + g, cs.to(tl.float16))

@@ -10,6 +10,11 @@ Scales are folded (method.md §1.4) and stored as fp16::
 
 The dequantized values are computed from the stored fp16 scales, so encode -> decode is exactly
 what any reader of the cache sees.
+
+Code bytes are stored in the order the decode kernel feeds its tensor cores (the reduction axis of each
+product contiguous, kvarn.config's record layout): K bytes [G/PK, D], byte (j, d) holding the codes of
+channel d for tokens p*(G/PK) + j in bits [p*kb, (p+1)*kb) (PK = 8/kb token planes, each a contiguous
+token range); V bytes [D/PV, G], byte (e, n) holding the codes of token n for channels PV*e + p.
 """
 
 from __future__ import annotations
@@ -20,6 +25,32 @@ from kvarn.config import KvarnConfig
 from kvarn.reference.balance import balance
 from kvarn.reference.hadamard import rotate
 from kvarn.reference.quant import pack_codes, rtn, unpack_codes
+
+
+def _pack_k(kq: torch.Tensor, bits: int) -> torch.Tensor:
+    """K codes [N, D, G] -> stored bytes [N, G*bits/8, D] (token planes: byte j holds tokens p*(G/P) + j)."""
+    n, d, g = kq.shape
+    per = 8 // bits
+    planes = kq.reshape(n, d, per, g // per).transpose(2, 3).reshape(n, d, g)  # position j*P + p
+    return pack_codes(planes, bits).transpose(1, 2).contiguous()
+
+
+def _unpack_k(kb: torch.Tensor, bits: int) -> torch.Tensor:
+    """Stored K bytes [N, G/P, D] -> codes [N, D, G] (inverse of :func:`_pack_k`)."""
+    n, gp, d = kb.shape
+    per = 8 // bits
+    pos = unpack_codes(kb.transpose(1, 2), bits)  # [N, D, G], position j*P + p
+    return pos.reshape(n, d, gp, per).transpose(2, 3).reshape(n, d, gp * per)
+
+
+def _pack_v(vq: torch.Tensor, bits: int) -> torch.Tensor:
+    """V codes [N, G, D] -> stored bytes [N, D*bits/8, G] (byte e of token n: channels P*e + p)."""
+    return pack_codes(vq, bits).transpose(1, 2).contiguous()
+
+
+def _unpack_v(vb: torch.Tensor, bits: int) -> torch.Tensor:
+    """Stored V bytes [N, D/P, G] -> codes [N, G, D] (inverse of :func:`_pack_v`)."""
+    return unpack_codes(vb.transpose(1, 2), bits)
 
 
 def _check_finite(name: str, x: torch.Tensor) -> None:
@@ -51,11 +82,11 @@ def encode_tiles(k_rot: torch.Tensor, v_rot: torch.Tensor, cfg: KvarnConfig) -> 
     kq, k_rs, k_rz, k_cs = _quantize_tile(k_rot.float().transpose(1, 2), cfg.key_bits, cfg)
     vq, v_rs, v_rz, v_cs = _quantize_tile(v_rot.float(), cfg.value_bits, cfg)
     parts = {
-        "k_codes": pack_codes(kq, cfg.key_bits).reshape(n, -1),
+        "k_codes": _pack_k(kq, cfg.key_bits).reshape(n, -1),
         "k_row_scale": k_rs.view(torch.uint8).reshape(n, -1),
         "k_row_zero": k_rz.view(torch.uint8).reshape(n, -1),
         "k_col_scale": k_cs.view(torch.uint8).reshape(n, -1),
-        "v_codes": pack_codes(vq, cfg.value_bits).reshape(n, -1),
+        "v_codes": _pack_v(vq, cfg.value_bits).reshape(n, -1),
         "v_col_scale": v_cs.view(torch.uint8).reshape(n, -1),
         "v_row_scale": v_rs.view(torch.uint8).reshape(n, -1),
         "v_row_zero": v_rz.view(torch.uint8).reshape(n, -1),
@@ -69,8 +100,9 @@ def encode_tiles(k_rot: torch.Tensor, v_rot: torch.Tensor, cfg: KvarnConfig) -> 
 def record_fields(records: torch.Tensor, cfg: KvarnConfig) -> dict[str, torch.Tensor]:
     """Typed views of records uint8 [N, R]: packed codes (uint8) and fp16 scale vectors.
 
-    Keys: k_codes [N, D, G*kb/8], k_row_scale [N, D], k_row_zero [N, D], k_col_scale [N, G],
-    v_codes [N, G, D*vb/8], v_col_scale [N, D], v_row_scale [N, G], v_row_zero [N, G].
+    Keys: k_codes [N, G*kb/8, D], k_row_scale [N, D], k_row_zero [N, D], k_col_scale [N, G],
+    v_codes [N, D*vb/8, G], v_col_scale [N, D], v_row_scale [N, G], v_row_zero [N, G] (code bytes
+    as stored, see the module docstring).
     """
     if records.dim() != 2 or records.shape[1] != cfg.record_bytes or records.dtype != torch.uint8:
         raise ValueError(
@@ -81,9 +113,9 @@ def record_fields(records: torch.Tensor, cfg: KvarnConfig) -> dict[str, torch.Te
     for name, (start, length) in cfg.offsets.items():
         raw = records[:, start : start + length]
         if name == "k_codes":
-            out[name] = raw.reshape(n, d, -1)
+            out[name] = raw.reshape(n, -1, d)
         elif name == "v_codes":
-            out[name] = raw.reshape(n, g, -1)
+            out[name] = raw.reshape(n, -1, g)
         else:
             out[name] = raw.contiguous().view(torch.float16)
     return out
@@ -92,11 +124,11 @@ def record_fields(records: torch.Tensor, cfg: KvarnConfig) -> dict[str, torch.Te
 def decode_tiles(records: torch.Tensor, cfg: KvarnConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """records uint8 [N, R] -> (k_rot [N, G, D], v_rot [N, G, D]) fp32, in the rotated frame."""
     f = record_fields(records, cfg)
-    kq = unpack_codes(f["k_codes"], cfg.key_bits).float()  # [N, D, G]
+    kq = _unpack_k(f["k_codes"], cfg.key_bits).float()  # [N, D, G]
     k = (kq * f["k_row_scale"].float()[..., None] + f["k_row_zero"].float()[..., None]) * f[
         "k_col_scale"
     ].float()[:, None, :]
-    vq = unpack_codes(f["v_codes"], cfg.value_bits).float()  # [N, G, D]
+    vq = _unpack_v(f["v_codes"], cfg.value_bits).float()  # [N, G, D]
     v = (vq * f["v_row_scale"].float()[..., None] + f["v_row_zero"].float()[..., None]) * f[
         "v_col_scale"
     ].float()[:, None, :]
