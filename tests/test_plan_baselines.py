@@ -109,9 +109,9 @@ def test_qwen3_4b_throughput_is_predicted_not_fitted(h200):
 
 
 # kvarn's own H200 runs (benchmarks/gpu/results/h200-vllm-bursts-2026-11-29 and h200-split-cap-2026-11-30 for
-# capacity, h200-ahead-2026-11-30c for the bursts with the current decode kernel; same method as baselines.md)
+# capacity, h200-layout-2026-11-30d for the bursts with the current decode kernel; same method as baselines.md)
 KVARN_CAPACITY = {1024: 2_391_680, 256: 3_347_968}  # tokens, max_num_seqs -> vLLM's KV cache size
-KVARN_BURST_A, KVARN_BURST_B = 10_291.5, 2_006.8  # out tok/s (burst A: median of three runs)
+KVARN_BURST_A, KVARN_BURST_B = 10_614.6, 2_044.0  # out tok/s (vLLM's default CUDA-graph sizes, as the planner)
 
 
 @pytest.mark.parametrize("seqs", [1024, 256])

@@ -11,9 +11,11 @@ One program encodes one tile: (flush item i, KV head h, K or V). The tile sits i
 * scales folded and stored fp16: row_scale = row*step, row_zero = row*lo, col_scale = col;
   codes packed LSB-first along the row; record padding zeroed.
 
-Not bit-exact with the PyTorch reference: fp32 reductions in another order, and multiplications by
-exp(-a) / 1/step where the reference divides, can flip a code at a rounding boundary or, rarely,
-the best iterate; tests bound the difference.
+Not bit-exact with the PyTorch reference: fp32 reductions in another order, multiplications by
+exp(-a) / 1/step where the reference divides, and the row stds after a row pass taken as
+sr * exp(b_old - b_new) (exact in real arithmetic: a row scaled by c has c times its std) instead of
+a third pass over the tile per round, can flip a code at a rounding boundary or, rarely, the best
+iterate; tests bound the difference.
 """
 
 from __future__ import annotations
@@ -69,10 +71,14 @@ def _encode_tile(m, clip_ptr, NCLIP, R: tl.constexpr, C: tl.constexpr, BITS: tl.
         ia = tl.exp(-a)
         cur = m * ia[None, :] * tl.exp(-b)[:, None]
         sr = _std(cur, 1, C)
-        b = tl.minimum(tl.maximum(b + tl.log(tl.minimum(tl.maximum(sr, STD_LO), STD_HI)), LOG_LO), LOG_HI)
-        cur = m * ia[None, :] * tl.exp(-b)[:, None]
+        b_new = tl.minimum(tl.maximum(b + tl.log(tl.minimum(tl.maximum(sr, STD_LO), STD_HI)), LOG_LO), LOG_HI)
+        # rescaling row r by exp(b - b_new) scales its std by the same factor: the balanced tile's row stds
+        # follow from sr without another pass over the tile
+        rs = tl.exp(b - b_new)
+        b = b_new
+        cur = cur * rs[:, None]
         sc = _std(cur, 0, R)
-        imb = _imbalance(sc, _std(cur, 1, C))
+        imb = _imbalance(sc, sr * rs)
         take = imb <= best
         best = tl.where(take, imb, best)
         best_a = tl.where(take, a, best_a)

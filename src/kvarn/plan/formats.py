@@ -45,16 +45,17 @@ TRITON_INT_ATTN_EFF = 0.078  # vLLM TRITON_ATTN on int4/int8_per_token_head: fit
 TRITON_INT_PREFILL_EFF = 0.5  # TRITON_ATTN prefill vs FA3 (prior; barely matters in the baselines)
 TURBOQUANT_ATTN_EFF = 0.15   # TurboQuant decode (Lloyd-Max dequant + rotation); TQB: 40-52% lower tok/s
 TURBOQUANT_PREFILL_EFF = 0.5
-# kvarn: measured on the H200 (docs/gpu.md). The decode kernel with loads a tile ahead and the L2 prefetch
-# (defaults since 2026-11-30) runs at 45-49% of the copy rate at B=768 (probe_decode_shapes.py): attn_eff 0.47.
-# With it the planner gives burst A 10,072 out tok/s (measured 2026-11-30 04:38-05:01, median of three runs:
-# 10,291.5) and burst B 2,044 (measured 2,006.8). Before (v3 kernel, 39-43%): 0.40; v2 (22-32%): 0.27.
+# kvarn: measured on the H200 (docs/gpu.md). The decode kernel with code bytes in operand order, loads a tile
+# ahead and the L2 prefetch (defaults since 2026-11-30 07:00) runs at 50-53% of the copy rate at B=768
+# (probe_decode_shapes.py): attn_eff 0.51. With it the planner gives burst A 10,325 out tok/s (measured
+# 2026-11-30 07:37: 10,614.6) and burst B 2,058 (measured 2,044.0). Before: 0.47 (loads ahead, 45-49%),
+# 0.40 (v3 kernel, 39-43%), 0.27 (v2, 22-32%).
 # The flush encodes all layers' tiles of a step in one launch at ~0.8 us per
 # (block, KV head, layer) tile (bench_write.py: 1,687 us for 2,048 records); the per-step host work of the
 # metadata builder (pool plan in Python, routing, staging) and the slower small-batch kernel add ~0.9 ms per
 # decode step, fitted once to burst B with decode kernel v2 (1,924 tok/s).
 # Override with --kvarn-attn-eff / --kvarn-flush-us for other GPUs or kernels.
-KVARN_ATTN_EFF = 0.47
+KVARN_ATTN_EFF = 0.51
 KVARN_FLUSH_S_PER_TILE = 0.8e-6
 KVARN_STEP_OVERHEAD_S = 0.9e-3
 
