@@ -181,3 +181,17 @@ def test_block_size_defaults_to_tile_and_mismatch_is_refused():
     assert b.max_num_seqs == 8
     with pytest.raises(KvarnConfigError, match="needs --block-size 128"):
         prepare_engine_args(SimpleNamespace(kv_cache_dtype="kvarn_k4v2_g128", block_size=16))
+
+
+def test_graph_size_hint_only_when_decode_batches_outgrow_the_graphs():
+    """On CUDA the startup line tells the user how to graph decode steps larger than vLLM's capture limit."""
+    from vllm.config import CompilationConfig
+
+    from kvarn.vllm_plugin.builder import graph_size_hint
+
+    assert "max_cudagraph_capture_size" in CompilationConfig.__dataclass_fields__  # the setting the hint names
+    hint = graph_size_hint(1024, 512, eager=False)
+    assert "at most 512 sequences" in hint and '{"max_cudagraph_capture_size": 1024}' in hint
+    assert graph_size_hint(256, 512, eager=False) == ""
+    assert graph_size_hint(1024, 512, eager=True) == ""  # no graphs at all: nothing to enlarge
+    assert graph_size_hint(1024, None, eager=False) == ""  # unknown limit: say nothing

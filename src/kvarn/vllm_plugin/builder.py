@@ -50,6 +50,16 @@ def num_pool_slots(vllm_config, group: int) -> int:
     return pool_slots(sc.max_num_seqs, sc.max_num_batched_tokens, group)
 
 
+def graph_size_hint(max_num_seqs: int, capture_size: int | None, eager: bool) -> str:
+    """A startup hint when decode batches can outgrow vLLM's largest CUDA graph (they then run eagerly,
+    which costs kvarn's extra per-layer launches more than FlashAttention's); '' when they cannot."""
+    if eager or not capture_size or max_num_seqs <= capture_size:
+        return ""
+    return (f"; vLLM captures CUDA graphs for at most {capture_size} sequences per step, so larger decode steps run "
+            f"eagerly: add --compilation-config '{{\"max_cudagraph_capture_size\": {max_num_seqs}}}' to graph "
+            f"them (max_num_seqs {max_num_seqs})")
+
+
 @dataclass
 class KvarnMetadata:
     num_actual_tokens: int
@@ -129,6 +139,10 @@ class KvarnMetadataBuilder(AttentionMetadataBuilder[KvarnMetadata]):
             else:
                 # GPU: the pool was allocated before memory profiling, so the KV size already excludes it
                 msg += "; the pool was allocated before memory profiling, so the KV cache size above already excludes it"
+                cc = getattr(vllm_config, "compilation_config", None)
+                msg += graph_size_hint(vllm_config.scheduler_config.max_num_seqs,
+                                       getattr(cc, "max_cudagraph_capture_size", None),
+                                       bool(getattr(vllm_config.model_config, "enforce_eager", False)))
             if pool_total > 0.25 * kv_bytes:
                 msg += (
                     f". WARNING: the pool is {pool_total / kv_bytes:.0%} of the KV cache bytes; lower --max-num-seqs"
