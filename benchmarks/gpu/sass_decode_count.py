@@ -18,7 +18,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from kvarn.config import KvarnConfig
-from kvarn.kernels._common import DECODE_AHEAD, DECODE_PREFETCH, layout_constexprs
+from kvarn.kernels._common import DECODE_AHEAD, DECODE_PREFETCH, layout_constexprs, prefetch_lanes
 from kvarn.kernels.decode_kernel import _kvarn_decode_kernel
 from sass_layout_probe import sass_instructions
 
@@ -33,7 +33,7 @@ def compile_decode(opts: dict) -> dict:
     cfg = KvarnConfig.from_name("kvarn_k4v2_g128")
     const = dict(HK=8, QPK=4, QP=4, BN=128, SPLIT=False, POOL_BF16=False, UPCAST=False, IUP=False, ALL_POOL=False,
                  ROT=True, ASM=True, PREF=DECODE_PREFETCH, AHD=DECODE_AHEAD,  # the launcher's defaults
-                 PL=triton.next_power_of_2(-(-cfg.record_bytes // 128)), **layout_constexprs(cfg))
+                 PL=prefetch_lanes(cfg), **layout_constexprs(cfg))
     launch = dict(num_warps=4, num_stages=1, maxnreg=128)
     for key, v in opts.items():
         (launch if key in launch else const)[key] = v

@@ -73,6 +73,11 @@ def layout_constexprs(cfg: KvarnConfig) -> dict[str, int]:
     )
 
 
+def prefetch_lanes(cfg: KvarnConfig) -> int:
+    """PL of the decode kernel's L2 prefetch: the record's 128-byte lines, rounded up to a power of two."""
+    return triton.next_power_of_2(-(-cfg.record_bytes // 128))
+
+
 def check(cond: bool, msg: str) -> None:
     if not cond:
         raise ValueError(msg)

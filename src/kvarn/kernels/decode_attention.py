@@ -20,7 +20,7 @@ import triton
 
 from kvarn.config import KvarnConfig
 from kvarn.kernels._common import (ACT_DTYPES, DECODE_AHEAD, DECODE_ASM, DECODE_PREFETCH, INTERPRET, LOG2E, check,
-                                   check_cache, hadamard, hadamard_signs, layout_constexprs)
+                                   check_cache, hadamard, hadamard_signs, layout_constexprs, prefetch_lanes)
 from kvarn.kernels.decode_kernel import _combine_kernel, _kvarn_decode_kernel
 
 
@@ -153,7 +153,7 @@ def kvarn_decode_attention(
     bf16_pool = pool_k.dtype == torch.bfloat16
     common = dict(HK=hk, QPK=qpk, QP=qp, BN=bn, POOL_BF16=bf16_pool, UPCAST=INTERPRET and bf16_pool, IUP=INTERPRET,
                   ALL_POOL=bool(all_pool), ROT=rot, ASM=DECODE_ASM, num_warps=num_warps,
-                  PREF=prefetch if DECODE_ASM else 0, PL=triton.next_power_of_2(-(-cfg.record_bytes // 128)),
+                  PREF=prefetch if DECODE_ASM else 0, PL=prefetch_lanes(cfg),
                   AHD=ahead,
                   **layout_constexprs(cfg))
     # records: compute-bound, no software pipelining; pool-only: 2 stages (H200 sweep, docs/gpu.md)

@@ -22,8 +22,7 @@ block table's width). Two passes over the range, so neither carries the other's 
    byte. Bit plane p of a K byte holds the token range p*(G/KPB) + j: one dot per plane, and the
    scores stay per plane (V codes, row scales and masks are read for the same token range, so
    nothing is interleaved); bit plane p of a V byte holds channels VPB*e + p and feeds its own
-   accumulator. Four row
-   reductions per tile: max, sum of p, and the two folded zero-point sums.
+   accumulator. Four row reductions per tile: max, sum of p, and the two folded zero-point sums.
    The per-tile load chain (block id -> pool-map entry -> K scale vectors) runs a tile ahead (AHD) and the
    record PREF tiles ahead is requested into L2, so a tile's first loads rarely wait on DRAM.
 2. pool tiles (block_to_slot >= 0: sink, tail, blocks not yet flushed), fp16/bf16 rows read
