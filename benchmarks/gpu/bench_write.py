@@ -68,20 +68,25 @@ def main(argv=None) -> int:
     ap.add_argument("--head-dim", type=int, default=128)
     ap.add_argument("--preset", default="kvarn_k4v2_g128")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--numerics", default="improved,reference", help="comma-separated numerics to time the flush with")
+    ap.add_argument("--warps", default="default",
+                    help="comma-separated flush num_warps to time ('default' = the launcher's choice), e.g. 8,16")
+    ap.add_argument("--no-append", action="store_true", help="skip rotate_append")
     args = ap.parse_args(argv)
+    warps = [None if w == "default" else int(w) for w in args.warps.split(",")]
     if not torch.cuda.is_available():
         print("bench_write needs a CUDA GPU", file=sys.stderr)
         return 2
     res = {"device": device_info(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "append": [],
            "flush": {}}
-    for t in (1, 32, 256, 8192):
+    for t in () if args.no_append else (1, 32, 256, 8192):
         res["append"].append(bench_append(t, args.hk, args.head_dim, 128))
         print("append", res["append"][-1], flush=True)
-    for num in ("improved", "reference"):
+    for num in args.numerics.split(","):
         cfg = KvarnConfig.from_name(args.preset, args.head_dim, numerics=num)
         res["flush"][num] = []
         for n in (1, 32, 256):
-            for w in (None,):
+            for w in warps:
                 res["flush"][num].append(bench_flush(n, args.hk, cfg, w))
                 print("flush", num, res["flush"][num][-1], flush=True)
     res["flush_layers"] = []

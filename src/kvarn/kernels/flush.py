@@ -28,15 +28,21 @@ import triton
 import triton.language as tl
 
 from kvarn.config import KvarnConfig, Numerics
-from kvarn.kernels._common import check, layout_constexprs
+from kvarn.kernels._common import FLUSH_WARPS, check, layout_constexprs
 
 
 @triton.jit
-def _std(x, AXIS: tl.constexpr, N: tl.constexpr):
-    """Unbiased std of x [R, C] along AXIS (two-pass)."""
-    mean = tl.sum(x, AXIS) / N
-    dev = x - tl.expand_dims(mean, AXIS)
-    return tl.sqrt(tl.sum(dev * dev, AXIS) / (N - 1))
+def _scaled_std(m, f, AXIS: tl.constexpr, N: tl.constexpr):
+    """Unbiased std along AXIS of x = m [R, C] scaled along AXIS by f (AXIS 0: f [R], x = m * f[:, None];
+    AXIS 1: f [C], x = m * f[None, :]) in one pass: var = (sum x^2 - (sum x)^2 / N) / (N - 1), so a
+    round needs no scaled copy of the tile and the two sums do not wait on each other."""
+    if AXIS == 0:
+        x = m * f[:, None]  # f [R]: scale rows, reduce over them
+    else:
+        x = m * f[None, :]  # f [C]: scale columns, reduce over them
+    s1 = tl.sum(x, AXIS)
+    s2 = tl.sum(x * x, AXIS)
+    return tl.sqrt(tl.maximum(s2 - s1 * s1 * (1.0 / N), 0.0) * (1.0 / (N - 1)))
 
 
 @triton.jit
@@ -62,22 +68,21 @@ def _encode_tile(m, clip_ptr, NCLIP, R: tl.constexpr, C: tl.constexpr, BITS: tl.
         rms = 1.0
     a = tl.zeros([C], tl.float32)
     b = tl.zeros([R], tl.float32)
-    sc = _std(m, 0, R)
-    best = _imbalance(sc, _std(m, 1, C))
+    sc = _scaled_std(m, tl.full([R], 1.0, tl.float32), 0, R)
+    best = _imbalance(sc, _scaled_std(m, tl.full([C], 1.0, tl.float32), 1, C))
     best_a = a
     best_b = b
     for _ in range(ITERS):
+        # balanced tile = m * exp(-a)[None, :] * exp(-b)[:, None], never formed: a row's std is exp(-b[r])
+        # times the std of m's row with columns scaled by exp(-a), and a column's likewise
         a = tl.minimum(tl.maximum(a + tl.log(tl.minimum(tl.maximum(sc, STD_LO), STD_HI)), LOG_LO), LOG_HI)
         ia = tl.exp(-a)
-        cur = m * ia[None, :] * tl.exp(-b)[:, None]
-        sr = _std(cur, 1, C)
+        sr = _scaled_std(m, ia, 1, C) * tl.exp(-b)
         b_new = tl.minimum(tl.maximum(b + tl.log(tl.minimum(tl.maximum(sr, STD_LO), STD_HI)), LOG_LO), LOG_HI)
-        # rescaling row r by exp(b - b_new) scales its std by the same factor: the balanced tile's row stds
-        # follow from sr without another pass over the tile
+        # rescaling row r by exp(b - b_new) scales its std by the same factor
         rs = tl.exp(b - b_new)
         b = b_new
-        cur = cur * rs[:, None]
-        sc = _std(cur, 0, R)
+        sc = _scaled_std(m, tl.exp(-b), 0, R) * ia
         imb = _imbalance(sc, sr * rs)
         take = imb <= best
         best = tl.where(take, imb, best)
@@ -220,7 +225,7 @@ def flush_tiles(pool_k: torch.Tensor, pool_v: torch.Tensor, kv_cache: torch.Tens
     clips = _clip_tensor(tuple(float(c) for c in num.clip_ratios), str(kv_cache.device))
     raw = cfg.raw_record_bytes
     if num_warps is None:
-        num_warps = 8 if d * g <= 128 * 128 else 16
+        num_warps = FLUSH_WARPS or (8 if d * g <= 128 * 128 else 16)
     kw = dict(RAW=raw, PADP2=triton.next_power_of_2(max(cfg.record_bytes - raw, 1)), num_warps=num_warps,
               **_numerics_constexprs(num), **layout_constexprs(cfg))
     kvh = kv_cache.view(torch.float16)
