@@ -29,8 +29,8 @@ DECODE_ASM = os.environ.get("KVARN_DECODE_ASM", "1") != "0" and not INTERPRET
 DECODE_PREFETCH = int(os.environ.get("KVARN_DECODE_PREFETCH", "1"))
 # Record-loop loads run ahead of their tile (0 off, 1 ids, 2 ids + K scales); KVARN_DECODE_AHEAD overrides
 DECODE_AHEAD = int(os.environ.get("KVARN_DECODE_AHEAD", "2"))
-# Warps per flush program (one [G, D] tile); 0 = by tile size (8 up to 128 x 128, else 16). KVARN_FLUSH_WARPS
-# overrides, for A/B runs.
+# Warps per flush program (one [G, D] tile); 0 = by launch size and tile size (flush.flush_tiles).
+# KVARN_FLUSH_WARPS overrides, for A/B runs.
 FLUSH_WARPS = int(os.environ.get("KVARN_FLUSH_WARPS", "0"))
 POOL_DTYPES = (torch.float16, torch.bfloat16)
 ACT_DTYPES = (torch.float16, torch.bfloat16)

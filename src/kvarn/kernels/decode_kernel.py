@@ -15,10 +15,8 @@ block table's width). Two passes over the range, so neither carries the other's 
        o[i, d] += vc[d] * ( sum_n (p[i,n] vs[n]) code_v[n, d] +  sum_n p[i,n] vz[n] )
 
    q*ks/max|q| and p*vs are the fp16 dot operands (|ks|, |vs| < 65504; p <= 1). Codes enter tl.dot
-   as fp16 (1024 + code): K codes four per PRMT pair from one 32-bit register (``_codes_f16``), V codes
-   all bit planes of a register from one PRMT pair plus a LOP3 each (``_planes_f16``: plane p enters as
-   1024 + 2^(VB*p) code; the factor is folded into the channel scale), and the 1024 * row sums are
-   subtracted in fp32 (K: folded into one reduction with the zero points). Code
+   as fp16 (1024 + code): four codes per PRMT pair from one 32-bit register (``_codes_f16``), and
+   the 1024 * row sums are subtracted in fp32, folded into one reduction with the zero points. Code
    bytes are stored with each product's reduction axis contiguous (K [G/KPB, D], V [D/VPB, G]), so
    Triton moves them into MMA operand registers with ldmatrix instead of one shared-memory load per
    byte. Bit plane p of a K byte holds the token range p*(G/KPB) + j: one dot per plane, and the
@@ -80,43 +78,6 @@ def _codes_f16(x, SH: tl.constexpr, MASK: tl.constexpr, ASM: tl.constexpr):
 
 
 @triton.jit
-def _planes_f16(x, BITS: tl.constexpr, ASM: tl.constexpr):
-    """uint8 bytes x -> the 8/BITS bit planes of each byte, in place, as fp16 1024 + (x & (mask << BITS*p)),
-    that is 1024 + 2^(BITS*p) * code_p (exact: below 2048), elementwise; a tuple of 8/BITS tensors.
-
-    ASM: per 32-bit register of four bytes, two PRMTs put each byte under the fp16 exponent 0x64 (shared by
-    every plane), then one LOP3 per plane and register pair: 10 instructions per 16 two-bit codes where
-    ``_codes_f16`` per plane takes 16. The caller folds 2^-(BITS*p) into the plane's scale."""
-    if ASM:
-        if BITS == 2:
-            return tl.inline_asm_elementwise(
-                "{ .reg .b32 lo, hi; prmt.b32 lo, $8, 0x64646464, 0x4140; prmt.b32 hi, $8, 0x64646464, 0x4342; "
-                "lop3.b32 $0, lo, 0x00030003, 0x64006400, 0xEA; lop3.b32 $1, hi, 0x00030003, 0x64006400, 0xEA; "
-                "lop3.b32 $2, lo, 0x000c000c, 0x64006400, 0xEA; lop3.b32 $3, hi, 0x000c000c, 0x64006400, 0xEA; "
-                "lop3.b32 $4, lo, 0x00300030, 0x64006400, 0xEA; lop3.b32 $5, hi, 0x00300030, 0x64006400, 0xEA; "
-                "lop3.b32 $6, lo, 0x00c000c0, 0x64006400, 0xEA; lop3.b32 $7, hi, 0x00c000c0, 0x64006400, 0xEA; }",
-                "=r,=r,=r,=r,=r,=r,=r,=r,r", [x],
-                dtype=(tl.float16, tl.float16, tl.float16, tl.float16), is_pure=True, pack=4)
-        else:
-            return tl.inline_asm_elementwise(
-                "{ .reg .b32 lo, hi; prmt.b32 lo, $4, 0x64646464, 0x4140; prmt.b32 hi, $4, 0x64646464, 0x4342; "
-                "lop3.b32 $0, lo, 0x000f000f, 0x64006400, 0xEA; lop3.b32 $1, hi, 0x000f000f, 0x64006400, 0xEA; "
-                "lop3.b32 $2, lo, 0x00f000f0, 0x64006400, 0xEA; lop3.b32 $3, hi, 0x00f000f0, 0x64006400, 0xEA; }",
-                "=r,=r,=r,=r,r", [x], dtype=(tl.float16, tl.float16), is_pure=True, pack=4)
-    else:
-        xi = x.to(tl.int16)
-        M: tl.constexpr = (1 << BITS) - 1
-        x0 = ((xi & M) | 0x6400).to(tl.float16, bitcast=True)
-        x1 = ((xi & (M << BITS)) | 0x6400).to(tl.float16, bitcast=True)
-        if BITS == 2:
-            x2 = ((xi & (M << 4)) | 0x6400).to(tl.float16, bitcast=True)
-            x3 = ((xi & (M << 6)) | 0x6400).to(tl.float16, bitcast=True)
-            return x0, x1, x2, x3
-        else:
-            return x0, x1
-
-
-@triton.jit
 def _prefetch_l2(base, PL: tl.constexpr, NL: tl.constexpr):
     """Ask L2 for the NL 128-byte lines at base (a record): one ``prefetch.global.L2`` per line, no
     registers held, nothing waits on it. PL = next pow2 of NL (lanes past NL repeat the last line)."""
@@ -139,27 +100,23 @@ def _k_plane(qk_op, kb, qz, qa, kcs_ptr, n_valid, P: tl.constexpr, KB: tl.conste
 @triton.jit
 def _p_plane(s, n, n_valid, m_new, rec_h_ptr, V_RS: tl.constexpr, V_RZ: tl.constexpr):
     """Token plane of probabilities: (p [QP, N] fp32 (0 past n_valid), p*vs as the fp16 dot operand,
-    p*vz in fp32: the terms whose row sum is the folded V zero point)."""
+    p*vz - 1024*(p*vs) in fp32: the terms whose row sum is the folded V zero point)."""
     nm = n < n_valid
     p = tl.where(nm[None, :], tl.exp2(s - m_new[:, None]), 0.0)
     vs = tl.load(rec_h_ptr + V_RS // 2 + n, mask=nm, other=0.0).to(tl.float32)
     vz = tl.load(rec_h_ptr + V_RZ // 2 + n, mask=nm, other=0.0).to(tl.float32)
     pv = (p * vs[None, :]).to(tl.float16)
-    return p, pv, p * vz[None, :]
+    return p, pv, p * vz[None, :] - 1024.0 * pv.to(tl.float32)
 
 
 @triton.jit
-def _v_planes(pv, vb, t0, t1, t2, t3, VB: tl.constexpr, VPB: tl.constexpr, ASM: tl.constexpr):
-    """Accumulate pv [QP, N] (fp16) . planes of vb uint8 [N, D/VPB] into the VPB channel planes t_p
-    (plane p's codes enter as 1024 + 2^(VB*p) * code, see _planes_f16)."""
+def _v_planes(pv, vb, t0, t1, t2, t3, VB: tl.constexpr, VM: tl.constexpr, VPB: tl.constexpr, ASM: tl.constexpr):
+    """Accumulate pv [QP, N] (fp16) . codes of vb uint8 [N, D/VPB] into the VPB channel planes t_p."""
+    t0 = tl.dot(pv, _codes_f16(vb, 0, VM, ASM), t0)
+    t1 = tl.dot(pv, _codes_f16(vb, VB, VM, ASM), t1)
     if VPB == 4:
-        c0, c1, c2, c3 = _planes_f16(vb, VB, ASM)
-        t2 = tl.dot(pv, c2, t2)
-        t3 = tl.dot(pv, c3, t3)
-    else:
-        c0, c1 = _planes_f16(vb, VB, ASM)
-    t0 = tl.dot(pv, c0, t0)
-    t1 = tl.dot(pv, c1, t1)
+        t2 = tl.dot(pv, _codes_f16(vb, 4, VM, ASM), t2)
+        t3 = tl.dot(pv, _codes_f16(vb, 6, VM, ASM), t3)
     return t0, t1, t2, t3
 
 
@@ -245,6 +202,7 @@ def _kvarn_decode_kernel(
         KPB: tl.constexpr = 8 // KB  # codes per byte = bit planes
         VPB: tl.constexpr = 8 // VB
         KM: tl.constexpr = (1 << KB) - 1
+        VM: tl.constexpr = (1 << VB) - 1
         jk = tl.arange(0, G // KPB)
         ev = tl.arange(0, D // VPB)
         a0 = tl.zeros([QP, D // VPB], tl.float32)  # channel plane p = channels VPB*e + p
@@ -317,44 +275,35 @@ def _kvarn_decode_kernel(
             m_new = tl.maximum(m_i, tl.max(sm, 1))
             alpha = tl.exp2(m_i - m_new)
             m_i = m_new
-            # p, p*vs in fp16 and the folded zero points, one reduction each for l, sum p vz and sum p vs
+            # p, p*vs in fp16 and the folded zero points, one reduction each for l and pz
             p0, pv0, z0 = _p_plane(s0, n0, n_valid, m_new, kvh_ptr + hb, V_RS, V_RZ)
             p1, pv1, z1 = _p_plane(s1, n1, n_valid, m_new, kvh_ptr + hb, V_RS, V_RZ)
             psum = p0 + p1
             zsum = z0 + z1
-            vsum = pv0.to(tl.float32) + pv1.to(tl.float32)
             vbase = kv_ptr + rb + V_CODES + ev[None, :] * G  # V bytes of token n: vbase + n
             zv = tl.zeros([QP, D // VPB], tl.float32)
             vb0 = tl.load(vbase + n0[:, None], mask=me[None, :], other=0)
             vb1 = tl.load(vbase + n1[:, None], mask=me[None, :], other=0)
-            t0v, t1v, t2v, t3v = _v_planes(pv0, vb0, zv, zv, zv, zv, VB, VPB, ASM)
-            t0v, t1v, t2v, t3v = _v_planes(pv1, vb1, t0v, t1v, t2v, t3v, VB, VPB, ASM)
+            t0v, t1v, t2v, t3v = _v_planes(pv0, vb0, zv, zv, zv, zv, VB, VM, VPB, ASM)
+            t0v, t1v, t2v, t3v = _v_planes(pv1, vb1, t0v, t1v, t2v, t3v, VB, VM, VPB, ASM)
             if KPB == 4:
                 p2, pv2, z2 = _p_plane(s2, n2, n_valid, m_new, kvh_ptr + hb, V_RS, V_RZ)
                 p3, pv3, z3 = _p_plane(s3, n3, n_valid, m_new, kvh_ptr + hb, V_RS, V_RZ)
                 psum += p2 + p3
                 zsum += z2 + z3
-                vsum += pv2.to(tl.float32) + pv3.to(tl.float32)
                 vb2 = tl.load(vbase + n2[:, None], mask=me[None, :], other=0)
                 vb3 = tl.load(vbase + n3[:, None], mask=me[None, :], other=0)
-                t0v, t1v, t2v, t3v = _v_planes(pv2, vb2, t0v, t1v, t2v, t3v, VB, VPB, ASM)
-                t0v, t1v, t2v, t3v = _v_planes(pv3, vb3, t0v, t1v, t2v, t3v, VB, VPB, ASM)
+                t0v, t1v, t2v, t3v = _v_planes(pv2, vb2, t0v, t1v, t2v, t3v, VB, VM, VPB, ASM)
+                t0v, t1v, t2v, t3v = _v_planes(pv3, vb3, t0v, t1v, t2v, t3v, VB, VM, VPB, ASM)
             l_i = l_i * alpha + tl.sum(psum, 1)
-            # channel plane e: t_e = pv . (1024 + 2^(VB*e) code) (_planes_f16), so
-            # o += vc * (pv . code + sum p vz) = (t_e + 2^(VB*e) sum p vz - 1024 sum pv) * (vc * 2^-(VB*e))
-            pz = tl.sum(zsum, 1)
-            ps = 1024.0 * tl.sum(vsum, 1)
+            # o += vc * (pv . (1024 + code) - 1024 sum(pv) + sum p vz)
+            pzc = tl.sum(zsum, 1)[:, None]
             vcb = kvh_ptr + hb + V_CS // 2 + VPB * ev
-            a0 = a0 * alpha[:, None] + (t0v + (pz - ps)[:, None]) * (
-                tl.load(vcb, mask=me, other=0.0).to(tl.float32))[None, :]
-            FV: tl.constexpr = 1 << VB
-            a1 = a1 * alpha[:, None] + (t1v + (pz * FV - ps)[:, None]) * (
-                tl.load(vcb + 1, mask=me, other=0.0).to(tl.float32) * (1.0 / FV))[None, :]
+            a0 = a0 * alpha[:, None] + (t0v + pzc) * tl.load(vcb, mask=me, other=0.0).to(tl.float32)[None, :]
+            a1 = a1 * alpha[:, None] + (t1v + pzc) * tl.load(vcb + 1, mask=me, other=0.0).to(tl.float32)[None, :]
             if VPB == 4:
-                a2 = a2 * alpha[:, None] + (t2v + (pz * 16.0 - ps)[:, None]) * (
-                    tl.load(vcb + 2, mask=me, other=0.0).to(tl.float32) * 0.0625)[None, :]
-                a3 = a3 * alpha[:, None] + (t3v + (pz * 64.0 - ps)[:, None]) * (
-                    tl.load(vcb + 3, mask=me, other=0.0).to(tl.float32) * 0.015625)[None, :]
+                a2 = a2 * alpha[:, None] + (t2v + pzc) * tl.load(vcb + 2, mask=me, other=0.0).to(tl.float32)[None, :]
+                a3 = a3 * alpha[:, None] + (t3v + pzc) * tl.load(vcb + 3, mask=me, other=0.0).to(tl.float32)[None, :]
         acc = _interleave(a0, a1, a2, a3, VPB, QP, D)
         # pass 2: pool tiles, located 32 block ids at a time
         TC: tl.constexpr = 32
