@@ -50,13 +50,14 @@ TURBOQUANT_PREFILL_EFF = 0.5
 # (probe_decode_shapes.py): attn_eff 0.51. With it the planner gives burst A 10,325 out tok/s (measured
 # 2026-11-30 07:37: 10,614.6) and burst B 2,058 (measured 2,044.0). Before: 0.47 (loads ahead, 45-49%),
 # 0.40 (v3 kernel, 39-43%), 0.27 (v2, 22-32%).
-# The flush encodes all layers' tiles of a step in one launch at ~0.8 us per
-# (block, KV head, layer) tile (bench_write.py: 1,687 us for 2,048 records); the per-step host work of the
+# The flush encodes all layers' tiles of a step in one launch at ~0.42 us per
+# (block, KV head, layer) tile (bench_write.py, 2026-11-30 10:36: 851.6 us for 2,048 records with one-pass
+# stds and 4 warps per tile; 0.8 before); the per-step host work of the
 # metadata builder (pool plan in Python, routing, staging) and the slower small-batch kernel add ~0.9 ms per
 # decode step, fitted once to burst B with decode kernel v2 (1,924 tok/s).
 # Override with --kvarn-attn-eff / --kvarn-flush-us for other GPUs or kernels.
 KVARN_ATTN_EFF = 0.51
-KVARN_FLUSH_S_PER_TILE = 0.8e-6
+KVARN_FLUSH_S_PER_TILE = 0.42e-6
 KVARN_STEP_OVERHEAD_S = 0.9e-3
 
 TURBOQUANT_PRESETS = {  # name -> (key bits, value bits); 8 = fp8 keys
