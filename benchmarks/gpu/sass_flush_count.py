@@ -39,7 +39,8 @@ def registers(ck) -> int:
     with open(cubin, "wb") as f:
         f.write(ck.asm["cubin"])
     bindir = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin")
-    out = subprocess.run([os.path.join(bindir, "cuobjdump"), "-res-usage", cubin], capture_output=True, text=True).stdout
+    out = subprocess.run([os.path.join(bindir, "cuobjdump"), "-res-usage", cubin],
+                         capture_output=True, text=True).stdout
     m = re.search(r"REG:(\d+)", out)
     return int(m.group(1)) if m else -1
 
