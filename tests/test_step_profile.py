@@ -83,3 +83,23 @@ def test_summarize_counts_kernels_once_per_step():
     top = [(t["name"], t["calls_per_step"]) for t in p["top_kernels"]]
     assert top == [("_kvarn_decode_kernel", 3), ("nvjet_sm90_x", 6)]
     assert "GPU kernels 2.1 ms/step" in step_profile.format_profile(p)
+
+
+def test_prefill_window_counts_steps_that_carry_prefill():
+    """A prefill window opens once START steps carrying prefill have run and closes when COUNT more have
+    (steps in between are traced too); the real torch.profiler, CPU only."""
+    core, rec = make([(600, 3), (3, 3), (500, 3), (3, 3), (400, 2), (3, 1)])
+    rec.profile_window(1, 2, "prefill")
+    for _ in range(6):
+        core.step_fn()
+    assert rec.profile is not None and rec.profile["batch"] == [3, 3, 3, 2]  # records 1-4: through prefill #3
+    with pytest.raises(ValueError, match="decode or prefill"):
+        rec.profile_window(0, 1, "chunk")
+
+
+def test_profile_spec_parses_decode_and_prefill_windows():
+    import bench_vllm_bursts
+    assert bench_vllm_bursts.parse_profile("A@8+6") == ("A", 8, 6, "decode")
+    assert bench_vllm_bursts.parse_profile("P@p4+3") == ("P", 4, 3, "prefill")
+    with pytest.raises(SystemExit, match="NAME@START"):
+        bench_vllm_bursts.parse_profile("P@x")

@@ -13,7 +13,8 @@ A warm-up of up to 8 requests per burst shape (48 output tokens) runs first, unt
 Prints one ``RESULT {json}`` line per burst and writes all of them to --json.
 ``--steps`` runs the engine in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) and adds per-step
 timings to each result; ``--profile NAME@START+COUNT`` also traces decode steps START.. of burst NAME with
-torch.profiler and adds GPU kernel time per step by family (``step_profile.py``).
+torch.profiler and adds GPU kernel time per step by family (``step_profile.py``); ``NAME@pSTART+COUNT``
+traces the steps that carry prefill instead.
 ``--max-model-len N`` fixes max_model_len whatever bursts run (by default it follows them); ``--max-graph-size N``
 sets vLLM's CUDA-graph capture limit (default 512, so burst A's 768-request decode steps run eagerly).
 """
@@ -42,8 +43,20 @@ def parse(argv=None):
                     help="vLLM's max_cudagraph_capture_size (0.26 default 512: larger decode batches run eagerly)")
     ap.add_argument("--json")
     ap.add_argument("--steps", action="store_true", help="in-process engine; per-step timings in each result")
-    ap.add_argument("--profile", help="NAME@START+COUNT: profile decode steps of one burst (implies --steps)")
+    ap.add_argument("--profile", help="NAME@START+COUNT: profile decode steps of one burst (NAME@pSTART+COUNT: "
+                    "steps carrying prefill; implies --steps)")
     return ap.parse_args(argv)
+
+
+def parse_profile(spec: str) -> tuple[str, int, int, str]:
+    """``A@8+6`` -> ("A", 8, 6, "decode"); ``A@p4+3`` -> ("A", 4, 3, "prefill")."""
+    try:
+        name, rest = spec.split("@")
+        kind = "prefill" if rest.startswith("p") else "decode"
+        start, count = (int(x) for x in rest.lstrip("p").split("+"))
+    except ValueError:
+        raise SystemExit(f"--profile wants NAME@START+COUNT or NAME@pSTART+COUNT, got {spec!r}") from None
+    return name, start, count, kind
 
 
 def main(argv=None):
@@ -58,10 +71,9 @@ def main(argv=None):
         if a.max_model_len < max_len:
             raise SystemExit(f"--max-model-len {a.max_model_len} is shorter than the bursts need ({max_len})")
         max_len = a.max_model_len
-    prof_name, prof_start, prof_count = None, 0, 0
+    prof_name, prof_start, prof_count, prof_kind = None, 0, 0, "decode"
     if a.profile:
-        prof_name, rest = a.profile.split("@")
-        prof_start, prof_count = (int(x) for x in rest.split("+"))
+        prof_name, prof_start, prof_count, prof_kind = parse_profile(a.profile)
     if a.steps or a.profile:
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     from vllm import LLM, SamplingParams
@@ -96,7 +108,7 @@ def main(argv=None):
         if rec:
             rec.begin_burst()
             if name == prof_name:
-                rec.profile_window(prof_start, prof_count)
+                rec.profile_window(prof_start, prof_count, prof_kind)
         t1 = time.perf_counter()
         outs = llm.generate(prompts, sp, use_tqdm=False)
         el = time.perf_counter() - t1

@@ -8,9 +8,10 @@ Used by ``bench_vllm_bursts.py --steps``. The engine must run in this process
   token count equals its request count is a pure decode step; anything else carries prefill. With async
   scheduling (vLLM's default) a call that schedules nothing only waits on the batch in flight: its time is
   added to the previous step, so the step times sum to the engine's busy time;
-* ``profile_window(start, count)`` arms a ``torch.profiler`` trace over decode steps ``start``..``start +
-  count - 1`` of the next burst, and the trace is summarized as GPU kernel time per step, grouped by
-  kernel family (GEMM, attention, kvarn write/flush, elementwise, other), plus the top kernels by time.
+* ``profile_window(start, count, kind)`` arms a ``torch.profiler`` trace over steps ``start``..``start +
+  count - 1`` of the next burst, counting decode steps (kind "decode") or steps that carry prefill
+  ("prefill"), and the trace is summarized as GPU kernel time per step, grouped by kernel family (GEMM,
+  attention, kvarn write/flush, elementwise, other), plus the top kernels by time.
 """
 
 import re
@@ -47,8 +48,8 @@ class StepRecorder:
                                "set VLLM_ENABLE_V1_MULTIPROCESSING=0 before importing vllm")
         self.records: list[dict] = []
         self._last_sched = (0, 0)
-        self._window = None  # (start, count) in decode steps of the current burst
-        self._decode_seen = 0
+        self._window = None  # (start, count, kind): steps of that kind ("decode" or "prefill") of the burst
+        self._seen = {"decode": 0, "prefill": 0}
         self._prof = None
         self.profile: dict | None = None
         sched, step_fn = core.scheduler.schedule, core.step_fn
@@ -70,7 +71,7 @@ class StepRecorder:
             elif tokens:
                 decode = tokens == reqs
                 self.records.append(dict(ms=dt * 1e3, tokens=tokens, reqs=reqs, decode=decode))
-                self._decode_seen += decode
+                self._seen["decode" if decode else "prefill"] += 1
                 self._maybe_stop()
             return res
 
@@ -78,13 +79,15 @@ class StepRecorder:
         core.step_fn = timed_step
 
     def begin_burst(self) -> None:
-        self.records, self._decode_seen = [], 0
+        self.records, self._seen = [], {"decode": 0, "prefill": 0}
 
-    def profile_window(self, start: int, count: int) -> None:
-        self._window = (start, count)
+    def profile_window(self, start: int, count: int, kind: str = "decode") -> None:
+        if kind not in self._seen:
+            raise ValueError(f"profile window kind must be decode or prefill, got {kind!r}")
+        self._window = (start, count, kind)
 
     def _maybe_start(self):
-        if self._window and self._prof is None and self._decode_seen == self._window[0]:
+        if self._window and self._prof is None and self._seen[self._window[2]] == self._window[0]:
             import torch
             from torch.profiler import ProfilerActivity, profile
             cuda = torch.cuda.is_available()
@@ -95,7 +98,7 @@ class StepRecorder:
             self._prof_t0, self._prof_steps = time.perf_counter(), len(self.records)
 
     def _maybe_stop(self):
-        if self._prof is None or self._decode_seen < sum(self._window):
+        if self._prof is None or self._seen[self._window[2]] < self._window[0] + self._window[1]:
             return
         import torch
         if torch.cuda.is_available():
