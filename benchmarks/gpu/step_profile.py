@@ -143,7 +143,8 @@ def summarize(prof, steps: list[dict], wall_ms: float, top: int = 20) -> dict:
     gpu_ms = sum(fams.values()) / 1e3
     ranked = sorted(kernels.items(), key=lambda kv: -kv[1][0])[:top]
     return dict(
-        steps=len(steps), batch=[s["reqs"] for s in steps], wall_ms_per_step=round(wall_ms / n, 2),
+        steps=len(steps), batch=[s["reqs"] for s in steps], tokens=[s.get("tokens") for s in steps],
+        wall_ms_per_step=round(wall_ms / n, 2),
         step_ms_recorded=[round(s["ms"], 2) for s in steps],
         gpu_kernel_ms_per_step=round(gpu_ms / n, 2),
         family_ms_per_step={k: round(v / 1e3 / n, 3) for k, v in sorted(fams.items(), key=lambda kv: -kv[1])},
@@ -153,7 +154,8 @@ def summarize(prof, steps: list[dict], wall_ms: float, top: int = 20) -> dict:
 
 
 def format_profile(p: dict) -> str:
-    lines = [f"profile: {p['steps']} decode steps, batch {p['batch'][0]}-{p['batch'][-1]}, "
+    lines = [f"profile: {p['steps']} steps, batch {p['batch'][0]}-{p['batch'][-1]}, tokens "
+             f"{p.get('tokens', ['?'])[0]}-{p.get('tokens', ['?'])[-1]}, "
              f"wall {p['wall_ms_per_step']} ms/step, GPU kernels {p['gpu_kernel_ms_per_step']} ms/step"]
     lines += [f"  {k:16s} {v:8.3f} ms/step" for k, v in p["family_ms_per_step"].items()]
     lines += [f"  {t['ms_per_step']:8.3f} ms  x{t['calls_per_step']:.0f}  [{t['family']}] {t['name']}"
