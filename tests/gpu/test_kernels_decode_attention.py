@@ -138,6 +138,51 @@ def test_multiquery_matches_reference(dev):
             assert err < 1.2e-2, f"token {t} (request {r}, position {pos}): rel err {err:.2e}"
 
 
+@pytest.mark.parametrize("hq,hk,d,preset,tpr", [
+    (8, 2, 128, "k4v2_g64", 4),   # 4 heads per KV head x 4 tokens: 16 rows
+    (4, 4, 64, "k4v2_g64", 4),    # MHA: 4 rows
+    (8, 1, 128, "k4v2_g128", 2),  # GQA 8 x 2 tokens
+    (6, 2, 256, "k4v4_g128", 4),  # head_dim 256 (rotated outside the kernel), 3 heads padded
+])
+def test_grouped_rows_match_reference(dev, hq, hk, d, preset, tpr):
+    """tokens_per_program: several tokens of one request per program, each row with its own causal length
+    (groups across a tile boundary, partial groups with padding rows, which stay unwritten)."""
+    from kvarn.kernels import kvarn_decode_attention
+    cfg = KvarnConfig.from_name(preset, d)
+    g = cfg.group
+    gen = torch.Generator().manual_seed(torch.seed() % 2**31)
+    lens = [300, 2 * g + 3, 70]
+    cache, pk, pv, b2s, table = build_cache(lens, hk, cfg, torch.float16, gen)
+    # (request, positions): the last 7 tokens of request 0, 5 tokens across request 1's tile boundary
+    # 2g - 1 | 2g, and request 2's last token alone (tpr - 1 padding rows)
+    wanted = [(0, list(range(293, 300))), (1, list(range(2 * g - 2, 2 * g + 3))), (2, [69])]
+    groups, pos_rows = [], []
+    for r, pos in wanted:
+        for i in range(0, len(pos), tpr):
+            chunk = pos[i:i + tpr]
+            groups.append(r)
+            pos_rows += chunk + [-1] * (tpr - len(chunk))
+    lengths = torch.tensor([p + 1 if p >= 0 else 0 for p in pos_rows], dtype=torch.int32)
+    q = torch.randn(len(pos_rows), hq, d, generator=gen).to(torch.bfloat16)
+    gtable = table[torch.tensor(groups)].contiguous()
+    out = torch.full(q.shape, float("nan"), dtype=q.dtype, device=dev) if d <= 128 else None
+    res = kvarn_decode_attention(q.to(dev), cache.to(dev), pk.to(dev), pv.to(dev), b2s.to(dev), gtable.to(dev),
+                                 lengths.to(dev), d**-0.5, cfg, out=out, tokens_per_program=tpr).cpu()
+    for row, p in enumerate(pos_rows):
+        if p < 0:
+            if out is not None:
+                assert torch.isnan(res[row]).all(), f"padding row {row} was written"
+            continue
+        r = groups[row // tpr]
+        kc, vc = gather_kv(table[r], p + 1, cache, pk, pv, b2s, cfg)
+        ref = rotate(gqa_attention(rotate(q[row:row + 1]), kc, vc, d**-0.5, q_offset=p))[0]
+        err = (res[row].float() - ref).norm() / ref.norm()
+        assert err < 1.2e-2, f"row {row} (request {r}, position {p}): rel err {err:.2e}"
+    with pytest.raises(ValueError, match="multiple of tokens_per_program"):
+        kvarn_decode_attention(q[:-1].to(dev), cache.to(dev), pk.to(dev), pv.to(dev), b2s.to(dev), gtable.to(dev),
+                               lengths[:-1].to(dev), d**-0.5, cfg, tokens_per_program=tpr)
+
+
 def test_auto_splits_policy():
     """Runs on CPU too (pure function). The H200 sweep's measured best S
     (benchmarks/gpu/results/h200-decode-splits-2026-11-29) and the wave model's invariants."""

@@ -31,10 +31,26 @@ def test_plan_route_splits_fresh_and_rows():
     assert plan_route(np.array([0, 1, 2]), np.array([5, 7]), "cpu").decode_only
     with pytest.raises(ValueError, match="more new tokens"):
         plan_route(np.array([0, 3]), np.array([2]), "cpu")
+    assert r.num_grp == 0 and r.group == 1
 
 
-@pytest.mark.parametrize("act", [torch.float16, torch.bfloat16])
-def test_kernel_step_path_matches_reference(dev, act):
+def test_plan_route_groups_continuation_tokens():
+    # decode (ctx 9), continuation of 5 after 5, fresh prompt of 2, continuation of 2 after 8; groups of 4
+    qsl = np.array([0, 1, 6, 8, 10])
+    seq = np.array([10, 10, 2, 10])
+    r = plan_route(qsl, seq, "cpu", group=4)
+    assert r.mq_tokens.tolist() == [0] and r.fresh_tokens.tolist() == [6, 7]
+    assert r.group == 4 and r.grp_req.tolist() == [1, 1, 3]
+    assert r.grp_src.tolist() == [1, 2, 3, 4, 5, 0, 0, 0, 8, 9, 0, 0]
+    assert r.grp_len.tolist() == [6, 7, 8, 9, 10, 0, 0, 0, 9, 10, 0, 0]
+    assert r.grp_rows.tolist() == [0, 1, 2, 3, 4, 8, 9] and r.grp_tokens.tolist() == [1, 2, 3, 4, 5, 8, 9]
+    assert r.num_mq + r.num_fresh + r.num_grp == 10
+    with pytest.raises(ValueError, match="KVARN_MQ_GROUP"):
+        plan_route(qsl, seq, "cpu", group=3)
+
+
+@pytest.mark.parametrize("act,group", [(torch.float16, 1), (torch.bfloat16, 1), (torch.bfloat16, 4)])
+def test_kernel_step_path_matches_reference(dev, act, group):
     seed = torch.seed() % 2**31
     random.seed(seed)
     torch.manual_seed(seed)
@@ -48,7 +64,7 @@ def test_kernel_step_path_matches_reference(dev, act):
     random.shuffle(free_blocks)
     reqs = {rid: {"total": n, "done": 0, "blocks": [], "k": torch.randn(n, hkv, d) * 2, "v": torch.randn(n, hkv, d)}
             for rid, n in enumerate([5, 64, 65, 150, 200, 131])}
-    steps = 0
+    steps = grouped = 0
     while reqs:
         st = schedule_step(reqs, free_blocks, g, 90, [1, 1, 7, 64, 200], pad=0)
         batch, qsl, seq_lens, table = st.batch, st.qsl, st.seq_lens, st.table
@@ -60,10 +76,12 @@ def test_kernel_step_path_matches_reference(dev, act):
             return torch.from_numpy(x).to(dev)
 
         cache.update(records, key.to(dev), value.to(dev), t(plan.flush_blocks), t(plan.flush_slots), t(plan.write_rows))
+        route = plan_route(qsl, np.asarray(seq_lens), dev, group)
+        grouped += route.num_grp
         out = torch.full((key.shape[0], hq, d), float("nan"), dtype=act, device=dev)  # poisoned
         out[:] = cache.attend(records, query.to(dev), key.to(dev), value.to(dev), t(plan.block_to_slot),
                               torch.tensor(table, dtype=torch.int32, device=dev), torch.tensor(seq_lens, device=dev),
-                              torch.tensor(qsl), d**-0.5)
+                              torch.tensor(qsl), d**-0.5, route=route)
         ref = paged_attention(query, key, value, records.cpu(), cache.pool_k.cpu(), cache.pool_v.cpu(),
                               torch.from_numpy(plan.block_to_slot), torch.tensor(table), torch.tensor(seq_lens),
                               torch.tensor(qsl), cfg, d**-0.5, quantize_new_tiles=False)
@@ -75,6 +93,7 @@ def test_kernel_step_path_matches_reference(dev, act):
         retire_finished(reqs, pool, free_blocks)
         steps += 1
     assert steps > 5
+    assert (grouped > 0) == (group > 1), f"{grouped} continuation tokens went to grouped rows"
 
 
 def test_padded_decode_rows_are_zero(dev):

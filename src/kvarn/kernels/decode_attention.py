@@ -75,7 +75,7 @@ def kvarn_decode_attention(
     cfg: KvarnConfig, num_splits: int | None = None, block_n: int | None = None, num_warps: int = 4,
     pool_scale: tuple[float, float] = (1.0, 1.0), out: torch.Tensor | None = None,
     num_stages: int | None = None, maxnreg: int | None = 128, all_pool: bool = False, min_q_rows: int = 4,
-    prefetch: int | None = None, ahead: int | None = None,
+    prefetch: int | None = None, ahead: int | None = None, tokens_per_program: int = 1,
 ) -> torch.Tensor:
     """Decode attention of one layer: q [B, Hq, D] (original frame, bf16/fp16) -> [B, Hq, D] in q.dtype.
 
@@ -97,6 +97,10 @@ def kvarn_decode_attention(
     GPUs (H200, 2026-11-30, benchmarks/gpu/results/h200-ahead-2026-11-30c/).
     all_pool=True: every block is a pool slot (fp16/bf16/fp8
     cache without records, the benchmark baselines); fp8 pools require it.
+    tokens_per_program T > 1 (chunked-prefill continuations): q [P*T, Hq, D] holds P groups of T query
+    tokens, each group of one request (block_table [P, M]); seq_lens int32 [P*T] is each token's causal
+    length (0 = a padding row, its output is left unwritten); one program per (group, KV head) reads each
+    tile once for all T tokens. No split-K, no all_pool.
     """
     check(q.dim() == 3 and q.shape[2] == cfg.head_dim,
           f"q must be [B, Hq, {cfg.head_dim}], got {tuple(q.shape)}")
@@ -110,8 +114,13 @@ def kvarn_decode_attention(
         _, hk = check_cache(kv_cache, pool_k, pool_v, block_to_slot, cfg)
     bsz, hq, d = q.shape
     check(hq % hk == 0 and 1 <= hq // hk <= 64, f"Hq={hq} must be a multiple of Hk={hk} (GQA ratio <= 64)")
-    check(block_table.dtype == torch.int32 and block_table.dim() == 2 and block_table.shape[0] == bsz,
-          f"block_table must be int32 [{bsz}, max_blocks], got {block_table.dtype} {tuple(block_table.shape)}")
+    tpr = int(tokens_per_program)
+    check(tpr in (1, 2, 4, 8, 16) and (tpr == 1 or not all_pool),
+          f"tokens_per_program must be 1, 2, 4, 8 or 16 (and 1 with all_pool), got {tokens_per_program}")
+    check(bsz % tpr == 0, f"q's {bsz} rows must be a multiple of tokens_per_program={tpr}")
+    groups = bsz // tpr
+    check(block_table.dtype == torch.int32 and block_table.dim() == 2 and block_table.shape[0] == groups,
+          f"block_table must be int32 [{groups}, max_blocks], got {block_table.dtype} {tuple(block_table.shape)}")
     check(block_table.stride(1) == 1, "block_table rows must be contiguous")
     check(seq_lens.dtype == torch.int32 and seq_lens.shape == (bsz,),
           f"seq_lens must be int32 [{bsz}], got {seq_lens.dtype} {tuple(seq_lens.shape)}")
@@ -120,13 +129,15 @@ def kvarn_decode_attention(
     check(g % bn == 0 and bn >= 16, f"block_n must divide G={g} and be >= 16, got {bn}")
     qpk = hq // hk
     check(min_q_rows in (1, 2, 4, 8, 16), f"min_q_rows must be one of 1, 2, 4, 8, 16, got {min_q_rows}")
-    qp = max(min_q_rows, triton.next_power_of_2(qpk))
+    qp = max(min_q_rows, triton.next_power_of_2(qpk * tpr))
     prefetch = DECODE_PREFETCH if prefetch is None else prefetch
     check(prefetch in (0, 1, 2, 3, 4), f"prefetch (tiles ahead, 0 = off) must be 0-4, got {prefetch}")
     ahead = DECODE_AHEAD if ahead is None else ahead
     check(ahead in (0, 1, 2), f"ahead must be 0 (off), 1 (ids) or 2 (ids and K scales), got {ahead}")
     max_blocks = block_table.shape[1]
-    if num_splits is None:
+    if tpr > 1:
+        num_splits = 1
+    elif num_splits is None:
         num_splits = choose_num_splits(bsz, hk, max_blocks, num_sms(q.device))
     num_splits = max(1, min(int(num_splits), max_blocks))
     tps = -(-max_blocks // num_splits)
@@ -152,7 +163,7 @@ def kvarn_decode_attention(
     kvh = kv_cache.view(torch.float16) if not fp8 else kv_cache
     bf16_pool = pool_k.dtype == torch.bfloat16
     common = dict(HK=hk, QPK=qpk, QP=qp, BN=bn, POOL_BF16=bf16_pool, UPCAST=INTERPRET and bf16_pool, IUP=INTERPRET,
-                  ALL_POOL=bool(all_pool), ROT=rot, ASM=DECODE_ASM, num_warps=num_warps,
+                  ALL_POOL=bool(all_pool), TPR=tpr, ROT=rot, ASM=DECODE_ASM, num_warps=num_warps,
                   PREF=prefetch if DECODE_ASM else 0, PL=prefetch_lanes(cfg),
                   AHD=ahead,
                   **layout_constexprs(cfg))
@@ -165,7 +176,7 @@ def kvarn_decode_attention(
                pool_k.stride(2), block_table.stride(0))
     scales = (q_mult, 1.0 / math.sqrt(d), float(pool_scale[0]), float(pool_scale[1]))
     if num_splits == 1:
-        _kvarn_decode_kernel[(bsz * hk, 1)](
+        _kvarn_decode_kernel[(groups * hk, 1)](
             *args, o, o, *strides, o.stride(0), o.stride(1), 0, *scales, SPLIT=False, **common)
     else:
         part = torch.empty(bsz, hq, num_splits, d, dtype=torch.float32, device=q.device)

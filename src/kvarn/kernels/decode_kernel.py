@@ -3,7 +3,10 @@
 Program (b, h, split): all Hq/Hk query heads of KV head h (QP = max(min_q_rows, next_pow2(Hq/Hk)) rows;
 Triton pads a small-M tl.dot to the MMA shape itself), tiles t of request b in the split's range (split s
 of S: tiles [s*ceil(n/S), (s+1)*ceil(n/S)) of the request's own n = ceil(seq_len/G) tiles, whatever the
-block table's width). Two passes over the range, so neither carries the other's state:
+block table's width). TPR > 1 (several tokens per program: chunked-prefill continuations): program b serves
+TPR consecutive tokens of one request, QP >= TPR*Hq/Hk rows (row i = token i // (Hq/Hk)), each with its own
+causal length (sl_ptr holds one length per row, 0 = padding row), so a tile read once serves TPR tokens.
+Two passes over the range, so neither carries the other's state:
 
 1. record tiles (block_to_slot < 0), never materialized; branch-free over the whole range (a pool
    tile's loads are masked off and its scores are -1e30), so Triton may pipeline the loads. The
@@ -87,22 +90,32 @@ def _prefetch_l2(base, PL: tl.constexpr, NL: tl.constexpr):
 
 
 @triton.jit
-def _k_plane(qk_op, kb, qz, qa, kcs_ptr, n_valid, P: tl.constexpr, KB: tl.constexpr, KM: tl.constexpr,
-             KPB: tl.constexpr, G: tl.constexpr, ASM: tl.constexpr):
+def _row_mask(n, n_valid, lo, ROWS: tl.constexpr):
+    """[QP, N] mask of the positions n a row may attend to in this tile: n < n_valid, or (ROWS: several
+    tokens per program) n < n_valid + lo[row], lo [QP] = the row's causal length - the program's longest."""
+    if ROWS:
+        return n[None, :] < (n_valid + lo)[:, None]
+    else:
+        return (n < n_valid)[None, :]
+
+
+@triton.jit
+def _k_plane(qk_op, kb, qz, qa, kcs_ptr, n_valid, lo, P: tl.constexpr, KB: tl.constexpr, KM: tl.constexpr,
+             KPB: tl.constexpr, G: tl.constexpr, ASM: tl.constexpr, ROWS: tl.constexpr):
     """Scores of token plane P: kb uint8 [D, G/KPB] K bytes -> (s [QP, G/KPB] log2-domain, -1e30 (finite,
     so an all-masked tile leaves m finite) past n_valid; token index n [G/KPB] = P*(G/KPB) + j)."""
     n = P * (G // KPB) + tl.arange(0, G // KPB)
     s = tl.dot(qk_op, _codes_f16(kb, KB * P, KM, ASM), tl.zeros([qk_op.shape[0], G // KPB], tl.float32))
     kcs = tl.load(kcs_ptr + n, mask=n < n_valid, other=0.0).to(tl.float32)
-    return tl.where((n < n_valid)[None, :], ((s + qz[:, None]) * qa[:, None]) * kcs[None, :], -1e30), n
+    return tl.where(_row_mask(n, n_valid, lo, ROWS), ((s + qz[:, None]) * qa[:, None]) * kcs[None, :], -1e30), n
 
 
 @triton.jit
-def _p_plane(s, n, n_valid, m_new, rec_h_ptr, V_RS: tl.constexpr, V_RZ: tl.constexpr):
+def _p_plane(s, n, n_valid, lo, m_new, rec_h_ptr, V_RS: tl.constexpr, V_RZ: tl.constexpr, ROWS: tl.constexpr):
     """Token plane of probabilities: (p [QP, N] fp32 (0 past n_valid), p*vs as the fp16 dot operand,
     p*vz - 1024*(p*vs) in fp32: the terms whose row sum is the folded V zero point)."""
     nm = n < n_valid
-    p = tl.where(nm[None, :], tl.exp2(s - m_new[:, None]), 0.0)
+    p = tl.where(_row_mask(n, n_valid, lo, ROWS), tl.exp2(s - m_new[:, None]), 0.0)
     vs = tl.load(rec_h_ptr + V_RS // 2 + n, mask=nm, other=0.0).to(tl.float32)
     vz = tl.load(rec_h_ptr + V_RZ // 2 + n, mask=nm, other=0.0).to(tl.float32)
     pv = (p * vs[None, :]).to(tl.float16)
@@ -133,17 +146,18 @@ def _rotate_rows(x, sgn_ptr, D: tl.constexpr, IUP: tl.constexpr):
 
 
 @triton.jit
-def _pool_tile(q_op, qa, m_i, l_i, acc, pk_ptr, pv_ptr, pbase, n_valid, stride_pn, pool_k_scale, pool_v_scale,
+def _pool_tile(q_op, qa, m_i, l_i, acc, pk_ptr, pv_ptr, pbase, n_valid, lo, stride_pn, pool_k_scale, pool_v_scale,
                QP: tl.constexpr, D: tl.constexpr, G: tl.constexpr, BN: tl.constexpr, PDT: tl.constexpr,
-               UPCAST: tl.constexpr):
-    """One fp16/bf16 pool tile [G, D] of K and V rows into the online-softmax state."""
+               UPCAST: tl.constexpr, ROWS: tl.constexpr):
+    """One fp16/bf16 pool tile [G, D] of K and V rows into the online-softmax state (ROWS: per-row causal
+    lengths, see _row_mask; a row masked out here has a finite m from pass 1, so its p is 0, not NaN)."""
     d = tl.arange(0, D)
     for c in tl.static_range(G // BN):
         n = c * BN + tl.arange(0, BN)
         nm = n < n_valid
         kt = tl.load(pk_ptr + pbase + n[None, :] * stride_pn + d[:, None], mask=nm[None, :], other=0.0)
         s = dot_bf16_safe(q_op, kt.to(PDT), tl.zeros([QP, BN], tl.float32), UPCAST)
-        s = tl.where(nm[None, :], s * (qa * pool_k_scale)[:, None], float("-inf"))
+        s = tl.where(_row_mask(n, n_valid, lo, ROWS), s * (qa * pool_k_scale)[:, None], float("-inf"))
         p, alpha, m_i, l_i = _softmax_update(s, m_i, l_i)
         vt = tl.load(pv_ptr + pbase + n[:, None] * stride_pn + d[None, :], mask=nm[:, None], other=0.0)
         pv = dot_bf16_safe(p.to(PDT), vt.to(PDT), tl.zeros([QP, D], tl.float32), UPCAST)
@@ -157,7 +171,7 @@ def _kvarn_decode_kernel(
     stride_qb, stride_qh, stride_kvb, stride_ps, stride_pn, stride_ph, stride_btb,
     stride_ob, stride_oh, stride_os, q_mult, o_mult, pool_k_scale, pool_v_scale,
     HK: tl.constexpr, QPK: tl.constexpr, QP: tl.constexpr, BN: tl.constexpr, SPLIT: tl.constexpr,
-    POOL_BF16: tl.constexpr, UPCAST: tl.constexpr, IUP: tl.constexpr, ALL_POOL: tl.constexpr,
+    POOL_BF16: tl.constexpr, UPCAST: tl.constexpr, IUP: tl.constexpr, ALL_POOL: tl.constexpr, TPR: tl.constexpr,
     ROT: tl.constexpr, ASM: tl.constexpr, PREF: tl.constexpr, PL: tl.constexpr, AHD: tl.constexpr,
     D: tl.constexpr, G: tl.constexpr, KB: tl.constexpr, VB: tl.constexpr, R: tl.constexpr,
     K_CODES: tl.constexpr, K_RS: tl.constexpr, K_RZ: tl.constexpr, K_CS: tl.constexpr,
@@ -167,7 +181,20 @@ def _kvarn_decode_kernel(
     sid = tl.program_id(1)
     b = pid // HK
     hk = pid % HK
-    seq_len = tl.load(sl_ptr + b)
+    qi = tl.arange(0, QP)
+    if TPR == 1:
+        seq_len = tl.load(sl_ptr + b)
+        qmask = qi < QPK
+        lo = qi * 0  # unused (ROWS off)
+        qrow = b * stride_qb + (hk * QPK + qi) * stride_qh
+    else:  # TPR tokens of one request per program: row i = token i // QPK, query head i % QPK
+        tj = qi // QPK
+        lrow = tl.load(sl_ptr + b * TPR + tj, mask=qi < TPR * QPK, other=0)  # causal length, 0 = padding
+        seq_len = tl.max(lrow, 0)
+        qmask = (qi < TPR * QPK) & (lrow > 0)
+        lo = lrow - seq_len
+        qrow = (b * TPR + tj) * stride_qb + (hk * QPK + qi % QPK) * stride_qh
+    ROWS: tl.constexpr = TPR > 1
     n_tiles = tl.cdiv(seq_len, G)
     # split sid takes its share of this request's own tiles (not of the table's width), so every split
     # has work whatever max_model_len the block table was sized for
@@ -175,11 +202,8 @@ def _kvarn_decode_kernel(
     t0 = sid * tps
     t1 = tl.minimum(t0 + tps, n_tiles)
 
-    qi = tl.arange(0, QP)
     d = tl.arange(0, D)
-    qmask = qi < QPK
-    q = tl.load(q_ptr + b * stride_qb + (hk * QPK + qi)[:, None] * stride_qh + d[None, :],
-                mask=qmask[:, None], other=0.0).to(tl.float32)
+    q = tl.load(q_ptr + qrow[:, None] + d[None, :], mask=qmask[:, None], other=0.0).to(tl.float32)
     if ROT:
         q = _rotate_rows(q, sgn_ptr, D, IUP)
     q = q * q_mult  # [QP, D] fp32, rotated, * scale * log2(e)
@@ -196,8 +220,8 @@ def _kvarn_decode_kernel(
         for t in range(t0, t1):
             slot = tl.load(b2s_ptr + tl.load(bt_row + t).to(tl.int64))
             pbase = tl.maximum(slot, 0).to(tl.int64) * stride_ps + hk * stride_ph
-            m_i, l_i, acc = _pool_tile(q_op, qa, m_i, l_i, acc, pk_ptr, pv_ptr, pbase, seq_len - t * G, stride_pn,
-                                       pool_k_scale, pool_v_scale, QP, D, G, BN, PDT, UPCAST)
+            m_i, l_i, acc = _pool_tile(q_op, qa, m_i, l_i, acc, pk_ptr, pv_ptr, pbase, seq_len - t * G, lo,
+                                       stride_pn, pool_k_scale, pool_v_scale, QP, D, G, BN, PDT, UPCAST, ROWS)
     else:
         KPB: tl.constexpr = 8 // KB  # codes per byte = bit planes
         VPB: tl.constexpr = 8 // VB
@@ -261,23 +285,23 @@ def _kvarn_decode_kernel(
             qz = tl.sum(q_un * kz[None, :] - 1024.0 * qk_op.to(tl.float32), 1)
             kb = tl.load(kv_ptr + rb + K_CODES + d[:, None] + jk[None, :] * D, mask=md[:, None], other=0)  # [D, G/KPB]
             kcb = kvh_ptr + hb + K_CS // 2
-            s0, n0 = _k_plane(qk_op, kb, qz, qa, kcb, n_valid, 0, KB, KM, KPB, G, ASM)
-            s1, n1 = _k_plane(qk_op, kb, qz, qa, kcb, n_valid, 1, KB, KM, KPB, G, ASM)
+            s0, n0 = _k_plane(qk_op, kb, qz, qa, kcb, n_valid, lo, 0, KB, KM, KPB, G, ASM, ROWS)
+            s1, n1 = _k_plane(qk_op, kb, qz, qa, kcb, n_valid, lo, 1, KB, KM, KPB, G, ASM, ROWS)
             s2 = s0
             s3 = s1
             n2 = n0
             n3 = n1
             sm = tl.maximum(s0, s1)
             if KPB == 4:
-                s2, n2 = _k_plane(qk_op, kb, qz, qa, kcb, n_valid, 2, KB, KM, KPB, G, ASM)
-                s3, n3 = _k_plane(qk_op, kb, qz, qa, kcb, n_valid, 3, KB, KM, KPB, G, ASM)
+                s2, n2 = _k_plane(qk_op, kb, qz, qa, kcb, n_valid, lo, 2, KB, KM, KPB, G, ASM, ROWS)
+                s3, n3 = _k_plane(qk_op, kb, qz, qa, kcb, n_valid, lo, 3, KB, KM, KPB, G, ASM, ROWS)
                 sm = tl.maximum(sm, tl.maximum(s2, s3))
             m_new = tl.maximum(m_i, tl.max(sm, 1))
             alpha = tl.exp2(m_i - m_new)
             m_i = m_new
             # p, p*vs in fp16 and the folded zero points, one reduction each for l and pz
-            p0, pv0, z0 = _p_plane(s0, n0, n_valid, m_new, kvh_ptr + hb, V_RS, V_RZ)
-            p1, pv1, z1 = _p_plane(s1, n1, n_valid, m_new, kvh_ptr + hb, V_RS, V_RZ)
+            p0, pv0, z0 = _p_plane(s0, n0, n_valid, lo, m_new, kvh_ptr + hb, V_RS, V_RZ, ROWS)
+            p1, pv1, z1 = _p_plane(s1, n1, n_valid, lo, m_new, kvh_ptr + hb, V_RS, V_RZ, ROWS)
             psum = p0 + p1
             zsum = z0 + z1
             vbase = kv_ptr + rb + V_CODES + ev[None, :] * G  # V bytes of token n: vbase + n
@@ -287,8 +311,8 @@ def _kvarn_decode_kernel(
             t0v, t1v, t2v, t3v = _v_planes(pv0, vb0, zv, zv, zv, zv, VB, VM, VPB, ASM)
             t0v, t1v, t2v, t3v = _v_planes(pv1, vb1, t0v, t1v, t2v, t3v, VB, VM, VPB, ASM)
             if KPB == 4:
-                p2, pv2, z2 = _p_plane(s2, n2, n_valid, m_new, kvh_ptr + hb, V_RS, V_RZ)
-                p3, pv3, z3 = _p_plane(s3, n3, n_valid, m_new, kvh_ptr + hb, V_RS, V_RZ)
+                p2, pv2, z2 = _p_plane(s2, n2, n_valid, lo, m_new, kvh_ptr + hb, V_RS, V_RZ, ROWS)
+                p3, pv3, z3 = _p_plane(s3, n3, n_valid, lo, m_new, kvh_ptr + hb, V_RS, V_RZ, ROWS)
                 psum += p2 + p3
                 zsum += z2 + z3
                 vb2 = tl.load(vbase + n2[:, None], mask=me[None, :], other=0)
@@ -318,11 +342,11 @@ def _kvarn_decode_kernel(
                 slot = tl.max(tl.where(tt == t, slots, -1), 0)
                 todo = todo & (tt != t)
                 pbase = slot.to(tl.int64) * stride_ps + hk * stride_ph
-                m_i, l_i, acc = _pool_tile(q_op, qa, m_i, l_i, acc, pk_ptr, pv_ptr, pbase, seq_len - t * G,
-                                           stride_pn, pool_k_scale, pool_v_scale, QP, D, G, BN, PDT, UPCAST)
+                m_i, l_i, acc = _pool_tile(q_op, qa, m_i, l_i, acc, pk_ptr, pv_ptr, pbase, seq_len - t * G, lo,
+                                           stride_pn, pool_k_scale, pool_v_scale, QP, D, G, BN, PDT, UPCAST, ROWS)
 
     hq = hk * QPK + qi
-    if SPLIT:
+    if SPLIT:  # one token per program (the launcher never splits TPR > 1)
         obase = b * stride_ob + hq * stride_oh + sid * stride_os
         tl.store(o_ptr + obase[:, None] + d[None, :], acc, mask=qmask[:, None])
         tl.store(ml_ptr + 2 * (obase // D), m_i, mask=qmask)
@@ -331,8 +355,11 @@ def _kvarn_decode_kernel(
         out = acc / tl.maximum(l_i, 1e-30)[:, None]  # empty rows (seq_len 0: CUDA-graph padding) -> 0
         if ROT:
             out = _rotate_rows(out, sgo_ptr, D, IUP) * o_mult  # sgo_ptr = sgn_ptr: not held across the loops
-        tl.store(o_ptr + b * stride_ob + hq[:, None] * stride_oh + d[None, :], out.to(o_ptr.dtype.element_ty),
-                 mask=qmask[:, None])
+        if TPR == 1:
+            orow = b * stride_ob + hq * stride_oh
+        else:
+            orow = (b * TPR + qi // QPK) * stride_ob + (hk * QPK + qi % QPK) * stride_oh
+        tl.store(o_ptr + orow[:, None] + d[None, :], out.to(o_ptr.dtype.element_ty), mask=qmask[:, None])
 
 
 @triton.jit

@@ -123,7 +123,8 @@ class LayerCache:
                                           seq_lens.to(torch.int32), scale, self.cfg, out=out)
         whole = route.mq_all and route.num_mq == query.shape[0]
         # mixed step: results in a buffer of our own (the caller's ``out`` is only for decode-only steps)
-        res = torch.empty_like(query) if route.num_mq + route.num_fresh == query.shape[0] else torch.zeros_like(query)
+        served = route.num_mq + route.num_fresh + route.num_grp
+        res = torch.empty_like(query) if served == query.shape[0] else torch.zeros_like(query)
         if route.num_mq:
             q = query if whole else query.index_select(0, route.mq_tokens)
             o = kvarn_decode_attention(q, records, self.pool_k, self.pool_v, b2s, table.index_select(0, route.mq_req),
@@ -131,6 +132,11 @@ class LayerCache:
             if whole:
                 return o
             res.index_copy_(0, route.mq_tokens, o)
+        if route.num_grp:  # continuation chunks, route.group tokens per program
+            o = kvarn_decode_attention(query.index_select(0, route.grp_src), records, self.pool_k, self.pool_v, b2s,
+                                       table.index_select(0, route.grp_req), route.grp_len, scale, self.cfg,
+                                       tokens_per_program=route.group)
+            res.index_copy_(0, route.grp_tokens, o.index_select(0, route.grp_rows))
         if route.num_fresh:
             idx = route.fresh_tokens
             o = self.prefill_fn(query.index_select(0, idx), key.index_select(0, idx), value.index_select(0, idx),

@@ -8,6 +8,9 @@ step's layout (host arrays, computed once per step by the metadata builder, shar
 * every other token (decodes, continuation chunks): one "virtual decode row" of the fused kvarn
   decode kernel, attending causally to positions [0, pos] of its request. Tiles flushed before
   this step are read as stored (quantized); rows written this step are still fp16 pool rows.
+  With ``group`` > 1 (``KVARN_MQ_GROUP``, default 1 = off) the tokens of a multi-token continuation
+  go to the kernel ``group`` at a time, one program per group and KV head, so each tile is read once per
+  group instead of once per token (the kernel's ``tokens_per_program``).
 
 So the kernel path computes :func:`kvarn.reference.paged_attention.paged_attention` with
 ``quantize_new_tiles=False``: what was in the cache at the start of the step is read as stored,
@@ -16,12 +19,18 @@ this step's tokens in full precision.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from kvarn.vllm_plugin.cuda_step import to_device
+
+MQ_GROUP_CHOICES = (1, 2, 4, 8, 16)
+# Continuation tokens per decode-kernel program (1 = one program per token). Not yet the default: it has
+# passed the kernel tests in Triton's interpreter only, and its speed is to be measured on the H200.
+MQ_GROUP = int(os.environ.get("KVARN_MQ_GROUP", "1"))
 
 
 @dataclass
@@ -33,6 +42,10 @@ class StepRoute:
     mq_tokens [Tm] int64: tokens served by the decode kernel; mq_all: Tm == T in order.
     mq_req [Tm] int64: their request (row of the block table); mq_len [Tm] int32: causal length.
     fresh_tokens [Tf] int64; fresh_cu [Bf + 1] int32 cumulative lengths; fresh_max: longest.
+    group: tokens per program of the grouped continuation rows (1 = none are grouped);
+    grp_src [Pg * group] int64: the token each grouped row reads its query from (0 for padding rows);
+    grp_req [Pg] int64: each group's request; grp_len [Pg * group] int32: causal lengths (0 = padding);
+    grp_rows [Tg] int64 and grp_tokens [Tg] int64: the real rows and the tokens they answer.
     """
 
     decode_only: bool
@@ -43,6 +56,17 @@ class StepRoute:
     fresh_tokens: torch.Tensor
     fresh_cu: torch.Tensor
     fresh_max: int
+    group: int = 1
+    grp_src: torch.Tensor | None = None
+    grp_req: torch.Tensor | None = None
+    grp_len: torch.Tensor | None = None
+    grp_rows: torch.Tensor | None = None
+    grp_tokens: torch.Tensor | None = None
+
+    @property
+    def num_grp(self) -> int:
+        """Tokens served by grouped rows."""
+        return 0 if self.grp_tokens is None else int(self.grp_tokens.shape[0])
 
     @property
     def num_fresh(self) -> int:
@@ -53,8 +77,13 @@ class StepRoute:
         return int(self.mq_tokens.shape[0])
 
 
-def plan_route(query_start_loc: np.ndarray, seq_lens: np.ndarray, device) -> StepRoute:
-    """query_start_loc [B + 1], seq_lens [B] (cached + new tokens), host ints -> StepRoute on device."""
+def plan_route(query_start_loc: np.ndarray, seq_lens: np.ndarray, device, group: int | None = None) -> StepRoute:
+    """query_start_loc [B + 1], seq_lens [B] (cached + new tokens), host ints -> StepRoute on device.
+    group: continuation tokens per kernel program (None = ``KVARN_MQ_GROUP``)."""
+    group = MQ_GROUP if group is None else int(group)
+    if group not in MQ_GROUP_CHOICES:
+        raise ValueError(f"KVARN_MQ_GROUP (continuation tokens per program) must be one of {MQ_GROUP_CHOICES}, "
+                         f"got {group}")
     qsl = np.asarray(query_start_loc, dtype=np.int64)
     seq = np.asarray(seq_lens, dtype=np.int64)
     if qsl.shape[0] != seq.shape[0] + 1:
@@ -67,10 +96,26 @@ def plan_route(query_start_loc: np.ndarray, seq_lens: np.ndarray, device) -> Ste
     tok = np.arange(total)
     fresh_req = (seq == qlen) & (qlen > 1)  # nothing cached: FlashAttention (a 1-token prompt is a decode row)
     is_fresh = fresh_req[req]
-    mq = np.nonzero(~is_fresh)[0]
+    grouped_req = ~fresh_req & (qlen > 1) & (group > 1)  # continuation chunks
+    is_grouped = grouped_req[req]
+    mq = np.nonzero(~is_fresh & ~is_grouped)[0]
     fr = np.nonzero(is_fresh)[0]
     lens = seq[req] - (qsl[req + 1] - tok) + 1
     fq = qlen[fresh_req]
+    grp = {}
+    if grouped_req.any():
+        gr = np.nonzero(grouped_req)[0]
+        ng = -(-qlen[gr] // group)  # groups per request
+        k = np.arange(ng.sum()) - np.repeat(np.cumsum(ng) - ng, ng)  # group index within its request
+        first = np.repeat(qsl[gr], ng) + k * group
+        rows = first[:, None] + np.arange(group)[None, :]  # [Pg, group] token indices
+        real = rows < np.repeat(qsl[gr + 1], ng)[:, None]
+        src = np.where(real, rows, 0).reshape(-1)
+        grp = dict(group=group, grp_src=to_device(src, device, torch.int64),
+                   grp_req=to_device(np.repeat(gr, ng), device, torch.int64),
+                   grp_len=to_device(np.where(real.reshape(-1), lens[src], 0), device, torch.int32),
+                   grp_rows=to_device(np.nonzero(real.reshape(-1))[0], device, torch.int64),
+                   grp_tokens=to_device(rows[real], device, torch.int64))
 
     return StepRoute(
         decode_only=bool((qlen <= 1).all()),
@@ -81,6 +126,7 @@ def plan_route(query_start_loc: np.ndarray, seq_lens: np.ndarray, device) -> Ste
         fresh_tokens=to_device(fr, device, torch.int64),
         fresh_cu=to_device(np.concatenate([[0], np.cumsum(fq)]), device, torch.int32),
         fresh_max=int(fq.max()) if fq.shape[0] else 0,
+        **grp,
     )
 
 
