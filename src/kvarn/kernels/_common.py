@@ -76,6 +76,15 @@ def layout_constexprs(cfg: KvarnConfig) -> dict[str, int]:
     )
 
 
+@functools.lru_cache(maxsize=None)
+def num_sms(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA device; 132 (an H100/H200) elsewhere, so the launchers' shape
+    policies (split-K, flush warps) pick the same settings in Triton's interpreter."""
+    if device.type != "cuda":
+        return 132
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
 def prefetch_lanes(cfg: KvarnConfig) -> int:
     """PL of the decode kernel's L2 prefetch: the record's 128-byte lines, rounded up to a power of two."""
     return triton.next_power_of_2(-(-cfg.record_bytes // 128))

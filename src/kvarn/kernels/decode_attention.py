@@ -20,14 +20,8 @@ import triton
 
 from kvarn.config import KvarnConfig
 from kvarn.kernels._common import (ACT_DTYPES, DECODE_AHEAD, DECODE_ASM, DECODE_PREFETCH, INTERPRET, LOG2E, check,
-                                   check_cache, hadamard, hadamard_signs, layout_constexprs, prefetch_lanes)
+                                   check_cache, hadamard, hadamard_signs, layout_constexprs, num_sms, prefetch_lanes)
 from kvarn.kernels.decode_kernel import _combine_kernel, _kvarn_decode_kernel
-
-
-def num_sms(device: torch.device) -> int:
-    if device.type != "cuda":
-        return 132
-    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 @functools.lru_cache(maxsize=4096)

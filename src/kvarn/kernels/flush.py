@@ -30,7 +30,7 @@ import triton
 import triton.language as tl
 
 from kvarn.config import KvarnConfig, Numerics
-from kvarn.kernels._common import FLUSH_WARPS, check, layout_constexprs
+from kvarn.kernels._common import FLUSH_WARPS, check, layout_constexprs, num_sms
 
 
 @triton.jit
@@ -184,12 +184,6 @@ def _flush_kernel(
 
 
 @functools.lru_cache(maxsize=None)
-def _sm_count(device: torch.device) -> int:
-    """Streaming multiprocessors of a CUDA device (1 elsewhere: Triton's interpreter ignores warps)."""
-    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
-
-
-@functools.lru_cache(maxsize=None)
 def _clip_tensor(clips: tuple[float, ...], device: str) -> torch.Tensor:
     return torch.tensor(clips, dtype=torch.float32, device=torch.device(device))
 
@@ -235,7 +229,7 @@ def flush_tiles(pool_k: torch.Tensor, pool_v: torch.Tensor, kv_cache: torch.Tens
     if num_warps is None:
         # H200, bench_write 2026-11-30: 8 warps encode a lone tile fastest (89 vs 116 us at 4), 4 warps give the
         # most tiles per second once the launch has more programs than SMs (0.42 vs 0.64 us per record)
-        few = n * hk <= _sm_count(kv_cache.device)
+        few = n * hk <= num_sms(kv_cache.device)
         num_warps = FLUSH_WARPS or ((8 if few else 4) * (1 if d * g <= 128 * 128 else 2))
     kw = dict(RAW=raw, PADP2=triton.next_power_of_2(max(cfg.record_bytes - raw, 1)), num_warps=num_warps,
               **_numerics_constexprs(num), **layout_constexprs(cfg))

@@ -48,8 +48,8 @@ TURBOQUANT_PREFILL_EFF = 0.5
 # kvarn: measured on the H200 (docs/gpu.md). The decode kernel with code bytes in operand order, loads a tile
 # ahead and the L2 prefetch (defaults since 2026-11-30 07:00) runs at 50-53% of the copy rate at B=768
 # (probe_decode_shapes.py): attn_eff 0.51. With it and the 0.42 us flush below the planner gives burst A
-# 10,511 out tok/s (measured 2026-11-30 07:37, with the 0.8 us flush: 10,614.6) and burst B 2,076 (2,044.0). Before: 0.47 (loads ahead, 45-49%),
-# 0.40 (v3 kernel, 39-43%), 0.27 (v2, 22-32%).
+# 10,511 out tok/s (measured 2026-11-30 07:37, with the 0.8 us flush: 10,614.6) and burst B 2,076 (2,044.0).
+# Before: 0.47 (loads ahead, 45-49%), 0.40 (v3 kernel, 39-43%), 0.27 (v2, 22-32%).
 # The flush encodes all layers' tiles of a step in one launch at ~0.42 us per
 # (block, KV head, layer) tile (bench_write.py, 2026-11-30 10:36: 851.6 us for 2,048 records with one-pass
 # stds and 4 warps per tile; 0.8 before); the per-step host work of the

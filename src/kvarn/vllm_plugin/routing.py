@@ -28,9 +28,19 @@ import torch
 from kvarn.vllm_plugin.cuda_step import to_device
 
 MQ_GROUP_CHOICES = (1, 2, 4, 8, 16)
-# Continuation tokens per decode-kernel program (1 = one program per token). Not yet the default: it has
-# passed the kernel tests in Triton's interpreter only, and its speed is to be measured on the H200.
-MQ_GROUP = int(os.environ.get("KVARN_MQ_GROUP", "1"))
+
+
+def _check_group(group: int) -> int:
+    if group not in MQ_GROUP_CHOICES:
+        raise ValueError(f"KVARN_MQ_GROUP (continuation tokens per program) must be one of {MQ_GROUP_CHOICES}, "
+                         f"got {group}")
+    return group
+
+
+# Continuation tokens per decode-kernel program (1 = one program per token), checked when the plugin loads.
+# Not yet the default: it has passed the kernel tests in Triton's interpreter only, and its speed is to be
+# measured on the H200.
+MQ_GROUP = _check_group(int(os.environ.get("KVARN_MQ_GROUP", "1")))
 
 
 @dataclass
@@ -80,10 +90,7 @@ class StepRoute:
 def plan_route(query_start_loc: np.ndarray, seq_lens: np.ndarray, device, group: int | None = None) -> StepRoute:
     """query_start_loc [B + 1], seq_lens [B] (cached + new tokens), host ints -> StepRoute on device.
     group: continuation tokens per kernel program (None = ``KVARN_MQ_GROUP``)."""
-    group = MQ_GROUP if group is None else int(group)
-    if group not in MQ_GROUP_CHOICES:
-        raise ValueError(f"KVARN_MQ_GROUP (continuation tokens per program) must be one of {MQ_GROUP_CHOICES}, "
-                         f"got {group}")
+    group = MQ_GROUP if group is None else _check_group(int(group))
     qsl = np.asarray(query_start_loc, dtype=np.int64)
     seq = np.asarray(seq_lens, dtype=np.int64)
     if qsl.shape[0] != seq.shape[0] + 1:
