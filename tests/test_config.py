@@ -68,6 +68,20 @@ def test_config_is_frozen_and_hashable():
     assert hash(cfg) == hash(KvarnConfig())
 
 
+def test_sink_modes():
+    cfg = KvarnConfig.from_name("kvarn_k4v2_g128")
+    assert (cfg.sink, cfg.first_quantized_tile, cfg.pool_slots_per_seq) == ("fp16", 1, 2)
+    q = KvarnConfig.from_name("kvarn_k4v2_g128", sink="quantized")
+    assert (q.first_quantized_tile, q.pool_slots_per_seq) == (0, 1)
+    assert "sink quantized" in q.describe() and "sink" not in cfg.describe()
+    assert q.record_bytes == cfg.record_bytes  # same bytes: only when block 0 is flushed changes
+    with pytest.raises(ValueError, match="sink must be one of .*fp16.*quantized"):
+        KvarnConfig.from_name("kvarn_k4v2_g128", sink="int8")
+    assert pool_slots(64, 2048, 128, per_seq=1) == 64 + 16 + 8
+    with pytest.raises(ValueError, match="must be 1 or 2"):
+        pool_slots(64, 2048, 128, per_seq=3)
+
+
 def test_pool_slots_formula():
     # method.md §1.6: 2*max_num_seqs + ceil(max_num_batched_tokens / G) + 8
     assert pool_slots(64, 2048, 128) == 128 + 16 + 8

@@ -16,14 +16,15 @@ from sim_schedule import retire_finished, schedule_step
 from test_paged_attention import oracle_one_query
 
 
-@pytest.mark.parametrize("keep_fp16", [True, False])
-def test_simulated_serving_matches_oracle(keep_fp16):
+@pytest.mark.parametrize("keep_fp16,sink", [(True, "fp16"), (False, "fp16"), (False, "quantized")])
+def test_simulated_serving_matches_oracle(keep_fp16, sink):
     random.seed(1)
     torch.manual_seed(1)
-    cfg = KvarnConfig.from_name("k4v2_g64", head_dim=64)
+    cfg = KvarnConfig.from_name("k4v2_g64", head_dim=64, sink=sink)
     g, hkv, hq, d = cfg.group, 2, 6, 64
     num_blocks = 64
-    pool = SlotPool(num_blocks if keep_fp16 else 24, g, retire_sinks=True, keep_fp16=keep_fp16)
+    pool = SlotPool(num_blocks if keep_fp16 else 24, g, retire_sinks=True, keep_fp16=keep_fp16,
+                    fp16_sink=sink == "fp16")
     cache = LayerCache(cfg, hkv, pool.num_slots)
     records = torch.zeros(num_blocks, hkv, cfg.record_bytes, dtype=torch.uint8)
     free_blocks = list(range(num_blocks))
@@ -33,7 +34,7 @@ def test_simulated_serving_matches_oracle(keep_fp16):
         reqs[rid] = {"total": total, "done": 0, "blocks": [], "k": torch.randn(total, hkv, d) * 2,
                      "v": torch.randn(total, hkv, d) * 0.5}
     budget = 70
-    checked = 0
+    checked = flushed_sinks = 0
     while reqs:
         st = schedule_step(reqs, free_blocks, g, budget, [1, 7, 64, 200])
         batch, qsl, seq_lens, table = st.batch, st.qsl, st.seq_lens, st.table
@@ -49,8 +50,9 @@ def test_simulated_serving_matches_oracle(keep_fp16):
             r = reqs[rid]
             ctx = r["done"]
             for j in range(-(-ctx // g)):
-                if plan.block_to_slot[r["blocks"][j]] < 0:  # flushed tiles: complete, never the sink
-                    assert not keep_fp16 and j > 0 and (j + 1) * g <= ctx
+                if plan.block_to_slot[r["blocks"][j]] < 0:  # flushed tiles: complete, the sink only if quantized
+                    assert not keep_fp16 and j >= cfg.first_quantized_tile and (j + 1) * g <= ctx
+                    flushed_sinks += j == 0
             for t_i in range(n):
                 row = qsl[i] + t_i
                 if keep_fp16:  # nothing quantized: fp16 rotated rows everywhere
@@ -64,6 +66,7 @@ def test_simulated_serving_matches_oracle(keep_fp16):
             r["done"] += n
         retire_finished(reqs, pool, free_blocks)
     assert checked > 10
+    assert (flushed_sinks > 0) == (sink == "quantized")
     pool.plan_step(np.array([], dtype=np.int64), np.array([], dtype=np.int64))
     st = pool.stats()
     assert st["live"] == 0 and st["pending_flush"] == 0

@@ -1,5 +1,6 @@
 """Reference paged attention: equals an independent per-query oracle of the cache-consistent semantics
-(tile 0 and the query's own tile fp16, earlier complete tiles quantized); close to full precision."""
+(tile 0 and the query's own tile fp16, earlier complete tiles quantized; with the sink quantized, tile 0
+too); close to full precision."""
 
 import math
 
@@ -54,8 +55,10 @@ def build_cache(ks, vs, cfg, sink=True, seed=0):
 
 def oracle_one_query(q, p, k_all, v_all, cfg, scale):
     """Attention of one query (original frame, [Hq, D]) at absolute position p over k_all/v_all
-    [>p, Hkv, D] (original frame): keys in complete tiles 1..tile(p)-1 are quantized (fp16 rows,
-    rotated, encoded, decoded), the rest are the fp16 rotated rows. Written per key tile, no masks."""
+    [>p, Hkv, D] (original frame): keys in complete tiles 1..tile(p)-1 (0..tile(p)-1 with the sink
+    quantized) are quantized (fp16 rows, rotated, encoded, decoded), the rest are the fp16 rotated rows.
+    Written per key tile, no masks."""
+    first = 1 if cfg.sink == "fp16" else 0
     g = cfg.group
     tp = p // g
     ks, vs = [], []
@@ -63,7 +66,7 @@ def oracle_one_query(q, p, k_all, v_all, cfg, scale):
         rows = slice(t * g, min((t + 1) * g, p + 1))
         kr = rotate(k_all[rows]).half().float()
         vr = rotate(v_all[rows]).half().float()
-        if 1 <= t < tp:
+        if first <= t < tp:
             hk, hv = decode_tiles(encode_tiles(kr.transpose(0, 1), vr.transpose(0, 1), cfg), cfg)
             kr, vr = hk.transpose(0, 1), hv.transpose(0, 1)
         ks.append(kr)
@@ -71,16 +74,19 @@ def oracle_one_query(q, p, k_all, v_all, cfg, scale):
     return rotate(gqa_attention(rotate(q[None]), torch.cat(ks), torch.cat(vs), scale, q_offset=p))[0]
 
 
-@pytest.mark.parametrize("hq,hkv,d,preset", [(8, 2, 128, "k4v2_g128"), (9, 3, 64, "k4v2_g64"), (4, 4, 64, "k4v4_g128")])
-def test_paged_matches_cache_consistent_oracle(hq, hkv, d, preset):
+@pytest.mark.parametrize("hq,hkv,d,preset,sink", [(8, 2, 128, "k4v2_g128", "fp16"), (9, 3, 64, "k4v2_g64", "fp16"),
+                                                  (4, 4, 64, "k4v4_g128", "fp16"), (8, 2, 128, "k4v2_g128", "quantized"),
+                                                  (9, 3, 64, "k4v2_g64", "quantized")])
+def test_paged_matches_cache_consistent_oracle(hq, hkv, d, preset, sink):
     torch.manual_seed(0)
-    cfg = KvarnConfig.from_name(preset, d)
+    cfg = KvarnConfig.from_name(preset, d, sink=sink)
     g = cfg.group
     ctx_lens = [1, g - 1, g, 2 * g + 5, 3 * g + g // 2, 0]  # ragged, crossing tile boundaries; odd batch
     q_lens = [1, 3, 1, 17, 1, 2 * g + 9]  # the last: a first-chunk prefill spanning three tiles
     ks = [torch.randn(L + q, hkv, d) * 2 for L, q in zip(ctx_lens, q_lens)]
     vs = [torch.randn(L + q, hkv, d) * 0.3 for L, q in zip(ctx_lens, q_lens)]
-    cache = build_cache([k[:L] for k, L in zip(ks, ctx_lens)], [v[:L] for v, L in zip(vs, ctx_lens)], cfg)
+    cache = build_cache([k[:L] for k, L in zip(ks, ctx_lens)], [v[:L] for v, L in zip(vs, ctx_lens)], cfg,
+                        sink=sink == "fp16")
     T = sum(q_lens)
     query = torch.randn(T, hq, d)
     key = torch.cat([k[L:] for k, L in zip(ks, ctx_lens)])
@@ -96,15 +102,16 @@ def test_paged_matches_cache_consistent_oracle(hq, hkv, d, preset):
             torch.testing.assert_close(out[int(qsl[r]) + i], ref, rtol=1e-4, atol=1e-4)
 
 
-def test_chunking_does_not_change_the_output():
+@pytest.mark.parametrize("sink", ["fp16", "quantized"])
+def test_chunking_does_not_change_the_output(sink):
     """One 300-token prefill == three chunks of 100 (the flush between steps made by hand)."""
     torch.manual_seed(2)
-    cfg = KvarnConfig.from_name("k4v2_g64", 64)
+    cfg = KvarnConfig.from_name("k4v2_g64", 64, sink=sink)
     k, v, q = torch.randn(300, 2, 64), torch.randn(300, 2, 64), torch.randn(300, 4, 64)
     empty = build_cache([k[:0]], [v[:0]], cfg)
     whole = paged_attention(q, k, v, *empty[:3], empty[3], empty[4], torch.tensor([300]), torch.tensor([0, 300]), cfg, 0.125)
     for c in (100, 200):
-        cache = build_cache([k[:c]], [v[:c]], cfg)
+        cache = build_cache([k[:c]], [v[:c]], cfg, sink=sink == "fp16")
         part = paged_attention(q[c : c + 100], k[c : c + 100], v[c : c + 100], *cache[:3], cache[3], cache[4],
                                torch.tensor([c + 100]), torch.tensor([0, 100]), cfg, 0.125)
         torch.testing.assert_close(part, whole[c : c + 100], rtol=1e-4, atol=1e-4)

@@ -40,12 +40,12 @@ class FakeScheduler:
         return r["blocks"]
 
 
-@pytest.mark.parametrize("retire", [False, True])
-def test_random_workload_keeps_invariants_and_reclaims_everything(retire):
+@pytest.mark.parametrize("retire,fp16_sink", [(False, True), (True, True), (False, False), (True, False)])
+def test_random_workload_keeps_invariants_and_reclaims_everything(retire, fp16_sink):
     random.seed(0)
     max_seqs, budget = 6, 20
-    slots = 2 * max_seqs + -(-budget // G) * max_seqs + 8
-    pool = SlotPool(slots, G, retire_sinks=retire, num_blocks=4)
+    slots = (2 if fp16_sink else 1) * max_seqs + -(-budget // G) * max_seqs + 8
+    pool = SlotPool(slots, G, retire_sinks=retire, num_blocks=4, fp16_sink=fp16_sink)
     sch = FakeScheduler(400)
     live, next_id, finished = [], 0, 0
     for step in range(600):
@@ -73,10 +73,10 @@ def test_random_workload_keeps_invariants_and_reclaims_everything(retire):
     st = pool.stats()
     assert finished == 150
     assert st["live"] == 0 and st["pending_flush"] == 0
-    if retire:
+    if retire and fp16_sink:
         assert st["free"] + st["retired_sinks"] == slots and st["retired_sinks"] > 0
     else:
-        assert st["free"] == slots
+        assert st["free"] == slots and st["retired_sinks"] == 0
 
 
 def test_sink_stays_tail_moves_full_tiles_flush_next_step():
@@ -91,6 +91,22 @@ def test_sink_stays_tail_moves_full_tiles_flush_next_step():
     pool.release([5, 9, 2])
     st = pool.stats()
     assert st["retired_sinks"] == 1 and st["free"] == 7 and st["live"] == 0
+
+
+def test_quantized_sink_is_flushed_like_any_full_block():
+    """KVARN_SINK=quantized: a request's complete first block is flushed the step after it fills, so only
+    the tail holds a slot; with prefix caching its release queues no retirement (the record serves hits)."""
+    pool = SlotPool(8, G, fp16_sink=False)
+    sm = np.array([5 * G + i for i in range(G)] + [9 * G + i for i in range(G)] + [2 * G + i for i in range(4)])
+    pool.plan_step(sm, np.array([5]))
+    plan = pool.plan_step(np.array([2 * G + 4]), np.array([5]))
+    assert sorted(plan.flush_blocks.tolist()) == [5, 9]
+    assert plan.block_to_slot[5] == -1 and plan.block_to_slot[9] == -1 and plan.block_to_slot[2] >= 0
+    assert pool.stats()["free"] == 7 and not pool.block_sink.any()
+    pool.release([5, 9, 2])
+    st = pool.stats()
+    assert st["retired_sinks"] == 0 and st["free"] == 8 and st["live"] == 0
+    pool.check_invariants()
 
 
 def test_retired_sink_reused_by_prefix_hit_then_evicted_lru():

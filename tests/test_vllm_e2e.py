@@ -124,6 +124,30 @@ def test_prefix_caching_on_equals_off():
     assert on.pool["host_plan_mismatch"] == 0 and off.pool["host_plan_mismatch"] == 0
 
 
+def test_quantized_sink_prefix_caching_on_equals_off_and_one_pool_slot_per_sequence():
+    """KVARN_SINK=quantized: block 0 is flushed like every other complete tile, so the cache semantics
+    stay independent of prefix hits (on == off), no sink is ever retired, the startup line sizes the
+    pool at one slot per sequence, and the tokens differ from the fp16-sink run only by quantization."""
+    model = default_model()
+    (shared,) = austen_token_prompts(model, [256])
+    tails = austen_token_prompts(model, [90, 150])
+    prompts = [shared + tails[0], shared + tails[1]]
+    spec = {"model": model, "kv_cache_dtype": "kvarn_k4v2_g128", "prompts": prompts, "max_tokens": 24,
+            "sequential": True, "pool_stats": True}
+    env = {"KVARN_SINK": "quantized"}
+    on = run_engine({**spec, "engine": {"enable_prefix_caching": True, "max_num_seqs": 8}}, env)
+    off = run_engine({**spec, "engine": {"enable_prefix_caching": False, "max_num_seqs": 8}}, env)
+    assert on.returncode == 0 and off.returncode == 0, on.output[-3000:]
+    print("quantized sink, prefix caching on :", on.tokens)
+    print("quantized sink, prefix caching off:", off.tokens)
+    assert on.tokens == off.tokens and [len(t) for t in on.tokens] == [24, 24]
+    assert "sink quantized (KVARN_SINK=quantized); fp16 tail pool" in on.output
+    assert "min(1 x max_num_seqs=8 " in on.output
+    for run in (on, off):
+        assert run.pool["retired_sinks"] == 0 and run.pool["live"] == 0 and run.pool["pending_flush"] == 0
+        assert run.pool["free"] == run.pool["slots"] and run.pool["host_plan_mismatch"] == 0
+
+
 def test_preemption_recompute_gives_same_tokens():
     model = default_model()
     # prompts of 225-250 tokens hold 2 blocks at admission and all grow into a 3rd within 40 tokens

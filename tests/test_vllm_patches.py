@@ -170,6 +170,29 @@ def test_validate_accepts_plain_decoder_and_qwen2_unused_window():
     validate_vllm_config(_cfg(hf_text_config=SimpleNamespace(model_type="qwen2", sliding_window=32768, use_sliding_window=False)))
 
 
+@pytest.mark.parametrize("var,val", [("KVARN_SINK", "int8"), ("KVARN_NUMERICS", "best")])
+def test_validate_refuses_bad_kvarn_settings(monkeypatch, var, val):
+    from kvarn.vllm_plugin.builder import kvarn_config
+    from kvarn.vllm_plugin.validate import KvarnConfigError, validate_vllm_config
+
+    monkeypatch.setenv(var, val)
+    with pytest.raises(KvarnConfigError, match=f"{var} must be one of .*got '{val}'"):
+        validate_vllm_config(_cfg())
+    with pytest.raises(ValueError, match="must be one of|valid: "):  # the worker's own read fails as loudly
+        kvarn_config("kvarn_k4v2_g128", 128)
+
+
+def test_kvarn_sink_setting_reaches_the_config(monkeypatch):
+    from kvarn.vllm_plugin.builder import kvarn_config
+    from kvarn.vllm_plugin.validate import validate_vllm_config
+
+    monkeypatch.setenv("KVARN_SINK", "quantized")
+    validate_vllm_config(_cfg())
+    assert kvarn_config("kvarn_k4v2_g128", 128).sink == "quantized"
+    monkeypatch.delenv("KVARN_SINK")
+    assert kvarn_config("kvarn_k4v2_g128", 128).sink == "fp16"
+
+
 def test_block_size_defaults_to_tile_and_mismatch_is_refused():
     from kvarn.vllm_plugin.validate import KvarnConfigError, prepare_engine_args
 

@@ -96,6 +96,13 @@ PRESETS: dict[str, tuple[int, int, int]] = {
 }
 DEFAULT_PRESET = "k4v2_g128"
 
+# What happens to a request's first block (the "sink", method.md §1.6) once it is complete:
+#   fp16      -- it stays in the fp16 pool while the request lives (the upstream method; the default);
+#   quantized -- it is flushed into a record like every other complete tile (a deviation: halves the
+#                pool's per-sequence slots and the sink's bytes read per decode step; flaw 4).
+SINK_MODES = ("fp16", "quantized")
+DEFAULT_SINK = "fp16"
+
 
 def kv_cache_dtype_names() -> list[str]:
     """Every ``--kv-cache-dtype`` string kvarn accepts, e.g. ``kvarn_k4v2_g128``."""
@@ -115,8 +122,11 @@ class KvarnConfig:
     group: int = 128
     head_dim: int = 128
     numerics: Numerics = NUMERICS[DEFAULT_NUMERICS]
+    sink: str = DEFAULT_SINK
 
     def __post_init__(self) -> None:
+        if self.sink not in SINK_MODES:
+            raise ValueError(f"sink must be one of {SINK_MODES}, got {self.sink!r}")
         if self.key_bits not in SUPPORTED_BITS or self.value_bits not in SUPPORTED_BITS:
             raise ValueError(
                 f"bits must be one of {SUPPORTED_BITS}, got k{self.key_bits}v{self.value_bits}"
@@ -130,8 +140,10 @@ class KvarnConfig:
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
-    def from_name(cls, name: str, head_dim: int = 128, numerics: str | Numerics | None = None) -> "KvarnConfig":
-        """Parse ``kvarn_k4v2_g128`` or ``k4v2_g128`` (optionally ``...@reference`` for numerics)."""
+    def from_name(cls, name: str, head_dim: int = 128, numerics: str | Numerics | None = None,
+                  sink: str | None = None) -> "KvarnConfig":
+        """Parse ``kvarn_k4v2_g128`` or ``k4v2_g128`` (optionally ``...@reference`` for numerics).
+        sink: one of SINK_MODES (None = DEFAULT_SINK)."""
         raw = name.strip().lower()
         if "@" in raw:
             raw, num_name = raw.split("@", 1)
@@ -143,13 +155,24 @@ class KvarnConfig:
                 f"unknown kvarn preset {name!r}; valid names: {', '.join(kv_cache_dtype_names())}"
             )
         kb, vb, g = PRESETS[preset]
-        return cls(key_bits=kb, value_bits=vb, group=g, head_dim=head_dim, numerics=get_numerics(numerics))
+        return cls(key_bits=kb, value_bits=vb, group=g, head_dim=head_dim, numerics=get_numerics(numerics),
+                   sink=sink or DEFAULT_SINK)
 
     def with_head_dim(self, head_dim: int) -> "KvarnConfig":
         return dataclasses.replace(self, head_dim=head_dim)
 
     def with_numerics(self, numerics: str | Numerics) -> "KvarnConfig":
         return dataclasses.replace(self, numerics=get_numerics(numerics))
+
+    @property
+    def first_quantized_tile(self) -> int:
+        """Index of a request's first tile that is ever quantized: 1 with an fp16 sink, else 0."""
+        return 1 if self.sink == "fp16" else 0
+
+    @property
+    def pool_slots_per_seq(self) -> int:
+        """fp16 pool slots a running sequence holds: sink + tail, or the tail alone."""
+        return 1 + self.first_quantized_tile
 
     @property
     def preset(self) -> str:
@@ -220,7 +243,8 @@ class KvarnConfig:
 
     def describe(self) -> str:
         return (
-            f"{self.kv_cache_dtype} (numerics={self.numerics.name}, head_dim={self.head_dim}): "
+            f"{self.kv_cache_dtype} (numerics={self.numerics.name}, head_dim={self.head_dim}"
+            f"{', sink quantized' if self.sink == 'quantized' else ''}): "
             f"{self.bytes_per_token} B/token/head, {self.bits_per_element:.3f} bits/elem, "
             f"{self.ratio_vs(2):.2f}x smaller than bf16"
         )
@@ -248,11 +272,14 @@ def parse_kv_cache_dtype(value: str) -> str | None:
 
 
 
-def pool_slots(max_num_seqs: int, max_num_batched_tokens: int, group: int) -> int:
-    """Slots of the fp16 sink/tail pool (method.md §1.6): 2 per sequence (sink + tail), one per
-    tile a step can fill, plus 8 spare. Each slot holds G rows of rotated K and V for every KV
-    head of one layer: ``G * num_kv_heads * head_dim * 2 (K,V) * 2 bytes`` per layer."""
-    return 2 * max_num_seqs + math.ceil(max_num_batched_tokens / group) + 8
+def pool_slots(max_num_seqs: int, max_num_batched_tokens: int, group: int, per_seq: int = 2) -> int:
+    """Slots of the fp16 sink/tail pool (method.md §1.6): ``per_seq`` per sequence (2 = sink + tail;
+    1 = the tail alone, with the sink quantized: ``KvarnConfig.pool_slots_per_seq``), one per tile a
+    step can fill, plus 8 spare. Each slot holds G rows of rotated K and V for every KV head of one
+    layer: ``G * num_kv_heads * head_dim * 2 (K,V) * 2 bytes`` per layer."""
+    if per_seq not in (1, 2):
+        raise ValueError(f"per_seq (pool slots per sequence) must be 1 or 2, got {per_seq}")
+    return per_seq * max_num_seqs + math.ceil(max_num_batched_tokens / group) + 8
 
 
 def pool_bytes_per_layer(slots: int, group: int, num_kv_heads: int, head_dim: int) -> int:

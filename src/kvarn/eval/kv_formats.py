@@ -16,6 +16,8 @@ Names (``format_names(head_dim)``)::
 
     bf16                                  no-op: the unquantized cache (the reference)
     kvarn_<preset>@reference|improved     kvarn.reference.roundtrip, every preset x numerics
+    kvarn_<preset>@<numerics>+qsink       the same with block 0 quantized too (``KVARN_SINK=quantized``);
+                                          resolvable by name, not part of ``all``
     fp8_e4m3, int4_per_token_head, kivi2  kvarn.reference.baselines.fake_quant(name, k, v)
 
 ``bits_per_element`` counts K and V together, scales included, at the given head_dim.
@@ -84,7 +86,10 @@ class KVFormat:
         return k_out, v_out
 
 
-def _kvarn_format(preset: str, numerics: str, head_dim: int) -> KVFormat:
+QSINK = "+qsink"  # name suffix: the sink (block 0) is quantized like every other complete tile
+
+
+def _kvarn_format(preset: str, numerics: str, head_dim: int, sink: bool = True) -> KVFormat:
     cfg = KvarnConfig.from_name(preset, head_dim=head_dim, numerics=numerics)
     from kvarn.reference import roundtrip
 
@@ -92,13 +97,13 @@ def _kvarn_format(preset: str, numerics: str, head_dim: int) -> KVFormat:
         return roundtrip(k, v, cfg, keep_sink=False)
 
     return KVFormat(
-        name=f"{cfg.kv_cache_dtype}@{numerics}",
+        name=f"{cfg.kv_cache_dtype}@{numerics}" + ("" if sink else QSINK),
         bits_per_element=cfg.bits_per_element,
         tile=cfg.group,
-        sink=True,
+        sink=sink,
         fp16_tail=True,
         quantize_fn=fn,
-        description=cfg.describe(),
+        description=cfg.describe() + ("" if sink else "; sink (block 0) quantized"),
     )
 
 
@@ -166,9 +171,12 @@ def resolve_names(spec: str | list[str], head_dim: int) -> list[str]:
             cand = list(BASELINES)
         else:
             base = low if low.startswith("kvarn_") or low in ("bf16",) + BASELINES else "kvarn_" + low
-            cand = [n for n in all_names if n == base or n.split("@")[0] == base]
+            qsink = base.endswith(QSINK) and "@" in base
+            plain = base[: -len(QSINK)] if qsink else base
+            cand = [n + (QSINK if qsink else "") for n in all_names if n == plain or (not qsink and n.split("@")[0] == plain)]
         if not cand:
-            raise ValueError(f"unknown KV format {item!r}; valid: all, kvarn, baselines, {', '.join(all_names)}")
+            raise ValueError(f"unknown KV format {item!r}; valid: all, kvarn, baselines, {', '.join(all_names)} "
+                             f"(a kvarn name may end in {QSINK}: sink quantized)")
         out.extend(c for c in cand if c not in out)
     return out
 
@@ -182,6 +190,9 @@ def make_format(name: str, head_dim: int) -> KVFormat:
         return _baseline_format(name, head_dim)
     if name.startswith("kvarn_") and "@" in name:
         preset, num = name[len("kvarn_"):].split("@", 1)
+        sink = not num.endswith(QSINK)
+        num = num if sink else num[: -len(QSINK)]
         if preset in PRESETS and num in NUMERICS:
-            return _kvarn_format(preset, num, head_dim)
-    raise ValueError(f"unknown KV format {name!r}; valid: {', '.join(format_names(head_dim))}")
+            return _kvarn_format(preset, num, head_dim, sink=sink)
+    raise ValueError(f"unknown KV format {name!r}; valid: {', '.join(format_names(head_dim))} "
+                     f"(a kvarn name may end in {QSINK}: sink quantized)")

@@ -10,6 +10,8 @@ p sees key/value j <= p
   * quantized (encoded, then decoded) when j lies in a complete tile other than tile 0 and before p's
     own tile: exactly what the cache holds for it once that tile is flushed;
   * in fp16 (the pool's rotated rows) when j lies in tile 0 (the sink) or in p's own tile.
+With ``cfg.sink == "quantized"`` tile 0 follows the first rule like every other tile
+(``cfg.first_quantized_tile`` = 0).
 Context positions [0, seq_len - q_len) come from the cache; the new positions from ``key``/``value``,
 quantized in-step where the rule asks for it. So a request's output does not depend on how its prompt
 was chunked or whether a prefix came from the prefix cache (vLLM's prefix caching on == off).
@@ -121,7 +123,7 @@ def _consistent_views(k_ctx, v_ctx, k_new, v_new, is_record_tile, cfg, quantize)
     vf = torch.cat([v_ctx, v_new], 0)
     length, hkv, d = kf.shape
     todo = [
-        j for j in range(1, length // g)
+        j for j in range(cfg.first_quantized_tile, length // g)
         if quantize and not (j < len(is_record_tile) and is_record_tile[j])
     ]
     if not todo:
@@ -181,7 +183,8 @@ def paged_attention(
         else:
             tile_q = (torch.arange(ctx, lens[r], device=query.device) // g)[:, None]
             tile_k = (torch.arange(lens[r], device=query.device) // g)[None, :]
-            use_q = (tile_k >= 1) & (tile_k < tile_q)  # [Tq, L]: earlier complete tiles, not the sink
+            # [Tq, L]: earlier complete tiles (not the sink, unless it is quantized)
+            use_q = (tile_k >= cfg.first_quantized_tile) & (tile_k < tile_q)
             o_rot = gqa_attention(rotate(query[s:e]), kf, vf, scale, q_offset=ctx, k_alt=kq, v_alt=vq, use_alt=use_q)
         out[s:e] = rotate(o_rot)
     return out

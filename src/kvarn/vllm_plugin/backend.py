@@ -177,7 +177,7 @@ class KvarnImpl(AttentionImpl[KvarnMetadata]):
         self.kv_sharing_target_layer_name = None
         dtype_name = kv_cache_dtype if kv_cache_dtype.startswith("kvarn_") else DEFAULT_PRESET
         self.cfg = kvarn_config(dtype_name, head_size)
-        self.num_slots = num_pool_slots(_vllm_config(), self.cfg.group)
+        self.num_slots = num_pool_slots(_vllm_config(), self.cfg)
         self.cache: LayerCache | None = None
 
     def _layer_cache(self, device) -> LayerCache:

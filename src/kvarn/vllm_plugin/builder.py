@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from vllm.v1.attention.backend import AttentionCGSupport, AttentionMetadataBuilder, CommonAttentionMetadata
 
-from kvarn.config import KvarnConfig, pool_bytes_per_layer, pool_slots
+from kvarn.config import SINK_MODES, KvarnConfig, pool_bytes_per_layer, pool_slots
 from kvarn.vllm_plugin.host_plan import host_step
 from kvarn.vllm_plugin.pool import registry
 from kvarn.vllm_plugin.routing import StepRoute, plan_route
@@ -41,13 +41,18 @@ def _tp_rank() -> int:
 
 
 def kvarn_config(kv_cache_dtype: str, head_dim: int) -> KvarnConfig:
-    """The format of a layer; numerics from ``KVARN_NUMERICS`` (reference|improved) if set."""
-    return KvarnConfig.from_name(kv_cache_dtype, head_dim=head_dim, numerics=os.environ.get("KVARN_NUMERICS") or None)
+    """The format of a layer; numerics from ``KVARN_NUMERICS`` (reference|improved) and the sink mode from
+    ``KVARN_SINK`` (fp16|quantized) if set. A bad value raises, listing the valid ones."""
+    sink = os.environ.get("KVARN_SINK") or None
+    if sink is not None and sink not in SINK_MODES:
+        raise ValueError(f"KVARN_SINK must be one of {', '.join(SINK_MODES)}, got {sink!r}")
+    return KvarnConfig.from_name(kv_cache_dtype, head_dim=head_dim, numerics=os.environ.get("KVARN_NUMERICS") or None,
+                                 sink=sink)
 
 
-def num_pool_slots(vllm_config, group: int) -> int:
+def num_pool_slots(vllm_config, cfg: KvarnConfig) -> int:
     sc = vllm_config.scheduler_config
-    return pool_slots(sc.max_num_seqs, sc.max_num_batched_tokens, group)
+    return pool_slots(sc.max_num_seqs, sc.max_num_batched_tokens, cfg.group, cfg.pool_slots_per_seq)
 
 
 def graph_size_hint(max_num_seqs: int, capture_size: int | None, eager: bool) -> str:
@@ -95,7 +100,8 @@ class KvarnMetadataBuilder(AttentionMetadataBuilder[KvarnMetadata]):
     def __init__(self, kv_cache_spec, layer_names, vllm_config, device):
         super().__init__(kv_cache_spec, layer_names, vllm_config, device)
         self.group = kv_cache_spec.block_size
-        self.num_slots = num_pool_slots(vllm_config, self.group)
+        cfg = kvarn_config(vllm_config.cache_config.cache_dtype, kv_cache_spec.head_size)
+        self.num_slots = num_pool_slots(vllm_config, cfg)
         num_blocks = getattr(vllm_config.cache_config, "num_gpu_blocks", None)
         if num_blocks:
             # a slot always belongs to one distinct vLLM block, so more slots than blocks never help
@@ -107,9 +113,9 @@ class KvarnMetadataBuilder(AttentionMetadataBuilder[KvarnMetadata]):
         prefix_caching = bool(getattr(vllm_config.cache_config, "enable_prefix_caching", False))
         # block_to_slot covers every block id (the fused decode kernel indexes it directly)
         self.pool = registry.create(
-            self.num_slots, self.group, retire_sinks=prefix_caching, keep_fp16=keep_fp16, num_blocks=int(num_blocks or 1024)
+            self.num_slots, self.group, retire_sinks=prefix_caching, keep_fp16=keep_fp16,
+            num_blocks=int(num_blocks or 1024), fp16_sink=cfg.sink == "fp16",
         )
-        cfg = kvarn_config(vllm_config.cache_config.cache_dtype, kv_cache_spec.head_size)
         self._log_capacity(cfg, kv_cache_spec, layer_names, vllm_config, num_blocks)
         self.host_plan_ok = os.environ.get("KVARN_HOST_PLAN", "1") != "0"
         self.host_checks_left = 32
@@ -125,8 +131,10 @@ class KvarnMetadataBuilder(AttentionMetadataBuilder[KvarnMetadata]):
         msg = (
             f"kvarn: {cfg.kv_cache_dtype} (numerics={cfg.numerics.name}): {cfg.bytes_per_token} B/token/KV head, "
             f"{spec.num_kv_heads} KV heads in this worker (tensor-parallel rank {_tp_rank()}), "
-            f"{cfg.ratio_vs(2):.2f}x smaller than bf16; fp16 sink/tail pool {self.num_slots} slots "
-            f"(min(2 x max_num_seqs={vllm_config.scheduler_config.max_num_seqs} + batch tiles + 8, KV blocks)) x "
+            f"{cfg.ratio_vs(2):.2f}x smaller than bf16; "
+            f"{'fp16 sink/tail pool' if cfg.sink == 'fp16' else 'sink quantized (KVARN_SINK=quantized); fp16 tail pool'} "
+            f"{self.num_slots} slots (min({cfg.pool_slots_per_seq} x max_num_seqs="
+            f"{vllm_config.scheduler_config.max_num_seqs} + batch tiles + 8, KV blocks)) x "
             f"{len(layer_names)} layers = {pool_total / 2**20:.1f} MiB (pool_bytes={pool_total}), not included in "
             f"the KV cache size vLLM prints; at most {vllm_config.scheduler_config.max_num_seqs} concurrent sequences"
         )

@@ -6,7 +6,8 @@ layers of the (single) KV-cache group of a worker process; every layer owns pool
 
 Life of a block (G = tile length = vLLM block size):
   * first write into a block without a slot (or any write at offset 0: a new owner) -> gets a slot;
-  * the block becomes full: if it is a request's first block (the sink) it stays; otherwise it is
+  * the block becomes full: if it is a request's first block (the sink) it stays (unless
+    ``fp16_sink`` is False: then it is treated like any other block); otherwise it is
     queued and flushed (quantized into its record) at the start of the next step, by every layer,
     before that layer writes anything, so a slot freed by a flush can be reused in the same step;
   * its request finishes or is preempted (:meth:`SlotPool.release`): a partial block's slot is
@@ -46,13 +47,17 @@ class StepPlan:
 
 class SlotPool:
     def __init__(
-        self, num_slots: int, group: int, retire_sinks: bool = True, num_blocks: int = 1024, keep_fp16: bool = False
+        self, num_slots: int, group: int, retire_sinks: bool = True, num_blocks: int = 1024, keep_fp16: bool = False,
+        fp16_sink: bool = True,
     ):
+        """fp16_sink: a request's first block stays fp16 while the request lives (KvarnConfig.sink == "fp16");
+        False: it is flushed when complete, like every other block."""
         if num_slots < 1:
             raise ValueError("the fp16 pool needs at least one slot")
         self.num_slots = num_slots
         self.group = group
         self.retire_sinks = retire_sinks
+        self.fp16_sink = fp16_sink
         self.keep_fp16 = keep_fp16  # debug: never flush (needs a slot per block); isolates quantization error
         self.block_slot = np.full(num_blocks, -1, dtype=np.int64)
         self.block_fill = np.zeros(num_blocks, dtype=np.int64)
@@ -107,7 +112,7 @@ class SlotPool:
         offs = np.where(valid, slot_mapping % g, 0)
         if valid.any():
             self._grow(int(blocks.max()))
-        first = {int(b) for b in np.asarray(first_blocks).reshape(-1) if b >= 0}
+        first = {int(b) for b in np.asarray(first_blocks).reshape(-1) if b >= 0} if self.fp16_sink else set()
         if first:
             self._grow(max(first))
 
@@ -218,10 +223,13 @@ class _Registry:
         return self.pool is not None
 
     def create(
-        self, num_slots: int, group: int, retire_sinks: bool, keep_fp16: bool = False, num_blocks: int = 1024
+        self, num_slots: int, group: int, retire_sinks: bool, keep_fp16: bool = False, num_blocks: int = 1024,
+        fp16_sink: bool = True,
     ) -> SlotPool:
-        if self.pool is None or (self.pool.num_slots, self.pool.group) != (num_slots, group):
-            self.pool = SlotPool(num_slots, group, retire_sinks, num_blocks=num_blocks, keep_fp16=keep_fp16)
+        if self.pool is None or (self.pool.num_slots, self.pool.group, self.pool.fp16_sink) != (
+                num_slots, group, fp16_sink):
+            self.pool = SlotPool(num_slots, group, retire_sinks, num_blocks=num_blocks, keep_fp16=keep_fp16,
+                                 fp16_sink=fp16_sink)
         else:  # a builder made before the KV cache was sized (CUDA-graph profiling) saw fewer blocks
             self.pool._grow(num_blocks - 1)
         return self.pool

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from kvarn.config import KvarnConfig
+from kvarn.config import NUMERICS, SINK_MODES, KvarnConfig
 
 
 DEFAULT_MAX_NUM_SEQS = 256
@@ -44,6 +44,16 @@ def _head_dim_problem(dtype: str, head_dim: int) -> list[str]:
     except ValueError as e:
         return [str(e)]
     return []
+
+
+def _env_problems() -> list[str]:
+    """kvarn's environment settings that name no valid value (read again in every worker)."""
+    out = []
+    for var, valid in (("KVARN_SINK", SINK_MODES), ("KVARN_NUMERICS", tuple(NUMERICS))):
+        val = os.environ.get(var)
+        if val and val not in valid:
+            out.append(f"{var} must be one of {', '.join(valid)} (got {val!r})")
+    return out
 
 
 def check_layer_supported(sel) -> None:
@@ -116,4 +126,4 @@ def validate_vllm_config(config) -> None:
         problems.append(UNSUPPORTED["cp"])
     if config.cache_config.block_size != cfg.group:
         problems.append(f"block size must be {cfg.group} for {cfg.kv_cache_dtype} (got {config.cache_config.block_size})")
-    _refuse(dtype, problems)
+    _refuse(dtype, problems + _env_problems())
