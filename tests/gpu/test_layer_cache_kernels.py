@@ -49,22 +49,23 @@ def test_plan_route_groups_continuation_tokens():
         plan_route(qsl, seq, "cpu", group=3)
 
 
-@pytest.mark.parametrize("act,group", [(torch.float16, 1), (torch.bfloat16, 1), (torch.bfloat16, 4)])
-def test_kernel_step_path_matches_reference(dev, act, group):
+@pytest.mark.parametrize("act,group,sink", [(torch.float16, 1, "fp16"), (torch.bfloat16, 1, "fp16"),
+                                            (torch.bfloat16, 4, "fp16"), (torch.bfloat16, 1, "quantized")])
+def test_kernel_step_path_matches_reference(dev, act, group, sink):
     seed = torch.seed() % 2**31
     random.seed(seed)
     torch.manual_seed(seed)
-    cfg = KvarnConfig.from_name("k4v2_g64", head_dim=64)
+    cfg = KvarnConfig.from_name("k4v2_g64", head_dim=64, sink=sink)
     g, hkv, hq, d = cfg.group, 2, 6, 64
     num_blocks = 48
-    pool = SlotPool(24, g, retire_sinks=True)
+    pool = SlotPool(24, g, retire_sinks=True, fp16_sink=sink == "fp16")
     cache = LayerCache(cfg, hkv, pool.num_slots, device=dev, use_kernels=True)
     records = torch.zeros(num_blocks, hkv, cfg.record_bytes, dtype=torch.uint8, device=dev)
     free_blocks = list(range(num_blocks))
     random.shuffle(free_blocks)
     reqs = {rid: {"total": n, "done": 0, "blocks": [], "k": torch.randn(n, hkv, d) * 2, "v": torch.randn(n, hkv, d)}
             for rid, n in enumerate([5, 64, 65, 150, 200, 131])}
-    steps = grouped = 0
+    steps = grouped = sinks_flushed = 0
     while reqs:
         st = schedule_step(reqs, free_blocks, g, 90, [1, 1, 7, 64, 200], pad=0)
         batch, qsl, seq_lens, table = st.batch, st.qsl, st.seq_lens, st.table
@@ -78,6 +79,7 @@ def test_kernel_step_path_matches_reference(dev, act, group):
         cache.update(records, key.to(dev), value.to(dev), t(plan.flush_blocks), t(plan.flush_slots), t(plan.write_rows))
         route = plan_route(qsl, np.asarray(seq_lens), dev, group)
         grouped += route.num_grp
+        sinks_flushed += int(np.isin(plan.flush_blocks, [r["blocks"][0] for r in reqs.values() if r["blocks"]]).sum())
         out = torch.full((key.shape[0], hq, d), float("nan"), dtype=act, device=dev)  # poisoned
         out[:] = cache.attend(records, query.to(dev), key.to(dev), value.to(dev), t(plan.block_to_slot),
                               torch.tensor(table, dtype=torch.int32, device=dev), torch.tensor(seq_lens, device=dev),
@@ -94,6 +96,7 @@ def test_kernel_step_path_matches_reference(dev, act, group):
         steps += 1
     assert steps > 5
     assert (grouped > 0) == (group > 1), f"{grouped} continuation tokens went to grouped rows"
+    assert (sinks_flushed > 0) == (sink == "quantized"), f"{sinks_flushed} first blocks were flushed"
 
 
 def test_padded_decode_rows_are_zero(dev):

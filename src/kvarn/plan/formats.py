@@ -22,7 +22,8 @@ int4_per_token_head: 2,980,912 / 791,792 = 3.765 = 512 / 136 in shared/baselines
 last 2 layers of a dense model in bf16 ("boundary skip"), which the capacity model counts.
 
 kvarn formats also hold an fp16 sink/tail pool (kvarn.config.pool_slots / pool_bytes_per_layer) that
-is counted against KV memory by :mod:`kvarn.plan.memory`.
+is counted against KV memory by :mod:`kvarn.plan.memory`. ``kvarn_<preset>+qsink`` is the same format
+served with ``KVARN_SINK=quantized`` (block 0 quantized too: one pool slot per sequence, not two).
 
 Kernel attributes (used by :mod:`kvarn.plan.roofline`): ``attn_eff`` is the fraction of HBM bandwidth the
 decode-attention kernel achieves on this format's bytes (dequantization, occupancy and split-K included);
@@ -121,8 +122,11 @@ ALIASES = {"auto": "bf16", "bfloat16": "bf16", "float16": "fp16", "half": "fp16"
 DEFAULT_COMPARE = ("bf16", "fp8", "int4_per_token_head", *TURBOQUANT_PRESETS, *kv_cache_dtype_names())
 
 
+QSINK = "+qsink"  # kvarn name suffix: served with KVARN_SINK=quantized
+
+
 def all_format_names() -> list[str]:
-    return [*VLLM_FORMATS, *TURBOQUANT_PRESETS, *kv_cache_dtype_names()]
+    return [*VLLM_FORMATS, *TURBOQUANT_PRESETS, *kv_cache_dtype_names(), *(n + QSINK for n in kv_cache_dtype_names())]
 
 
 def get_format(name: str, head_dim: int, kvarn_attn_eff: float | None = None,
@@ -158,14 +162,16 @@ def _get_format(name: str, head_dim: int) -> KVFormat:
         return KVFormat(key, "turboquant", "TURBOQUANT", turboquant_bytes(kb, vb, d),
                         attn_eff=TURBOQUANT_ATTN_EFF, prefill_eff=TURBOQUANT_PREFILL_EFF,
                         edge_layers_bf16=TURBOQUANT_SKIP_EDGE_LAYERS)
+    sink = "quantized" if key.endswith(QSINK) else "fp16"
+    key = key.removesuffix(QSINK)
     if key.startswith("kvarn_") or key in PRESETS:
+        label = KvarnConfig.from_name(key).kv_cache_dtype + ("" if sink == "fp16" else QSINK)  # validates the name
         if d not in SUPPORTED_HEAD_DIMS:
-            cfg = KvarnConfig.from_name(key)  # validates the preset name
-            return KVFormat(cfg.kv_cache_dtype, "kvarn", "KVARN", float("nan"), block_size=cfg.group,
+            return KVFormat(label, "kvarn", "KVARN", float("nan"), block_size=KvarnConfig.from_name(key).group,
                             supported=False,
                             why_unsupported=f"head_dim {d} not in kvarn's supported {SUPPORTED_HEAD_DIMS}")
-        cfg = KvarnConfig.from_name(key, head_dim=d)
-        return KVFormat(cfg.kv_cache_dtype, "kvarn", "KVARN", cfg.bytes_per_token, block_size=cfg.group,
+        cfg = KvarnConfig.from_name(key, head_dim=d, sink=sink)
+        return KVFormat(label, "kvarn", "KVARN", cfg.bytes_per_token, block_size=cfg.group,
                         attn_eff=KVARN_ATTN_EFF, prefill_eff=1.0, kvarn=cfg,
                         flush_s_per_tile=KVARN_FLUSH_S_PER_TILE, step_overhead_s=KVARN_STEP_OVERHEAD_S)
     raise ValueError(f"unknown KV format {name!r}; valid: {', '.join(all_format_names())}")

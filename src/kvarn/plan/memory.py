@@ -67,7 +67,7 @@ class Capacity:
 def kvarn_pool_bytes(shape: ModelShape, fmt: KVFormat, tp: int, max_num_seqs: int, mbt: int) -> tuple[int, int]:
     """(slots, bytes over all layers) of the kvarn fp16 pool on one GPU."""
     g = fmt.block_size
-    slots = pool_slots(max_num_seqs, mbt, g)
+    slots = pool_slots(max_num_seqs, mbt, g, fmt.kvarn.pool_slots_per_seq if fmt.kvarn else 2)
     return slots, shape.num_layers * pool_bytes_per_layer(slots, g, shape.kv_heads_per_gpu(tp), shape.head_dim)
 
 

@@ -58,9 +58,11 @@ def render_text(plan: dict) -> str:
             f"{_num(f['tpot_ms'], '{:.1f}'):>9}{_num((f['ttft_ms'] or 0) / 1e3, '{:.2f}'):>8}"
             f"{_num(f['gpus_for_target']):>6}{_num(f['cost_per_mtok_usd'], '{:.3f}'):>8}"
         )
-    notes = [f"  {f['format']}: fp16 sink/tail pool {f['pool_gib']:.1f} GiB sized for --max-num-seqs "
-             f"{f['max_num_seqs']} (pass it to vLLM: the pool grows with it)"
-             + (f"; {f['note']}" if f["note"] else "")
+    notes = [f"  {f['format']}: "
+             + ("fp16 sink/tail pool" if not f["format"].endswith("+qsink") else
+                "serve with KVARN_SINK=quantized (more drift than the fp16 sink: docs/eval.md); fp16 tail pool")
+             + f" {f['pool_gib']:.1f} GiB sized for --max-num-seqs {f['max_num_seqs']} (pass it to vLLM: the pool "
+             "grows with it)" + (f"; {f['note']}" if f["note"] else "")
              for f in plan["formats"] if f["supported"] and f["family"] == "kvarn"]
     notes += [f"  {f['format']}: {f['note']}" for f in plan["formats"]
               if f["supported"] and f["note"] and f["family"] != "kvarn"]

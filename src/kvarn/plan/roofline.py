@@ -64,7 +64,8 @@ def kv_read_bytes_per_seq(shape: ModelShape, fmt: KVFormat, tp: int, ctx: float)
     heads = shape.kv_heads_per_gpu(tp)
     if fmt.family == "kvarn":
         g = fmt.block_size
-        fp16_tokens = min(ctx, 1.5 * g)  # the sink block plus, on average, a half-full tail block
+        # the sink block (unless quantized) plus, on average, a half-full tail block
+        fp16_tokens = min(ctx, (0.5 + fmt.kvarn.first_quantized_tile) * g)
         per_layer = fp16_tokens * 4 * shape.head_dim + (ctx - fp16_tokens) * fmt.bytes_per_token_head
         return heads * shape.num_layers * per_layer
     return ctx * fmt.layer_bytes_per_token(shape.num_layers, heads, shape.head_dim)

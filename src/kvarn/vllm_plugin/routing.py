@@ -8,9 +8,9 @@ step's layout (host arrays, computed once per step by the metadata builder, shar
 * every other token (decodes, continuation chunks): one "virtual decode row" of the fused kvarn
   decode kernel, attending causally to positions [0, pos] of its request. Tiles flushed before
   this step are read as stored (quantized); rows written this step are still fp16 pool rows.
-  With ``group`` > 1 (``KVARN_MQ_GROUP``, default 1 = off) the tokens of a multi-token continuation
-  go to the kernel ``group`` at a time, one program per group and KV head, so each tile is read once per
-  group instead of once per token (the kernel's ``tokens_per_program``).
+  With ``group`` > 1 (``KVARN_MQ_GROUP``, default 1 = off: slower end to end on the H200) the tokens
+  of a multi-token continuation go to the kernel ``group`` at a time, one program per group and KV
+  head, so each tile is read once per group instead of once per token (``tokens_per_program``).
 
 So the kernel path computes :func:`kvarn.reference.paged_attention.paged_attention` with
 ``quantize_new_tiles=False``: what was in the cache at the start of the step is read as stored,
@@ -38,8 +38,8 @@ def _check_group(group: int) -> int:
 
 
 # Continuation tokens per decode-kernel program (1 = one program per token), checked when the plugin loads.
-# Not yet the default: it has passed the kernel tests in Triton's interpreter only, and its speed is to be
-# measured on the H200.
+# Off by default: correct on the H200, but burst A's prefill steps took 11.6% longer with 4 than with 1
+# (benchmarks/gpu/results/h200-sink-2026-11-30f, 2026-11-30).
 MQ_GROUP = _check_group(int(os.environ.get("KVARN_MQ_GROUP", "1")))
 
 
