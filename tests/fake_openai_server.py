@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import threading
 import time
@@ -199,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = FakeConfig(model=args.served_model_name or args.model, kv_cache_dtype=args.kv_cache_dtype,
                      ttft_ms=args.ttft_ms, itl_ms=args.itl_ms, capacity_tokens=args.capacity_tokens,
                      diverge_at=args.diverge_at, itl_factor_quant=args.itl_factor_quant)
-    print(f"INFO fake server starting with kv_cache_dtype={cfg.kv_cache_dtype}", flush=True)
+    print(f"INFO fake server starting with kv_cache_dtype={cfg.kv_cache_dtype} "
+          f"KVARN_SINK={os.environ.get('KVARN_SINK', '')}", flush=True)
     time.sleep(args.startup_delay)
     if args.fail_dtype and args.fail_dtype == args.kv_cache_dtype:
         print("ERROR torch.OutOfMemoryError: CUDA out of memory (fake)", file=sys.stderr, flush=True)

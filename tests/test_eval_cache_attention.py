@@ -58,6 +58,21 @@ def test_kvarn_cache_view_keeps_sink_and_tail_fp16():
     assert 0 < err < 0.2
 
 
+def test_quantized_sink_format_quantizes_tile_zero():
+    """``+qsink`` (KVARN_SINK=quantized): tile 0 is quantized like the others; resolvable by name only."""
+    torch.manual_seed(0)
+    fmt = make_format("kvarn_k4v2_g64@reference+qsink", 64)
+    assert not fmt.sink and fmt.name == "kvarn_k4v2_g64@reference+qsink" and "sink (block 0) quantized" in fmt.description
+    k, v = torch.randn(200, 2, 64), torch.randn(200, 2, 64)
+    kh, _ = fmt.cache_view(k, v)
+    plain, _ = make_format("kvarn_k4v2_g64@reference", 64).cache_view(k, v)
+    assert not torch.equal(kh[:64], k[:64].half().float()) and torch.equal(kh[64:], plain[64:])
+    assert resolve_names("k4v2_g64@reference+qsink", 64) == ["bf16", "kvarn_k4v2_g64@reference+qsink"]
+    assert not any(n.endswith("+qsink") for n in format_names(64))
+    with pytest.raises(ValueError, match=r"may end in \+qsink"):
+        make_format("kvarn_k4v2_g64@best+qsink", 64)
+
+
 @pytest.mark.parametrize("fp16_tail", [True, False])
 def test_teacher_forced_equals_step_by_step_decode(fp16_tail):
     """One chunked forward over T tokens == T single-token decode steps against the simulated cache."""

@@ -148,6 +148,24 @@ def test_kvarn_pool_counted_against_kv_memory(q8):
     assert cap.capacity_tokens == record_tokens
 
 
+def test_kvarn_quantized_sink_format(q8):
+    """kvarn_<preset>+qsink (served with KVARN_SINK=quantized): one pool slot per sequence, the sink's bytes
+    read as a record in the roofline, same record size; measured on the H200 (2026-11-30, max_num_seqs 1024,
+    pool counted): 3,005,696 vs 2,384,384 tokens."""
+    g = get_gpu("h200")
+    f, q = get_format("kvarn_k4v2_g128", 128), get_format("kvarn_k4v2_g128+qsink", 128)
+    assert q.name == "kvarn_k4v2_g128+qsink" and q.kvarn.sink == "quantized" and q.bytes_per_token_head == 108
+    c, cq = (capacity(g, q8, x, 1, 0.9, 16384, 1024, cap_pool=False) for x in (f, q))
+    assert (c.pool_slots, cq.pool_slots) == (2 * 1024 + 128 + 8, 1024 + 128 + 8)
+    assert cq.capacity_tokens / 791_792 == pytest.approx(3_005_696 / 791_792, rel=0.02)
+    assert c.capacity_tokens / 791_792 == pytest.approx(2_384_384 / 791_792, rel=0.02)
+    ctx = 1536
+    saved = roofline.kv_read_bytes_per_seq(q8, f, 1, ctx) - roofline.kv_read_bytes_per_seq(q8, q, 1, ctx)
+    assert saved == pytest.approx(36 * 8 * 128 * (512 - 108))  # one sink tile read as a record
+    with pytest.raises(ValueError, match="valid names"):
+        get_format("kvarn_k9v2_g128+qsink", 128)
+
+
 def test_kvarn_pool_caps_max_num_seqs_on_small_gpu(q8):
     cap = capacity(get_gpu("rtx4090"), load_model("qwen3-4b"), get_format("kvarn_k4v2_g128", 128), 1, 0.9,
                    2048, 256)

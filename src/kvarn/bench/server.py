@@ -46,6 +46,7 @@ class Arm:
     kv_cache_dtype: str
     block_size: int | None = None
     base_url: str | None = None
+    env: tuple[tuple[str, str], ...] = ()  # extra environment of this arm's server, e.g. KVARN_SINK
 
     @property
     def is_baseline(self) -> bool:
@@ -62,8 +63,11 @@ class Arm:
         return flags
 
 
+QSINK = "+qsink"  # kvarn arm suffix: the server runs with KVARN_SINK=quantized
+
+
 def valid_arm_names() -> list[str]:
-    return ["bf16", "auto", *PASSTHROUGH_DTYPES, *kv_cache_dtype_names()]
+    return ["bf16", "auto", *PASSTHROUGH_DTYPES, *kv_cache_dtype_names(), *(n + QSINK for n in kv_cache_dtype_names())]
 
 
 def parse_arm(spec: str) -> Arm:
@@ -74,14 +78,16 @@ def parse_arm(spec: str) -> Arm:
     if low in BASELINE_NAMES:
         arm = Arm("bf16" if low != "auto" else "auto", "auto")
     elif low.startswith("kvarn_"):
-        cfg = KvarnConfig.from_name(low)  # ValueError lists the valid kvarn names
-        arm = Arm(cfg.kv_cache_dtype, cfg.kv_cache_dtype, cfg.group)
+        qsink = low.endswith(QSINK)
+        cfg = KvarnConfig.from_name(low.removesuffix(QSINK))  # ValueError lists the valid kvarn names
+        arm = Arm(cfg.kv_cache_dtype + (QSINK if qsink else ""), cfg.kv_cache_dtype, cfg.group,
+                  env=(("KVARN_SINK", "quantized"),) if qsink else ())
     elif low in PASSTHROUGH_DTYPES:
         arm = Arm(low, low)
     else:
         raise ValueError(f"unknown arm {name!r}; valid: {', '.join(valid_arm_names())}")
     if url:
-        arm = Arm(arm.name, arm.kv_cache_dtype, arm.block_size, url.strip().rstrip("/"))
+        arm = Arm(arm.name, arm.kv_cache_dtype, arm.block_size, url.strip().rstrip("/"), arm.env)
     return arm
 
 
@@ -165,6 +171,7 @@ class ArmServer:
         self._log.write("$ " + shlex.join(cmd) + "\n")
         self._log.flush()
         env = dict(os.environ if self.env is None else self.env)
+        env.update(self.arm.env)
         t0 = time.perf_counter()
         try:
             self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env,
