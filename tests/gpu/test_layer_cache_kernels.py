@@ -147,3 +147,21 @@ def test_cuda_step_state_flush_equals_layer_update(dev):
     b2s, rows = state.stage(np.array([-1, 0, -1, 2, -1, -1]), np.array([3, -1, 7]))
     assert b2s.tolist() == [-1, 0, -1, 2, -1, -1] and rows.tolist() == [3, -1, 7]
     assert state.capture_rows(5).tolist() == [-1] * 5
+
+
+def test_grouped_kernel_warm_up_writes_nothing(dev):
+    """warm_grouped_kernel: one launch of padding rows compiles the grouped kernel, changes no pool or record
+    byte, and runs once per specialization (group 1 = grouping off: nothing to compile)."""
+    cfg = KvarnConfig.from_name("k4v2_g64", head_dim=64)
+    cache = LayerCache(cfg, 2, 4, device=dev, use_kernels=True)
+    cache.pool_k.normal_()
+    cache.pool_v.normal_()
+    records = torch.randint(0, 256, (6, 2, cfg.record_bytes), dtype=torch.uint8, device=dev)
+    before = (cache.pool_k.clone(), cache.pool_v.clone(), records.clone())
+    q = torch.randn(3, 6, 64, device=dev, dtype=torch.bfloat16)
+    b2s = torch.full((6,), -1, dtype=torch.int32, device=dev)
+    table = torch.zeros(3, 5, dtype=torch.int32, device=dev)
+    assert not cache.warm_grouped_kernel(q, records, b2s, table, 1)
+    assert cache.warm_grouped_kernel(q, records, b2s, table, 4)
+    assert not cache.warm_grouped_kernel(q, records, b2s, table, 4)  # compiled already
+    assert all(torch.equal(a, b) for a, b in zip(before, (cache.pool_k, cache.pool_v, records)))

@@ -23,7 +23,10 @@ import torch
 from kvarn.config import KvarnConfig
 from kvarn.reference import encode_tiles, rotate
 from kvarn.reference.paged_attention import paged_attention
-from kvarn.vllm_plugin.routing import StepRoute, plan_route, sdpa_prefill
+from kvarn.vllm_plugin.routing import MQ_GROUP, StepRoute, plan_route, sdpa_prefill
+
+# Specializations of the grouped-rows decode kernel compiled by warm_grouped_kernel (one per process).
+_GROUPED_WARM: set = set()
 
 
 class LayerCache:
@@ -103,6 +106,7 @@ class LayerCache:
         step's token routing (built here from the host arrays if None). out [T, Hq, D]: on a
         decode-only kernel step the kernel stores there and returns it (no extra copy)."""
         if self._kernels(records):
+            self.warm_grouped_kernel(query, records, block_to_slot, block_table, MQ_GROUP)
             if route is None:
                 route = plan_route(query_start_loc_cpu.cpu().numpy(), seq_lens.cpu().numpy(), query.device)
             return self._attend_kernels(records, query, key, value, block_to_slot, block_table, seq_lens, scale, route,
@@ -111,6 +115,28 @@ class LayerCache:
             query, key, value, records, self.pool_k, self.pool_v, block_to_slot, block_table,
             seq_lens, query_start_loc_cpu, self.cfg, scale, quantize_new_tiles,
         )
+
+    def warm_grouped_kernel(self, query: torch.Tensor, records: torch.Tensor, block_to_slot: torch.Tensor,
+                            block_table: torch.Tensor, group: int) -> bool:
+        """Compile the grouped-rows decode kernel (``tokens_per_program = group``) at the first forward
+        (vLLM's warm-up runs), not at the first chunked-prefill continuation while serving: Triton's JIT
+        takes ~2 s there (probe_mq_group.py, H200), which burst P's timed prefill steps paid in full.
+        One launch of ``group`` padding rows (causal length 0: nothing is read or written) with the real
+        dtypes, head count and block-table width, so the specialization matches. Returns True if it launched."""
+        key = (group, query.dtype, query.shape[1], block_table.shape[1], self.cfg, str(query.device))
+        if group <= 1 or key in _GROUPED_WARM or query.shape[0] == 0:
+            return False
+        if query.is_cuda and torch.cuda.is_current_stream_capturing():
+            return False
+        from kvarn.kernels import kvarn_decode_attention
+
+        q = query[:1].expand(group, -1, -1).contiguous()
+        table = torch.zeros((1, block_table.shape[1]), dtype=torch.int32, device=query.device)
+        lens = torch.zeros(group, dtype=torch.int32, device=query.device)
+        kvarn_decode_attention(q, records, self.pool_k, self.pool_v, block_to_slot.to(torch.int32), table, lens,
+                               1.0, self.cfg, tokens_per_program=group)
+        _GROUPED_WARM.add(key)
+        return True
 
     def _attend_kernels(self, records, query, key, value, block_to_slot, block_table, seq_lens, scale,
                         route: StepRoute, out: torch.Tensor | None = None) -> torch.Tensor:

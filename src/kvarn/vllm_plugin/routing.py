@@ -8,7 +8,7 @@ step's layout (host arrays, computed once per step by the metadata builder, shar
 * every other token (decodes, continuation chunks): one "virtual decode row" of the fused kvarn
   decode kernel, attending causally to positions [0, pos] of its request. Tiles flushed before
   this step are read as stored (quantized); rows written this step are still fp16 pool rows.
-  With ``group`` > 1 (``KVARN_MQ_GROUP``, default 1 = off: slower end to end on the H200) the tokens
+  With ``group`` > 1 (``KVARN_MQ_GROUP``, default 1 = off until re-timed end to end) the tokens
   of a multi-token continuation go to the kernel ``group`` at a time, one program per group and KV
   head, so each tile is read once per group instead of once per token (``tokens_per_program``).
 
@@ -38,7 +38,9 @@ def _check_group(group: int) -> int:
 
 
 # Continuation tokens per decode-kernel program (1 = one program per token), checked when the plugin loads.
-# Off by default: correct on the H200, but burst A's prefill steps took 11.6% longer with 4 than with 1
+# Off by default: on the H200 the kernel alone is 2.8x faster with 4 (probe_mq_group.py), but burst P's prefill
+# steps took 11.6% longer end to end, likely the grouped kernel's JIT compile (~1.9 s) inside the timed run,
+# now moved to warm-up (LayerCache.warm_grouped_kernel); to be re-timed end to end before it becomes the default
 # (benchmarks/gpu/results/h200-sink-2026-11-30f, 2026-11-30).
 MQ_GROUP = _check_group(int(os.environ.get("KVARN_MQ_GROUP", "1")))
 
