@@ -18,7 +18,7 @@ import math
 import torch
 import triton
 
-from kvarn.config import KvarnConfig
+from kvarn.config import TOKENS_PER_PROGRAM_CHOICES, KvarnConfig
 from kvarn.kernels._common import (ACT_DTYPES, DECODE_AHEAD, DECODE_ASM, DECODE_PREFETCH, INTERPRET, LOG2E, check,
                                    check_cache, hadamard, hadamard_signs, layout_constexprs, num_sms, prefetch_lanes)
 from kvarn.kernels.decode_kernel import _combine_kernel, _kvarn_decode_kernel
@@ -109,8 +109,9 @@ def kvarn_decode_attention(
     bsz, hq, d = q.shape
     check(hq % hk == 0 and 1 <= hq // hk <= 64, f"Hq={hq} must be a multiple of Hk={hk} (GQA ratio <= 64)")
     tpr = int(tokens_per_program)
-    check(tpr in (1, 2, 4, 8, 16) and (tpr == 1 or not all_pool),
-          f"tokens_per_program must be 1, 2, 4, 8 or 16 (and 1 with all_pool), got {tokens_per_program}")
+    check(tpr in TOKENS_PER_PROGRAM_CHOICES and (tpr == 1 or not all_pool),
+          f"tokens_per_program must be one of {TOKENS_PER_PROGRAM_CHOICES} (and 1 with all_pool), "
+          f"got {tokens_per_program}")
     check(bsz % tpr == 0, f"q's {bsz} rows must be a multiple of tokens_per_program={tpr}")
     groups = bsz // tpr
     check(block_table.dtype == torch.int32 and block_table.dim() == 2 and block_table.shape[0] == groups,

@@ -25,9 +25,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from kvarn.config import TOKENS_PER_PROGRAM_CHOICES
 from kvarn.vllm_plugin.cuda_step import to_device
 
-MQ_GROUP_CHOICES = (1, 2, 4, 8, 16)
+MQ_GROUP_CHOICES = TOKENS_PER_PROGRAM_CHOICES
 
 
 def _check_group(group: int) -> int:
