@@ -102,16 +102,23 @@ def test_real_model_chat_greedy_agreement_with_bf16():
     _greedy_agreement(model, prompts, min_median=8)
 
 
-def test_prefix_caching_on_equals_off():
+def _prefix_caching_runs(env: dict | None = None, engine: dict | None = None):
+    """Two requests sharing a 256-token prefix, 24 greedy tokens each, one after the other: the runs with
+    prefix caching on and off (both must succeed)."""
     model = default_model()
     (shared,) = austen_token_prompts(model, [256])
     tails = austen_token_prompts(model, [90, 150])
     prompts = [shared + tails[0], shared + tails[1]]
     spec = {"model": model, "kv_cache_dtype": "kvarn_k4v2_g128", "prompts": prompts, "max_tokens": 24,
             "sequential": True, "pool_stats": True}
-    on = run_engine({**spec, "engine": {"enable_prefix_caching": True}})
-    off = run_engine({**spec, "engine": {"enable_prefix_caching": False}})
+    on = run_engine({**spec, "engine": {"enable_prefix_caching": True, **(engine or {})}}, env)
+    off = run_engine({**spec, "engine": {"enable_prefix_caching": False, **(engine or {})}}, env)
     assert on.returncode == 0 and off.returncode == 0, on.output[-3000:]
+    return on, off
+
+
+def test_prefix_caching_on_equals_off():
+    on, off = _prefix_caching_runs()
     print("prefix caching on :", on.tokens)
     print("prefix caching off:", off.tokens)
     # Bit-identical by construction: the cache semantics do not depend on prefix hits
@@ -127,17 +134,8 @@ def test_prefix_caching_on_equals_off():
 def test_quantized_sink_prefix_caching_on_equals_off_and_one_pool_slot_per_sequence():
     """KVARN_SINK=quantized: block 0 is flushed like every other complete tile, so the cache semantics
     stay independent of prefix hits (on == off), no sink is ever retired, the startup line sizes the
-    pool at one slot per sequence, and the tokens differ from the fp16-sink run only by quantization."""
-    model = default_model()
-    (shared,) = austen_token_prompts(model, [256])
-    tails = austen_token_prompts(model, [90, 150])
-    prompts = [shared + tails[0], shared + tails[1]]
-    spec = {"model": model, "kv_cache_dtype": "kvarn_k4v2_g128", "prompts": prompts, "max_tokens": 24,
-            "sequential": True, "pool_stats": True}
-    env = {"KVARN_SINK": "quantized"}
-    on = run_engine({**spec, "engine": {"enable_prefix_caching": True, "max_num_seqs": 8}}, env)
-    off = run_engine({**spec, "engine": {"enable_prefix_caching": False, "max_num_seqs": 8}}, env)
-    assert on.returncode == 0 and off.returncode == 0, on.output[-3000:]
+    pool at one slot per sequence."""
+    on, off = _prefix_caching_runs({"KVARN_SINK": "quantized"}, {"max_num_seqs": 8})
     print("quantized sink, prefix caching on :", on.tokens)
     print("quantized sink, prefix caching off:", off.tokens)
     assert on.tokens == off.tokens and [len(t) for t in on.tokens] == [24, 24]
