@@ -62,7 +62,8 @@ def test_quantized_sink_format_quantizes_tile_zero():
     """``+qsink`` (KVARN_SINK=quantized): tile 0 is quantized like the others; resolvable by name only."""
     torch.manual_seed(0)
     fmt = make_format("kvarn_k4v2_g64@reference+qsink", 64)
-    assert not fmt.sink and fmt.name == "kvarn_k4v2_g64@reference+qsink" and "sink (block 0) quantized" in fmt.description
+    assert not fmt.sink and fmt.name == "kvarn_k4v2_g64@reference+qsink"
+    assert "sink (block 0) quantized" in fmt.description
     k, v = torch.randn(200, 2, 64), torch.randn(200, 2, 64)
     kh, _ = fmt.cache_view(k, v)
     plain, _ = make_format("kvarn_k4v2_g64@reference", 64).cache_view(k, v)

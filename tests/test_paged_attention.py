@@ -74,9 +74,9 @@ def oracle_one_query(q, p, k_all, v_all, cfg, scale):
     return rotate(gqa_attention(rotate(q[None]), torch.cat(ks), torch.cat(vs), scale, q_offset=p))[0]
 
 
-@pytest.mark.parametrize("hq,hkv,d,preset,sink", [(8, 2, 128, "k4v2_g128", "fp16"), (9, 3, 64, "k4v2_g64", "fp16"),
-                                                  (4, 4, 64, "k4v4_g128", "fp16"), (8, 2, 128, "k4v2_g128", "quantized"),
-                                                  (9, 3, 64, "k4v2_g64", "quantized")])
+@pytest.mark.parametrize("hq,hkv,d,preset,sink", [
+    (8, 2, 128, "k4v2_g128", "fp16"), (9, 3, 64, "k4v2_g64", "fp16"), (4, 4, 64, "k4v4_g128", "fp16"),
+    (8, 2, 128, "k4v2_g128", "quantized"), (9, 3, 64, "k4v2_g64", "quantized")])
 def test_paged_matches_cache_consistent_oracle(hq, hkv, d, preset, sink):
     torch.manual_seed(0)
     cfg = KvarnConfig.from_name(preset, d, sink=sink)

@@ -101,11 +101,14 @@ DEFAULT_PRESET = "k4v2_g128"
 #   quantized -- it is flushed into a record like every other complete tile (a deviation: halves the
 #                pool's per-sequence slots and the sink's bytes read per decode step; flaw 4).
 SINK_MODES = ("fp16", "quantized")
+DEFAULT_SINK = "fp16"
+# Suffix of a kvarn name in the tools (`kvarn eval` formats, `kvarn plan` formats, `kvarn bench` arms) for the
+# quantized sink; the vLLM backend itself takes it from KVARN_SINK=quantized, the --kv-cache-dtype is unchanged.
+QSINK_SUFFIX = "+qsink"
 
 # Query tokens of one request per decode-kernel program (KVARN_MQ_GROUP, the kernel's tokens_per_program):
 # powers of two up to the 16 rows of one MMA tile.
 TOKENS_PER_PROGRAM_CHOICES = (1, 2, 4, 8, 16)
-DEFAULT_SINK = "fp16"
 
 
 def kv_cache_dtype_names() -> list[str]:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from kvarn.bench._http import httpx
 
-from kvarn.config import KvarnConfig, kv_cache_dtype_names
+from kvarn.config import QSINK_SUFFIX as QSINK, KvarnConfig, kv_cache_dtype_names
 
 BASELINE_NAMES = ("bf16", "auto", "bfloat16")
 PASSTHROUGH_DTYPES = ("fp8", "fp8_e4m3", "fp8_e5m2", "int8_per_token_head", "int4_per_token_head",
@@ -63,11 +63,9 @@ class Arm:
         return flags
 
 
-QSINK = "+qsink"  # kvarn arm suffix: the server runs with KVARN_SINK=quantized
-
-
 def valid_arm_names() -> list[str]:
-    return ["bf16", "auto", *PASSTHROUGH_DTYPES, *kv_cache_dtype_names(), *(n + QSINK for n in kv_cache_dtype_names())]
+    kvarn = kv_cache_dtype_names()
+    return ["bf16", "auto", *PASSTHROUGH_DTYPES, *kvarn, *(n + QSINK for n in kvarn)]
 
 
 def parse_arm(spec: str) -> Arm:

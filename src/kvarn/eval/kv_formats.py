@@ -31,7 +31,7 @@ from typing import Callable
 
 import torch
 
-from kvarn.config import NUMERICS, PRESETS, KvarnConfig
+from kvarn.config import NUMERICS, PRESETS, QSINK_SUFFIX as QSINK, KvarnConfig
 
 BASELINES = ("fp8_e4m3", "int4_per_token_head", "kivi2")
 # KIVI-2 as kvarn.reference.baselines implements it: K per channel over 128-token groups, fp16 sink + tail.
@@ -84,9 +84,6 @@ class KVFormat:
         if not self.fp16_tail and n_full * self.tile < t:
             raise ValueError(f"{self.name}: per-token format with tile {self.tile} cannot leave a ragged tail")
         return k_out, v_out
-
-
-QSINK = "+qsink"  # name suffix: the sink (block 0) is quantized like every other complete tile
 
 
 def _kvarn_format(preset: str, numerics: str, head_dim: int, sink: bool = True) -> KVFormat:
@@ -173,7 +170,8 @@ def resolve_names(spec: str | list[str], head_dim: int) -> list[str]:
             base = low if low.startswith("kvarn_") or low in ("bf16",) + BASELINES else "kvarn_" + low
             qsink = base.endswith(QSINK) and "@" in base
             plain = base[: -len(QSINK)] if qsink else base
-            cand = [n + (QSINK if qsink else "") for n in all_names if n == plain or (not qsink and n.split("@")[0] == plain)]
+            cand = [n + (QSINK if qsink else "") for n in all_names
+                    if n == plain or (not qsink and n.split("@")[0] == plain)]
         if not cand:
             raise ValueError(f"unknown KV format {item!r}; valid: all, kvarn, baselines, {', '.join(all_names)} "
                              f"(a kvarn name may end in {QSINK}: sink quantized)")

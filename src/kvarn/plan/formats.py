@@ -38,7 +38,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from kvarn.config import PRESETS, SUPPORTED_HEAD_DIMS, KvarnConfig, kv_cache_dtype_names
+from kvarn.config import PRESETS, QSINK_SUFFIX as QSINK, SUPPORTED_HEAD_DIMS, KvarnConfig, kv_cache_dtype_names
 
 # ---- kernel efficiency priors (see docs/plan.md, "Constants") ---------------------------------
 FA3_ATTN_EFF = 0.70          # FlashAttention-3 paged decode, bf16/fp8 (one value for both)
@@ -122,11 +122,9 @@ ALIASES = {"auto": "bf16", "bfloat16": "bf16", "float16": "fp16", "half": "fp16"
 DEFAULT_COMPARE = ("bf16", "fp8", "int4_per_token_head", *TURBOQUANT_PRESETS, *kv_cache_dtype_names())
 
 
-QSINK = "+qsink"  # kvarn name suffix: served with KVARN_SINK=quantized
-
-
 def all_format_names() -> list[str]:
-    return [*VLLM_FORMATS, *TURBOQUANT_PRESETS, *kv_cache_dtype_names(), *(n + QSINK for n in kv_cache_dtype_names())]
+    kvarn = kv_cache_dtype_names()
+    return [*VLLM_FORMATS, *TURBOQUANT_PRESETS, *kvarn, *(n + QSINK for n in kvarn)]
 
 
 def get_format(name: str, head_dim: int, kvarn_attn_eff: float | None = None,

@@ -6,6 +6,8 @@ import json
 import math
 from pathlib import Path
 
+from kvarn.config import QSINK_SUFFIX
+
 
 def clean(obj):
     """Replace NaN/inf by None so the document is strict JSON."""
@@ -59,7 +61,7 @@ def render_text(plan: dict) -> str:
             f"{_num(f['gpus_for_target']):>6}{_num(f['cost_per_mtok_usd'], '{:.3f}'):>8}"
         )
     notes = [f"  {f['format']}: "
-             + ("fp16 sink/tail pool" if not f["format"].endswith("+qsink") else
+             + ("fp16 sink/tail pool" if not f["format"].endswith(QSINK_SUFFIX) else
                 "serve with KVARN_SINK=quantized (more drift than the fp16 sink: docs/eval.md); fp16 tail pool")
              + f" {f['pool_gib']:.1f} GiB sized for --max-num-seqs {f['max_num_seqs']} (pass it to vLLM: the pool "
              "grows with it)" + (f"; {f['note']}" if f["note"] else "")

@@ -128,12 +128,12 @@ class KvarnMetadataBuilder(AttentionMetadataBuilder[KvarnMetadata]):
     def _log_capacity(self, cfg: KvarnConfig, spec, layer_names, vllm_config, num_blocks) -> None:
         per_layer = pool_bytes_per_layer(self.num_slots, cfg.group, spec.num_kv_heads, spec.head_size)
         pool_total = per_layer * len(layer_names)
+        pool_name = ("fp16 sink/tail pool" if cfg.sink == "fp16"
+                     else "sink quantized (KVARN_SINK=quantized); fp16 tail pool")
         msg = (
             f"kvarn: {cfg.kv_cache_dtype} (numerics={cfg.numerics.name}): {cfg.bytes_per_token} B/token/KV head, "
             f"{spec.num_kv_heads} KV heads in this worker (tensor-parallel rank {_tp_rank()}), "
-            f"{cfg.ratio_vs(2):.2f}x smaller than bf16; "
-            f"{'fp16 sink/tail pool' if cfg.sink == 'fp16' else 'sink quantized (KVARN_SINK=quantized); fp16 tail pool'} "
-            f"{self.num_slots} slots (min({cfg.pool_slots_per_seq} x max_num_seqs="
+            f"{cfg.ratio_vs(2):.2f}x smaller than bf16; {pool_name} {self.num_slots} slots (min({cfg.pool_slots_per_seq} x max_num_seqs="
             f"{vllm_config.scheduler_config.max_num_seqs} + batch tiles + 8, KV blocks)) x "
             f"{len(layer_names)} layers = {pool_total / 2**20:.1f} MiB (pool_bytes={pool_total}), not included in "
             f"the KV cache size vLLM prints; at most {vllm_config.scheduler_config.max_num_seqs} concurrent sequences"
