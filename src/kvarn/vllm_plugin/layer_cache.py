@@ -123,8 +123,10 @@ class LayerCache:
         takes ~2 s there (probe_mq_group.py, H200), which burst P's timed prefill steps paid in full.
         One launch of ``group`` padding rows (causal length 0: nothing is read or written) with the real
         dtypes, head count and block-table width, so the specialization matches. Returns True if it launched."""
+        if group <= 1 or query.shape[0] == 0:  # grouping off (the default): nothing to compile, no per-step cost
+            return False
         key = (group, query.dtype, query.shape[1], block_table.shape[1], self.cfg, str(query.device))
-        if group <= 1 or key in _GROUPED_WARM or query.shape[0] == 0:
+        if key in _GROUPED_WARM:
             return False
         if query.is_cuda and torch.cuda.is_current_stream_capturing():
             return False
