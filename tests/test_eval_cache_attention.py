@@ -72,6 +72,17 @@ def test_quantized_sink_format_quantizes_tile_zero():
     assert not any(n.endswith("+qsink") for n in format_names(64))
     with pytest.raises(ValueError, match=r"may end in \+qsink"):
         make_format("kvarn_k4v2_g64@best+qsink", 64)
+    # +q4sink (design probe): tile 0 quantized with 4-bit values, closer to the fp16 rows than +qsink's
+    q4 = make_format("kvarn_k4v2_g64@reference+q4sink", 64)
+    k4, v4 = q4.cache_view(k, v)
+    _, vq = fmt.cache_view(k, v)
+    assert q4.sink and torch.equal(k4[64:], plain[64:])
+    err4, err2 = ((x[:64] - v[:64]).norm() / v[:64].norm() for x in (v4, vq))
+    assert 0 < err4 < 0.5 * err2, (err4, err2)
+    sim = CacheSimulator(q4)
+    kb, vb = k.permute(1, 0, 2)[None], v.permute(1, 0, 2)[None]  # [1, H, T, D]
+    view_k, _ = sim._view(0, kb, vb, 128)
+    torch.testing.assert_close(view_k[0].permute(1, 0, 2), k4[:128])
 
 
 @pytest.mark.parametrize("fp16_tail", [True, False])

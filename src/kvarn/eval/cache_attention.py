@@ -3,7 +3,8 @@
 Rule (mirrors the real kvarn cache; method.md 1.6-1.8). Query at position t, format unit size G:
 
 * keys/values of positions in units ``< t // G`` come from the *cache view*: unit 0 fp16 when the
-  format keeps a sink, every later complete unit quantized then dequantized;
+  format keeps a sink (or through its ``sink_quantize_fn``), every later complete unit quantized then
+  dequantized;
 * keys/values of the unit ``t // G`` itself (the tile still filling, positions ``t//G*G .. t``) are
   read as fp16 (cast through fp16) -- the tail pool;
 * per-token formats (``fp16_tail=False``, fp8 / int4) read every position quantized, t included.
@@ -135,8 +136,13 @@ class CacheSimulator:
             parts_k, parts_v = [kv], [vv]
             if fmt.sink and start == 0:
                 sink = min(fmt.tile, upto)
-                parts_k.append(k[:, :, :sink].half().to(k.dtype))
-                parts_v.append(v[:, :, :sink].half().to(v.dtype))
+                if fmt.sink_quantize_fn is not None and sink == fmt.tile:
+                    ks, vs = fmt.sink_quantize_fn(fold(k[:, :, :sink]).float(), fold(v[:, :, :sink]).float())
+                    parts_k.append(unfold(ks, sink))
+                    parts_v.append(unfold(vs, sink))
+                else:
+                    parts_k.append(k[:, :, :sink].half().to(k.dtype))
+                    parts_v.append(v[:, :, :sink].half().to(v.dtype))
                 start = sink
             if upto > start:
                 n = upto - start

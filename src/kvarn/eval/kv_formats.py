@@ -7,7 +7,8 @@ A :class:`KVFormat` says what attention reads back for a sequence's keys and val
   dequantized ``(k_hat, v_hat)`` fp32, same shape. Units are independent, so a sequence can be
   quantized incrementally, one completed unit at a time.
 * ``tile`` -- tokens per quantization unit (kvarn and KIVI: G = 128 or 64; per-token formats: 1).
-* ``sink`` -- the first unit is never quantized (kvarn, KIVI: block 0 stays fp16).
+* ``sink`` -- the first unit is never quantized (kvarn, KIVI: block 0 stays fp16), unless
+  ``sink_quantize_fn`` is given: then the complete first unit is read back through it.
 * ``fp16_tail`` -- a unit still filling is read back as fp16 (kvarn/KIVI keep the tail in an fp16
   pool); when False, each token is quantized the moment it is written and read back quantized, its
   own step included (fp8, int4 per token-head).
@@ -18,6 +19,8 @@ Names (``format_names(head_dim)``)::
     kvarn_<preset>@reference|improved     kvarn.reference.roundtrip, every preset x numerics
     kvarn_<preset>@<numerics>+qsink       the same with block 0 quantized too (``KVARN_SINK=quantized``);
                                           resolvable by name, not part of ``all``
+    kvarn_<preset>@<numerics>+q4sink      a design probe, not served by the backend: block 0 encoded with
+                                          4-bit values (the preset's keys, k4v4 record), later tiles as named
     fp8_e4m3, int4_per_token_head, kivi2  kvarn.reference.baselines.fake_quant(name, k, v)
 
 ``bits_per_element`` counts K and V together, scales included, at the given head_dim.
@@ -51,6 +54,8 @@ class KVFormat:
         default=None, repr=False, compare=False
     )
     description: str = ""
+    sink_quantize_fn: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = (
+        dataclasses.field(default=None, repr=False, compare=False))
 
     @property
     def is_exact(self) -> bool:
@@ -78,6 +83,8 @@ class KVFormat:
         n_full = t // self.tile
         k_out, v_out = k.half().float(), v.half().float()
         first = 1 if self.sink else 0
+        if self.sink and self.sink_quantize_fn is not None and n_full:
+            k_out[: self.tile], v_out[: self.tile] = self.sink_quantize_fn(k[: self.tile].float(), v[: self.tile].float())
         if n_full > first:
             sl = slice(first * self.tile, n_full * self.tile)
             k_out[sl], v_out[sl] = self.quantize(k[sl], v[sl])
@@ -86,21 +93,28 @@ class KVFormat:
         return k_out, v_out
 
 
-def _kvarn_format(preset: str, numerics: str, head_dim: int, sink: bool = True) -> KVFormat:
+Q4SINK = "+q4sink"  # name suffix (design probe): block 0 encoded with 4-bit values
+
+
+def _kvarn_format(preset: str, numerics: str, head_dim: int, sink: str = "") -> KVFormat:
+    """sink: "" (fp16 sink), QSINK (quantized like every tile) or Q4SINK (quantized with 4-bit values)."""
     cfg = KvarnConfig.from_name(preset, head_dim=head_dim, numerics=numerics)
     from kvarn.reference import roundtrip
 
-    def fn(k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return roundtrip(k, v, cfg, keep_sink=False)
+    def codec(c: KvarnConfig):
+        return lambda k, v: roundtrip(k, v, c, keep_sink=False)
 
+    sink_cfg = dataclasses.replace(cfg, value_bits=4) if sink == Q4SINK else None
     return KVFormat(
-        name=f"{cfg.kv_cache_dtype}@{numerics}" + ("" if sink else QSINK),
+        name=f"{cfg.kv_cache_dtype}@{numerics}{sink}",
         bits_per_element=cfg.bits_per_element,
         tile=cfg.group,
-        sink=sink,
+        sink=sink != QSINK,
         fp16_tail=True,
-        quantize_fn=fn,
-        description=cfg.describe() + ("" if sink else "; sink (block 0) quantized"),
+        quantize_fn=codec(cfg),
+        description=cfg.describe() + {"": "", QSINK: "; sink (block 0) quantized",
+                                      Q4SINK: "; sink (block 0) quantized with 4-bit values (design probe)"}[sink],
+        sink_quantize_fn=codec(sink_cfg) if sink_cfg else None,
     )
 
 
@@ -168,13 +182,12 @@ def resolve_names(spec: str | list[str], head_dim: int) -> list[str]:
             cand = list(BASELINES)
         else:
             base = low if low.startswith("kvarn_") or low in ("bf16",) + BASELINES else "kvarn_" + low
-            qsink = base.endswith(QSINK) and "@" in base
-            plain = base[: -len(QSINK)] if qsink else base
-            cand = [n + (QSINK if qsink else "") for n in all_names
-                    if n == plain or (not qsink and n.split("@")[0] == plain)]
+            suffix = next((x for x in (QSINK, Q4SINK) if base.endswith(x) and "@" in base), "")
+            plain = base.removesuffix(suffix)
+            cand = [n + suffix for n in all_names if n == plain or (not suffix and n.split("@")[0] == plain)]
         if not cand:
             raise ValueError(f"unknown KV format {item!r}; valid: all, kvarn, baselines, {', '.join(all_names)} "
-                             f"(a kvarn name may end in {QSINK}: sink quantized)")
+                             f"(a kvarn name may end in {QSINK}: sink quantized, or {Q4SINK})")
         out.extend(c for c in cand if c not in out)
     return out
 
@@ -188,9 +201,9 @@ def make_format(name: str, head_dim: int) -> KVFormat:
         return _baseline_format(name, head_dim)
     if name.startswith("kvarn_") and "@" in name:
         preset, num = name[len("kvarn_"):].split("@", 1)
-        sink = not num.endswith(QSINK)
-        num = num if sink else num[: -len(QSINK)]
+        sink = next((x for x in (QSINK, Q4SINK) if num.endswith(x)), "")
+        num = num.removesuffix(sink)
         if preset in PRESETS and num in NUMERICS:
             return _kvarn_format(preset, num, head_dim, sink=sink)
     raise ValueError(f"unknown KV format {name!r}; valid: {', '.join(format_names(head_dim))} "
-                     f"(a kvarn name may end in {QSINK}: sink quantized)")
+                     f"(a kvarn name may end in {QSINK}: sink quantized, or {Q4SINK})")
