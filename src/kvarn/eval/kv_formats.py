@@ -84,7 +84,8 @@ class KVFormat:
         k_out, v_out = k.half().float(), v.half().float()
         first = 1 if self.sink else 0
         if self.sink and self.sink_quantize_fn is not None and n_full:
-            k_out[: self.tile], v_out[: self.tile] = self.sink_quantize_fn(k[: self.tile].float(), v[: self.tile].float())
+            g = self.tile
+            k_out[:g], v_out[:g] = self.sink_quantize_fn(k[:g].float(), v[:g].float())
         if n_full > first:
             sl = slice(first * self.tile, n_full * self.tile)
             k_out[sl], v_out[sl] = self.quantize(k[sl], v[sl])
