@@ -163,9 +163,10 @@ def _get_format(name: str, head_dim: int) -> KVFormat:
     sink = "quantized" if key.endswith(QSINK) else "fp16"
     key = key.removesuffix(QSINK)
     if key.startswith("kvarn_") or key in PRESETS:
-        label = KvarnConfig.from_name(key).kv_cache_dtype + ("" if sink == "fp16" else QSINK)  # validates the name
+        named = KvarnConfig.from_name(key)  # validates the name
+        label = named.kv_cache_dtype + ("" if sink == "fp16" else QSINK)
         if d not in SUPPORTED_HEAD_DIMS:
-            return KVFormat(label, "kvarn", "KVARN", float("nan"), block_size=KvarnConfig.from_name(key).group,
+            return KVFormat(label, "kvarn", "KVARN", float("nan"), block_size=named.group,
                             supported=False,
                             why_unsupported=f"head_dim {d} not in kvarn's supported {SUPPORTED_HEAD_DIMS}")
         cfg = KvarnConfig.from_name(key, head_dim=d, sink=sink)

@@ -17,10 +17,11 @@ import numpy as np
 import torch
 from vllm.v1.attention.backend import AttentionCGSupport, AttentionMetadataBuilder, CommonAttentionMetadata
 
-from kvarn.config import SINK_MODES, KvarnConfig, pool_bytes_per_layer, pool_slots
+from kvarn.config import KvarnConfig, pool_bytes_per_layer, pool_slots
 from kvarn.vllm_plugin.host_plan import host_step
 from kvarn.vllm_plugin.pool import registry
 from kvarn.vllm_plugin.routing import StepRoute, plan_route
+from kvarn.vllm_plugin.validate import KvarnConfigError, env_problems
 
 logger = logging.getLogger("vllm.kvarn")
 
@@ -43,11 +44,11 @@ def _tp_rank() -> int:
 def kvarn_config(kv_cache_dtype: str, head_dim: int) -> KvarnConfig:
     """The format of a layer; numerics from ``KVARN_NUMERICS`` (reference|improved) and the sink mode from
     ``KVARN_SINK`` (fp16|quantized) if set. A bad value raises, listing the valid ones."""
-    sink = os.environ.get("KVARN_SINK") or None
-    if sink is not None and sink not in SINK_MODES:
-        raise ValueError(f"KVARN_SINK must be one of {', '.join(SINK_MODES)}, got {sink!r}")
+    problems = env_problems()
+    if problems:
+        raise KvarnConfigError("; ".join(problems))
     return KvarnConfig.from_name(kv_cache_dtype, head_dim=head_dim, numerics=os.environ.get("KVARN_NUMERICS") or None,
-                                 sink=sink)
+                                 sink=os.environ.get("KVARN_SINK") or None)
 
 
 def num_pool_slots(vllm_config, cfg: KvarnConfig) -> int:
@@ -133,7 +134,8 @@ class KvarnMetadataBuilder(AttentionMetadataBuilder[KvarnMetadata]):
         msg = (
             f"kvarn: {cfg.kv_cache_dtype} (numerics={cfg.numerics.name}): {cfg.bytes_per_token} B/token/KV head, "
             f"{spec.num_kv_heads} KV heads in this worker (tensor-parallel rank {_tp_rank()}), "
-            f"{cfg.ratio_vs(2):.2f}x smaller than bf16; {pool_name} {self.num_slots} slots (min({cfg.pool_slots_per_seq} x max_num_seqs="
+            f"{cfg.ratio_vs(2):.2f}x smaller than bf16; {pool_name} {self.num_slots} slots "
+            f"(min({cfg.pool_slots_per_seq} x max_num_seqs="
             f"{vllm_config.scheduler_config.max_num_seqs} + batch tiles + 8, KV blocks)) x "
             f"{len(layer_names)} layers = {pool_total / 2**20:.1f} MiB (pool_bytes={pool_total}), not included in "
             f"the KV cache size vLLM prints; at most {vllm_config.scheduler_config.max_num_seqs} concurrent sequences"

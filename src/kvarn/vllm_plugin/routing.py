@@ -28,13 +28,10 @@ import torch
 from kvarn.config import TOKENS_PER_PROGRAM_CHOICES
 from kvarn.vllm_plugin.cuda_step import to_device
 
-MQ_GROUP_CHOICES = TOKENS_PER_PROGRAM_CHOICES
-
-
 def _check_group(group: int) -> int:
-    if group not in MQ_GROUP_CHOICES:
-        raise ValueError(f"KVARN_MQ_GROUP (continuation tokens per program) must be one of {MQ_GROUP_CHOICES}, "
-                         f"got {group}")
+    if group not in TOKENS_PER_PROGRAM_CHOICES:
+        raise ValueError(f"KVARN_MQ_GROUP (continuation tokens per program) must be one of "
+                         f"{TOKENS_PER_PROGRAM_CHOICES}, got {group}")
     return group
 
 

@@ -46,8 +46,9 @@ def _head_dim_problem(dtype: str, head_dim: int) -> list[str]:
     return []
 
 
-def _env_problems() -> list[str]:
-    """kvarn's environment settings that name no valid value (read again in every worker)."""
+def env_problems() -> list[str]:
+    """kvarn's environment settings that name no valid value: checked by the front end and again by
+    every worker when it reads them (``builder.kvarn_config``)."""
     out = []
     for var, valid in (("KVARN_SINK", SINK_MODES), ("KVARN_NUMERICS", tuple(NUMERICS))):
         val = os.environ.get(var)
@@ -126,4 +127,4 @@ def validate_vllm_config(config) -> None:
         problems.append(UNSUPPORTED["cp"])
     if config.cache_config.block_size != cfg.group:
         problems.append(f"block size must be {cfg.group} for {cfg.kv_cache_dtype} (got {config.cache_config.block_size})")
-    _refuse(dtype, problems + _env_problems())
+    _refuse(dtype, problems + env_problems())
