@@ -31,8 +31,9 @@ from kvarn.config import KvarnConfig
 from kvarn.kernels import choose_num_splits, kvarn_decode_attention
 
 
-def kvarn_state(bsz, ctx, hk, cfg):
-    """Random kvarn cache: codes uniform, scales in [0.01, 0.11] (finite fp16), sink+tail in pool."""
+def kvarn_state(bsz, ctx, hk, cfg, fp16_sink=True):
+    """Random kvarn cache: codes uniform, scales in [0.01, 0.11] (finite fp16), sink (unless not fp16_sink:
+    KVARN_SINK=quantized) and tail in the pool."""
     g, d, r = cfg.group, cfg.head_dim, cfg.record_bytes
     nbp = ctx // g
     nb = bsz * nbp
@@ -46,11 +47,12 @@ def kvarn_state(bsz, ctx, hk, cfg):
     pool_v = torch.randn_like(pool_k)
     b2s = torch.full((nb,), -1, dtype=torch.int32, device="cuda")
     first = torch.arange(bsz, device="cuda") * nbp
-    b2s[first] = (2 * torch.arange(bsz, device="cuda")).int()
-    if nbp > 1:
+    if fp16_sink:
+        b2s[first] = (2 * torch.arange(bsz, device="cuda")).int()
+    if nbp > 1 or not fp16_sink:
         b2s[first + nbp - 1] = (2 * torch.arange(bsz, device="cuda") + 1).int()
     table = torch.arange(nb, dtype=torch.int32, device="cuda").view(bsz, nbp)
-    n_pool = min(2, nbp)
+    n_pool = min(2, nbp) if fp16_sink else 1
     bytes_read = bsz * hk * ((nbp - n_pool) * r + n_pool * g * d * 2 * 2)
     return dict(kv_cache=cache, pool_k=pool_k, pool_v=pool_v, block_to_slot=b2s, block_table=table), bytes_read
 

@@ -15,7 +15,9 @@ kernel as vLLM runs it (sink and tail tiles in the fp16 pool) against variants, 
   bf16_pool      the same kernel reading a bf16 paged cache (the byte-bound reference)
   prefetch=0|1|2|4   records requested into L2 that many tiles ahead (2026-11-30: 1 is 1.05-1.11x faster)
   ahead=1|2      the record loop's block ids / pool-map entries (1) and K scale vectors (2) loaded a tile early
+  pool_prefetch=1|2|3   pool tiles requested into L2 by the pool pass (1), the record loop (2) or both
   KEY=V+KEY=V    any mix of the launcher's tuning arguments, e.g. ahead=2+prefetch=1
+  --qsink        the sink tile a record (KVARN_SINK=quantized): only the tail in the pool
   base, base:maxnreg=168, maxnreg=168   the current kernel against an earlier one, same launcher:
                  ``--base-kernel FILE`` (e.g. ``git show REV:src/kvarn/kernels/decode_kernel.py > FILE``);
                  ``--base-kernel A,B`` with variants base1[:KEY=V+...], base2[:...] compares several
@@ -56,7 +58,7 @@ def variant_kwargs(name: str) -> dict:
         return variant_kwargs(name.partition(":")[2]) if ":" in name else {}
     if name in VARIANTS:
         return VARIANTS[name]
-    keys = {"ahead", "prefetch", "maxnreg", "num_stages", "num_warps", "block_n", "q_rows"}
+    keys = {"ahead", "prefetch", "maxnreg", "num_stages", "num_warps", "block_n", "q_rows", "pool_prefetch"}
     kw = {}
     for part in name.split("+"):
         k, _, v = part.partition("=")
@@ -98,6 +100,8 @@ def main(argv=None) -> int:
     ap.add_argument("--base-kernel", default=None,
                     help="decode_kernel.py of other revisions, comma-separated (variants baseN[:KEY=V+...])")
     ap.add_argument("--no-baselines", action="store_true", help="skip records_only and bf16_pool")
+    ap.add_argument("--qsink", action="store_true", help="the sink tile a record (KVARN_SINK=quantized): "
+                    "only the tail tile in the pool")
     a = ap.parse_args(argv)
     shapes = [tuple(int(x) for x in s.split("x")) for s in a.shapes.split(",")] if a.shapes else SHAPES
     variants = {k: variant_kwargs(k) for k in a.variants.split(",")}
@@ -125,7 +129,7 @@ def main(argv=None) -> int:
         print("point", json.dumps(row), flush=True)
 
     for bsz, ctx in shapes:
-        st, nbytes = kvarn_state(bsz, ctx, a.hk, cfg)
+        st, nbytes = kvarn_state(bsz, ctx, a.hk, cfg, fp16_sink=not a.qsink)
         for name, kw in variants.items():
             timed(name, bsz, ctx, st, nbytes, **kw)
         if a.no_baselines:
