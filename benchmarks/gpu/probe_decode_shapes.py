@@ -15,7 +15,6 @@ kernel as vLLM runs it (sink and tail tiles in the fp16 pool) against variants, 
   bf16_pool      the same kernel reading a bf16 paged cache (the byte-bound reference)
   prefetch=0|1|2|4   records requested into L2 that many tiles ahead (2026-11-30: 1 is 1.05-1.11x faster)
   ahead=1|2      the record loop's block ids / pool-map entries (1) and K scale vectors (2) loaded a tile early
-  pool_prefetch=1|2|3   pool tiles requested into L2 by the pool pass (1), the record loop (2) or both
   KEY=V+KEY=V    any mix of the launcher's tuning arguments, e.g. ahead=2+prefetch=1
   --qsink        the sink tile a record (KVARN_SINK=quantized): only the tail in the pool
   base, base:maxnreg=168, maxnreg=168   the current kernel against an earlier one, same launcher:
@@ -58,7 +57,7 @@ def variant_kwargs(name: str) -> dict:
         return variant_kwargs(name.partition(":")[2]) if ":" in name else {}
     if name in VARIANTS:
         return VARIANTS[name]
-    keys = {"ahead", "prefetch", "maxnreg", "num_stages", "num_warps", "block_n", "q_rows", "pool_prefetch"}
+    keys = {"ahead", "prefetch", "maxnreg", "num_stages", "num_warps", "block_n", "q_rows"}
     kw = {}
     for part in name.split("+"):
         k, _, v = part.partition("=")

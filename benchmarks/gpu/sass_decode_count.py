@@ -18,8 +18,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from kvarn.config import KvarnConfig
-from kvarn.kernels._common import (DECODE_AHEAD, DECODE_POOL_PREFETCH, DECODE_PREFETCH, layout_constexprs,
-                                   prefetch_lanes)
+from kvarn.kernels._common import DECODE_AHEAD, DECODE_PREFETCH, layout_constexprs, prefetch_lanes
 from kvarn.kernels.decode_kernel import _kvarn_decode_kernel
 from sass_layout_probe import sass_instructions
 
@@ -33,7 +32,7 @@ def compile_decode(opts: dict) -> dict:
     k = _kvarn_decode_kernel
     cfg = KvarnConfig.from_name("kvarn_k4v2_g128")
     const = dict(HK=8, QPK=4, QP=4, BN=128, SPLIT=False, POOL_BF16=False, UPCAST=False, IUP=False, ALL_POOL=False, TPR=1,
-                 ROT=True, ASM=True, PREF=DECODE_PREFETCH, AHD=DECODE_AHEAD, PPF=DECODE_POOL_PREFETCH,  # defaults
+                 ROT=True, ASM=True, PREF=DECODE_PREFETCH, AHD=DECODE_AHEAD,  # the launcher's defaults
                  PL=prefetch_lanes(cfg), **layout_constexprs(cfg))
     launch = dict(num_warps=4, num_stages=1, maxnreg=128)
     for key, v in opts.items():

@@ -62,12 +62,11 @@ CASES = [  # hq, hk, d, preset, q dtype, pool dtype, lens
 ]
 
 
-@pytest.mark.parametrize("splits,block_n,q_rows,prefetch,ahead,pool_prefetch",
-                         [(None, None, 4, None, None, None), (1, None, 4, 0, 0, 1), (1, None, 4, 1, 1, 3),
-                          (3, 32, 4, 2, 2, 2), (None, None, 16, 1, 1, 0), (2, None, 4, 0, 2, 3)])
+@pytest.mark.parametrize("splits,block_n,q_rows,prefetch,ahead",
+                         [(None, None, 4, None, None), (1, None, 4, 0, 0), (1, None, 4, 1, 1), (3, 32, 4, 2, 2),
+                          (None, None, 16, 1, 1), (2, None, 4, 0, 2)])
 @pytest.mark.parametrize("hq,hk,d,preset,qdt,pdt,lens", CASES)
-def test_decode_matches_reference(dev, hq, hk, d, preset, qdt, pdt, lens, splits, block_n, q_rows, prefetch, ahead,
-                                  pool_prefetch):
+def test_decode_matches_reference(dev, hq, hk, d, preset, qdt, pdt, lens, splits, block_n, q_rows, prefetch, ahead):
     from kvarn.kernels import kvarn_decode_attention
     cfg = KvarnConfig.from_name(preset, d)
     gen = torch.Generator().manual_seed(torch.seed() % 2**31)
@@ -77,7 +76,7 @@ def test_decode_matches_reference(dev, hq, hk, d, preset, qdt, pdt, lens, splits
     seq = torch.tensor(lens, dtype=torch.int32)
     out = kvarn_decode_attention(q.to(dev), cache.to(dev), pk.to(dev), pv.to(dev), b2s.to(dev), table.to(dev),
                                  seq.to(dev), scale, cfg, num_splits=splits, block_n=block_n, min_q_rows=q_rows,
-                                 prefetch=prefetch, ahead=ahead, pool_prefetch=pool_prefetch).cpu()
+                                 prefetch=prefetch, ahead=ahead).cpu()
     assert out.dtype == qdt and out.shape == q.shape
     assert torch.isfinite(out).all()
     for r, L in enumerate(lens):
@@ -168,8 +167,7 @@ def test_grouped_rows_match_reference(dev, hq, hk, d, preset, tpr):
     gtable = table[torch.tensor(groups)].contiguous()
     out = torch.full(q.shape, float("nan"), dtype=q.dtype, device=dev) if d <= 128 else None
     res = kvarn_decode_attention(q.to(dev), cache.to(dev), pk.to(dev), pv.to(dev), b2s.to(dev), gtable.to(dev),
-                                 lengths.to(dev), d**-0.5, cfg, out=out, tokens_per_program=tpr,
-                                 pool_prefetch=3).cpu()
+                                 lengths.to(dev), d**-0.5, cfg, out=out, tokens_per_program=tpr).cpu()
     for row, p in enumerate(pos_rows):
         if p < 0:
             if out is not None:
@@ -228,9 +226,6 @@ def test_decode_rejects_bad_input(dev):
     with pytest.raises(ValueError, match="prefetch"):
         kvarn_decode_attention(q, cache, pool, pool, b2s, torch.zeros(1, 2, dtype=torch.int32, device=dev),
                                torch.ones(1, dtype=torch.int32, device=dev), 0.1, cfg, prefetch=7)
-    with pytest.raises(ValueError, match="pool_prefetch"):
-        kvarn_decode_attention(q, cache, pool, pool, b2s, torch.zeros(1, 2, dtype=torch.int32, device=dev),
-                               torch.ones(1, dtype=torch.int32, device=dev), 0.1, cfg, pool_prefetch=4)
     with pytest.raises(ValueError, match="ahead"):
         kvarn_decode_attention(q, cache, pool, pool, b2s, torch.zeros(1, 2, dtype=torch.int32, device=dev),
                                torch.ones(1, dtype=torch.int32, device=dev), 0.1, cfg, ahead=3)

@@ -49,9 +49,10 @@ def test_plan_route_groups_continuation_tokens():
         plan_route(qsl, seq, "cpu", group=3)
 
 
-@pytest.mark.parametrize("act,group,sink", [(torch.float16, 1, "fp16"), (torch.bfloat16, 1, "fp16"),
-                                            (torch.bfloat16, 4, "fp16"), (torch.bfloat16, 1, "quantized")])
-def test_kernel_step_path_matches_reference(dev, act, group, sink):
+@pytest.mark.parametrize("act,group,sink,dense_min", [
+    (torch.float16, 1, "fp16", 0), (torch.bfloat16, 1, "fp16", 0), (torch.bfloat16, 4, "fp16", 0),
+    (torch.bfloat16, 1, "quantized", 0), (torch.bfloat16, 4, "fp16", 16), (torch.float16, 1, "quantized", 16)])
+def test_kernel_step_path_matches_reference(dev, act, group, sink, dense_min):
     seed = torch.seed() % 2**31
     random.seed(seed)
     torch.manual_seed(seed)
@@ -65,7 +66,7 @@ def test_kernel_step_path_matches_reference(dev, act, group, sink):
     random.shuffle(free_blocks)
     reqs = {rid: {"total": n, "done": 0, "blocks": [], "k": torch.randn(n, hkv, d) * 2, "v": torch.randn(n, hkv, d)}
             for rid, n in enumerate([5, 64, 65, 150, 200, 131])}
-    steps = grouped = sinks_flushed = 0
+    steps = grouped = dense = sinks_flushed = 0
     while reqs:
         st = schedule_step(reqs, free_blocks, g, 90, [1, 1, 7, 64, 200], pad=0)
         batch, qsl, seq_lens, table = st.batch, st.qsl, st.seq_lens, st.table
@@ -77,8 +78,9 @@ def test_kernel_step_path_matches_reference(dev, act, group, sink):
             return torch.from_numpy(x).to(dev)
 
         cache.update(records, key.to(dev), value.to(dev), t(plan.flush_blocks), t(plan.flush_slots), t(plan.write_rows))
-        route = plan_route(qsl, np.asarray(seq_lens), dev, group)
+        route = plan_route(qsl, np.asarray(seq_lens), dev, group, tile=g, dense_min=dense_min)
         grouped += route.num_grp
+        dense += route.num_dense
         sinks_flushed += int(np.isin(plan.flush_blocks, [r["blocks"][0] for r in reqs.values() if r["blocks"]]).sum())
         out = torch.full((key.shape[0], hq, d), float("nan"), dtype=act, device=dev)  # poisoned
         out[:] = cache.attend(records, query.to(dev), key.to(dev), value.to(dev), t(plan.block_to_slot),
@@ -96,6 +98,7 @@ def test_kernel_step_path_matches_reference(dev, act, group, sink):
         steps += 1
     assert steps > 5
     assert (grouped > 0) == (group > 1), f"{grouped} continuation tokens went to grouped rows"
+    assert (dense > 0) == (dense_min > 0), f"{dense} continuation tokens took the dense route"
     assert (sinks_flushed > 0) == (sink == "quantized"), f"{sinks_flushed} first blocks were flushed"
 
 

@@ -27,9 +27,6 @@ DECODE_ASM = os.environ.get("KVARN_DECODE_ASM", "1") != "0" and not INTERPRET
 # Records requested into L2 this many tiles ahead by the decode kernel (0 = off); KVARN_DECODE_PREFETCH overrides.
 # Defaults (prefetch 1, ahead 2): the fastest in the H200 probe and A/B of 2026-11-30 (docs/gpu.md)
 DECODE_PREFETCH = int(os.environ.get("KVARN_DECODE_PREFETCH", "1"))
-# Pool tiles requested into L2 before the decode kernel reads them (bit flags: 1 in the pool pass, 2 from the
-# record loop, see decode_kernel.py); KVARN_DECODE_POOL_PREFETCH overrides
-DECODE_POOL_PREFETCH = int(os.environ.get("KVARN_DECODE_POOL_PREFETCH", "0"))
 # Record-loop loads run ahead of their tile (0 off, 1 ids, 2 ids + K scales); KVARN_DECODE_AHEAD overrides
 DECODE_AHEAD = int(os.environ.get("KVARN_DECODE_AHEAD", "2"))
 # Warps per flush program (one [G, D] tile); 0 = by launch size and tile size (flush.flush_tiles).

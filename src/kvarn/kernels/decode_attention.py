@@ -19,8 +19,7 @@ import torch
 import triton
 
 from kvarn.config import TOKENS_PER_PROGRAM_CHOICES, KvarnConfig
-from kvarn.kernels._common import (ACT_DTYPES, DECODE_AHEAD, DECODE_ASM, DECODE_POOL_PREFETCH, DECODE_PREFETCH,
-                                   INTERPRET, LOG2E, check,
+from kvarn.kernels._common import (ACT_DTYPES, DECODE_AHEAD, DECODE_ASM, DECODE_PREFETCH, INTERPRET, LOG2E, check,
                                    check_cache, hadamard, hadamard_signs, layout_constexprs, num_sms, prefetch_lanes)
 from kvarn.kernels.decode_kernel import _combine_kernel, _kvarn_decode_kernel
 
@@ -71,7 +70,6 @@ def kvarn_decode_attention(
     pool_scale: tuple[float, float] = (1.0, 1.0), out: torch.Tensor | None = None,
     num_stages: int | None = None, maxnreg: int | None = 128, all_pool: bool = False, min_q_rows: int = 4,
     prefetch: int | None = None, ahead: int | None = None, tokens_per_program: int = 1,
-    pool_prefetch: int | None = None,
 ) -> torch.Tensor:
     """Decode attention of one layer: q [B, Hq, D] (original frame, bf16/fp16) -> [B, Hq, D] in q.dtype.
 
@@ -91,9 +89,6 @@ def kvarn_decode_attention(
     K scale vectors one tile ahead. Both defaults: 1.05-1.16x per layer call at five burst shapes and
     1.02x / 1.05x on burst A end to end, measured with the two settings side by side and then on swapped
     GPUs (H200, 2026-11-30, benchmarks/gpu/results/h200-ahead-2026-11-30c/).
-    pool_prefetch P (None = ``KVARN_DECODE_POOL_PREFETCH``, default 0; bit flags): 1 = the pool pass requests
-    all its pool tiles' rows into L2 before reading them, 2 = the record loop requests a pool tile's rows when
-    it meets it (a tile ahead; needs ahead > 0). Inline PTX: off in Triton's interpreter.
     all_pool=True: every block is a pool slot (fp16/bf16/fp8
     cache without records, the benchmark baselines); fp8 pools require it.
     tokens_per_program T > 1 (chunked-prefill continuations): q [P*T, Hq, D] holds P groups of T query
@@ -134,9 +129,6 @@ def kvarn_decode_attention(
     check(prefetch in (0, 1, 2, 3, 4), f"prefetch (tiles ahead, 0 = off) must be 0-4, got {prefetch}")
     ahead = DECODE_AHEAD if ahead is None else ahead
     check(ahead in (0, 1, 2), f"ahead must be 0 (off), 1 (ids) or 2 (ids and K scales), got {ahead}")
-    pool_prefetch = DECODE_POOL_PREFETCH if pool_prefetch is None else pool_prefetch
-    check(pool_prefetch in (0, 1, 2, 3), f"pool_prefetch (bit flags: 1 pool pass, 2 record loop) must be 0-3, "
-          f"got {pool_prefetch}")
     max_blocks = block_table.shape[1]
     if tpr > 1:
         num_splits = 1
@@ -168,7 +160,7 @@ def kvarn_decode_attention(
     common = dict(HK=hk, QPK=qpk, QP=qp, BN=bn, POOL_BF16=bf16_pool, UPCAST=INTERPRET and bf16_pool, IUP=INTERPRET,
                   ALL_POOL=bool(all_pool), TPR=tpr, ROT=rot, ASM=DECODE_ASM, num_warps=num_warps,
                   PREF=prefetch if DECODE_ASM else 0, PL=prefetch_lanes(cfg),
-                  AHD=ahead, PPF=pool_prefetch if DECODE_ASM else 0,
+                  AHD=ahead,
                   **layout_constexprs(cfg))
     # records: compute-bound, no software pipelining; pool-only: 2 stages (H200 sweep, docs/gpu.md)
     common["num_stages"] = num_stages if num_stages is not None else (2 if all_pool and d <= 128 else 1)

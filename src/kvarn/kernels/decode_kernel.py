@@ -30,10 +30,6 @@ Two passes over the range, so neither carries the other's state:
    record PREF tiles ahead is requested into L2, so a tile's first loads rarely wait on DRAM.
 2. pool tiles (block_to_slot >= 0: sink, tail, blocks not yet flushed), fp16/bf16 rows read
    directly; found 32 block ids at a time, so pass 2 costs ~nothing where there are none.
-   PPF (pool prefetch, bit flags): 1 = pass 2 first requests every pool tile of its chunk into L2 (the
-   sink's and tail's K and V loads then overlap instead of running one after another); 2 = pass 1
-   requests a pool tile's rows when the AHD chain finds it (the first tile of the range before the
-   loop, a later one a tile ahead; needs AHD > 0).
 
 ALL_POOL=True compiles only a branch-free, software-pipelined pool pass (every block is a pool
 slot): the benchmark's bf16/fp8 baselines. Scores are in the log2 domain. ROT=True: q arrives in
@@ -91,17 +87,6 @@ def _prefetch_l2(base, PL: tl.constexpr, NL: tl.constexpr):
     ln = tl.minimum(tl.arange(0, PL), NL - 1)
     tl.inline_asm_elementwise("prefetch.global.L2 [$1]; mov.u32 $0, 0;", "=r,l", [base + ln * 128],
                               dtype=tl.int32, is_pure=False, pack=1)
-
-
-@triton.jit
-def _prefetch_pool_l2(pk_ptr, pv_ptr, pbase, n_valid, stride_pn, G: tl.constexpr, D: tl.constexpr):
-    """Ask L2 for the K and V rows (< n_valid) of one pool tile at element offset pbase: one
-    ``prefetch.global.L2`` per 128-byte line (LPR lines per fp16/bf16 row); no registers held."""
-    LPR: tl.constexpr = (D * 2 + 127) // 128
-    ln = tl.arange(0, G * LPR)
-    off = pbase + tl.minimum(ln // LPR, tl.maximum(n_valid, 1) - 1).to(tl.int64) * stride_pn + (ln % LPR) * 64
-    tl.inline_asm_elementwise("prefetch.global.L2 [$1]; prefetch.global.L2 [$2]; mov.u32 $0, 0;", "=r,l,l",
-                              [pk_ptr + off, pv_ptr + off], dtype=tl.int32, is_pure=False, pack=1)
 
 
 @triton.jit
@@ -188,7 +173,7 @@ def _kvarn_decode_kernel(
     HK: tl.constexpr, QPK: tl.constexpr, QP: tl.constexpr, BN: tl.constexpr, SPLIT: tl.constexpr,
     POOL_BF16: tl.constexpr, UPCAST: tl.constexpr, IUP: tl.constexpr, ALL_POOL: tl.constexpr, TPR: tl.constexpr,
     ROT: tl.constexpr, ASM: tl.constexpr, PREF: tl.constexpr, PL: tl.constexpr, AHD: tl.constexpr,
-    PPF: tl.constexpr, D: tl.constexpr, G: tl.constexpr, KB: tl.constexpr, VB: tl.constexpr, R: tl.constexpr,
+    D: tl.constexpr, G: tl.constexpr, KB: tl.constexpr, VB: tl.constexpr, R: tl.constexpr,
     K_CODES: tl.constexpr, K_RS: tl.constexpr, K_RZ: tl.constexpr, K_CS: tl.constexpr,
     V_CODES: tl.constexpr, V_CS: tl.constexpr, V_RS: tl.constexpr, V_RZ: tl.constexpr,
 ):
@@ -263,12 +248,7 @@ def _kvarn_decode_kernel(
             live = t0 < t1  # an empty range (split past the end, graph padding) reads block 0's entries
             b_nx = tl.where(live, tl.load(bt_row + tl.maximum(tl.minimum(t0, t1 - 1), 0)), 0).to(tl.int64)
             b_nx2 = tl.load(bt_row + tl.maximum(tl.minimum(t0 + 1, t1 - 1), 0)).to(tl.int64)
-            sl_nx = tl.load(b2s_ptr + b_nx)
-            r_nx = sl_nx < 0
-            if (PPF & 2) != 0:  # the range's first tile is a pool tile (the sink): its rows into L2 now
-                if live & (sl_nx >= 0):
-                    _prefetch_pool_l2(pk_ptr, pv_ptr, sl_nx.to(tl.int64) * stride_ps + hk * stride_ph,
-                                      seq_len - t0 * G, stride_pn, G, D)
+            r_nx = tl.load(b2s_ptr + b_nx) < 0
             if AHD > 1:  # a pool tile's page is a valid block, read unmasked; its scores are dropped below
                 h_nx = (b_nx * stride_kvb + hk * R) // 2  # the record's fp16 offset
                 ks_nx = tl.load(ksb + h_nx)
@@ -280,12 +260,7 @@ def _kvarn_decode_kernel(
             if AHD > 0:
                 blk = b_nx
                 rec = r_nx
-                sl_nx = tl.load(b2s_ptr + b_nx2)
-                r_nx = sl_nx < 0
-                if (PPF & 2) != 0:  # the next tile is a pool tile (the tail): its rows into L2 a tile ahead
-                    if (sl_nx >= 0) & (t + 1 < t1):
-                        _prefetch_pool_l2(pk_ptr, pv_ptr, sl_nx.to(tl.int64) * stride_ps + hk * stride_ph,
-                                          seq_len - (t + 1) * G, stride_pn, G, D)
+                r_nx = tl.load(b2s_ptr + b_nx2) < 0
                 if AHD > 1:
                     ks = ks_nx.to(tl.float32)
                     kz = kz_nx.to(tl.float32)
@@ -362,14 +337,6 @@ def _kvarn_decode_kernel(
             tm = tt < t1
             slots = tl.load(b2s_ptr + tl.load(bt_row + tt, mask=tm, other=0).to(tl.int64), mask=tm, other=-1)
             todo = tm & (slots >= 0)
-            if (PPF & 1) != 0:  # every pool tile of the chunk into L2 first: their loads overlap
-                pre = todo
-                for _ in range(tl.sum(todo.to(tl.int32), 0)):
-                    t = tl.min(tl.where(pre, tt, 2147483647), 0)
-                    slot = tl.max(tl.where(tt == t, slots, -1), 0)
-                    pre = pre & (tt != t)
-                    _prefetch_pool_l2(pk_ptr, pv_ptr, slot.to(tl.int64) * stride_ps + hk * stride_ph,
-                                      seq_len - t * G, stride_pn, G, D)
             for _ in range(tl.sum(todo.to(tl.int32), 0)):
                 t = tl.min(tl.where(todo, tt, 2147483647), 0)
                 slot = tl.max(tl.where(tt == t, slots, -1), 0)

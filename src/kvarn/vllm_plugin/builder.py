@@ -201,7 +201,7 @@ class KvarnMetadataBuilder(AttentionMetadataBuilder[KvarnMetadata]):
         self.cuda.warm_up()  # eager mode has no capture: the first real step compiles the flush kernel
         self.cuda.flush(self.layer_names, plan.flush_blocks, plan.flush_slots)
         b2s, rows = self.cuda.stage(plan.block_to_slot, plan.write_rows)
-        route = plan_route(qsl, seq, dev)
+        route = plan_route(qsl, seq, dev, tile=self.group)
         return self._metadata(cm, slot_mapping, self.cuda.empty, self.cuda.empty, rows, b2s, route)
 
     def build_for_cudagraph_capture(self, common_attn_metadata: CommonAttentionMetadata):

@@ -21,9 +21,9 @@ from __future__ import annotations
 import torch
 
 from kvarn.config import KvarnConfig
-from kvarn.reference import encode_tiles, rotate
+from kvarn.reference import decode_tiles, encode_tiles, rotate
 from kvarn.reference.paged_attention import paged_attention
-from kvarn.vllm_plugin.routing import MQ_GROUP, StepRoute, plan_route, sdpa_prefill
+from kvarn.vllm_plugin.routing import MQ_GROUP, DenseChunks, StepRoute, plan_route, sdpa_prefill
 
 # Specializations of the grouped-rows decode kernel compiled by warm_grouped_kernel (one per process).
 _GROUPED_WARM: set = set()
@@ -108,7 +108,8 @@ class LayerCache:
         if self._kernels(records):
             self.warm_grouped_kernel(query, records, block_to_slot, block_table, MQ_GROUP)
             if route is None:
-                route = plan_route(query_start_loc_cpu.cpu().numpy(), seq_lens.cpu().numpy(), query.device)
+                route = plan_route(query_start_loc_cpu.cpu().numpy(), seq_lens.cpu().numpy(), query.device,
+                                   tile=self.cfg.group)
             return self._attend_kernels(records, query, key, value, block_to_slot, block_table, seq_lens, scale, route,
                                         out)
         return paged_attention(
@@ -151,7 +152,7 @@ class LayerCache:
                                           seq_lens.to(torch.int32), scale, self.cfg, out=out)
         whole = route.mq_all and route.num_mq == query.shape[0]
         # mixed step: results in a buffer of our own (the caller's ``out`` is only for decode-only steps)
-        served = route.num_mq + route.num_fresh + route.num_grp
+        served = route.num_mq + route.num_fresh + route.num_grp + route.num_dense
         res = torch.empty_like(query) if served == query.shape[0] else torch.zeros_like(query)
         if route.num_mq:
             q = query if whole else query.index_select(0, route.mq_tokens)
@@ -165,9 +166,40 @@ class LayerCache:
                                        table.index_select(0, route.grp_req), route.grp_len, scale, self.cfg,
                                        tokens_per_program=route.group)
             res.index_copy_(0, route.grp_tokens, o.index_select(0, route.grp_rows))
+        if route.num_dense:
+            dc = route.dense
+            res.index_copy_(0, dc.tokens, self.attend_dense(records, query.index_select(0, dc.tokens), b2s, table,
+                                                            scale, dc).to(res.dtype))
         if route.num_fresh:
             idx = route.fresh_tokens
             o = self.prefill_fn(query.index_select(0, idx), key.index_select(0, idx), value.index_select(0, idx),
                                 route.fresh_cu, route.fresh_max, scale)
             res.index_copy_(0, idx, o.to(res.dtype))
         return res
+
+    def attend_dense(self, records: torch.Tensor, q: torch.Tensor, block_to_slot: torch.Tensor,
+                     block_table: torch.Tensor, scale: float, dc: DenseChunks) -> torch.Tensor:
+        """Dense continuation chunks: q [Tq, Hq, D] (model frame) -> [Tq, Hq, D] fp16 (model frame).
+
+        Each chunk's context tiles (dc.tab_rows/tab_cols of the block table) are gathered once: a pool
+        tile's fp16 rows as they are, a record dequantized (decode_tiles; a pool tile's stale page is
+        decoded too and dropped by the select, so nothing waits on the host). Then o = attn(q H, K, V) H
+        with K, V [Tk, Hk, D] the rotated context (H symmetric, H H = I: the scores are q.k), causal
+        bottom-right (query i of a chunk of n sees positions <= L - n + i): what the decode kernel computes
+        row by row, with each tile read once per chunk instead of once per token."""
+        g, hk, d = self.cfg.group, self.num_kv_heads, self.cfg.head_dim
+        ids = block_table[dc.tab_rows, dc.tab_cols].long()  # [Nb]
+        slots = block_to_slot.index_select(0, ids).long()
+        kq, vq = decode_tiles(records.index_select(0, ids).reshape(-1, self.cfg.record_bytes), self.cfg)
+        in_pool = (slots >= 0)[:, None, None, None]
+        pool_rows = slots.clamp(min=0)
+
+        def ctx(deq, pool):  # [Nb*Hk, G, D] fp32 records, pool [slots, G, Hk, D] -> [Tk, Hk, D] fp16
+            deq = deq.view(-1, hk, g, d).transpose(1, 2).to(torch.float16)
+            both = torch.where(in_pool, pool.index_select(0, pool_rows), deq)
+            return both.reshape(-1, hk, d).index_select(0, dc.keep)
+
+        q_rot = rotate(q.float()).to(torch.float16)
+        o = self.prefill_fn(q_rot, ctx(kq, self.pool_k), ctx(vq, self.pool_v), dc.cu_q, dc.max_q, scale, dc.cu_k,
+                            dc.max_k)
+        return rotate(o.float()).to(torch.float16)

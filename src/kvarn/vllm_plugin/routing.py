@@ -8,9 +8,14 @@ step's layout (host arrays, computed once per step by the metadata builder, shar
 * every other token (decodes, continuation chunks): one "virtual decode row" of the fused kvarn
   decode kernel, attending causally to positions [0, pos] of its request. Tiles flushed before
   this step are read as stored (quantized); rows written this step are still fp16 pool rows.
-  With ``group`` > 1 (``KVARN_MQ_GROUP``, default 1 = off until re-timed end to end) the tokens
-  of a multi-token continuation go to the kernel ``group`` at a time, one program per group and KV
-  head, so each tile is read once per group instead of once per token (``tokens_per_program``).
+  With ``group`` > 1 (``KVARN_MQ_GROUP``, default 1) the tokens of a multi-token continuation go
+  to the kernel ``group`` at a time, one program per group and KV head, so each tile is read once
+  per group instead of once per token (``tokens_per_program``);
+* **dense** continuation chunks (at least ``dense_min`` tokens, ``KVARN_DENSE_MIN``, default 128):
+  the request's context is gathered once per layer in the rotated frame (records dequantized, pool
+  rows as they are) and the chunk runs through FlashAttention against it (bottom-right causal).
+  Row-wise, every token of a 16K-token chunk re-read its request's whole context: on the H200 a
+  32K-token prompt's prefill took 3.3x fp8's with groups of 4 (2026-11-30, docs/gpu.md).
 
 So the kernel path computes :func:`kvarn.reference.paged_attention.paged_attention` with
 ``quantize_new_tiles=False``: what was in the cache at the start of the step is read as stored,
@@ -43,6 +48,17 @@ def _check_group(group: int) -> int:
 MQ_GROUP = _check_group(int(os.environ.get("KVARN_MQ_GROUP", "1")))
 
 
+def _check_dense_min(n: int) -> int:
+    if n != 0 and n < 2:
+        raise ValueError(f"KVARN_DENSE_MIN (continuation chunk length from which the chunk is attended densely; "
+                         f"0 = never) must be 0 or >= 2, got {n}")
+    return n
+
+
+# Continuation chunks of at least this many tokens take the dense route (0 = never), checked when the plugin loads.
+DENSE_MIN = _check_dense_min(int(os.environ.get("KVARN_DENSE_MIN", "128")))
+
+
 @dataclass
 class StepRoute:
     """Token routing of one step (device tensors; T = real tokens, B = requests).
@@ -72,11 +88,17 @@ class StepRoute:
     grp_len: torch.Tensor | None = None
     grp_rows: torch.Tensor | None = None
     grp_tokens: torch.Tensor | None = None
+    dense: "DenseChunks | None" = None
 
     @property
     def num_grp(self) -> int:
         """Tokens served by grouped rows."""
         return 0 if self.grp_tokens is None else int(self.grp_tokens.shape[0])
+
+    @property
+    def num_dense(self) -> int:
+        """Tokens of dense continuation chunks."""
+        return 0 if self.dense is None else int(self.dense.tokens.shape[0])
 
     @property
     def num_fresh(self) -> int:
@@ -87,10 +109,54 @@ class StepRoute:
         return int(self.mq_tokens.shape[0])
 
 
-def plan_route(query_start_loc: np.ndarray, seq_lens: np.ndarray, device, group: int | None = None) -> StepRoute:
+@dataclass
+class DenseChunks:
+    """Continuation chunks attended densely (device tensors; Tq = their tokens, Nb = their context tiles,
+    Tk = their context positions, C = chunks).
+
+    tokens [Tq] int64: the step's tokens they answer, chunk by chunk; cu_q [C + 1] int32, max_q.
+    tab_rows, tab_cols [Nb] int64: block-table entries of each chunk's context tiles (tiles 0..ceil(L/G)-1);
+    keep [Tk] int64: rows of the gathered [Nb * G] positions that exist (the first L of each chunk's tiles);
+    cu_k [C + 1] int32 cumulative context lengths L (cached + this chunk), max_k.
+    """
+
+    tokens: torch.Tensor
+    cu_q: torch.Tensor
+    max_q: int
+    tab_rows: torch.Tensor
+    tab_cols: torch.Tensor
+    keep: torch.Tensor
+    cu_k: torch.Tensor
+    max_k: int
+
+
+def _dense_chunks(reqs: np.ndarray, tokens: np.ndarray, qlen: np.ndarray, seq: np.ndarray, tile: int,
+                  device) -> DenseChunks:
+    """Host indices of the dense route for requests ``reqs`` (their tokens, in request order)."""
+    L, n = seq[reqs], qlen[reqs]
+    nb = -(-L // tile)
+
+    def local(counts):  # 0..c-1 for each count, concatenated
+        return np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+
+    keep = np.repeat((np.cumsum(nb) - nb) * tile, L) + local(L)
+    return DenseChunks(
+        tokens=to_device(tokens, device, torch.int64),
+        cu_q=to_device(np.concatenate([[0], np.cumsum(n)]), device, torch.int32), max_q=int(n.max()),
+        tab_rows=to_device(np.repeat(reqs, nb), device, torch.int64),
+        tab_cols=to_device(local(nb), device, torch.int64),
+        keep=to_device(keep, device, torch.int64),
+        cu_k=to_device(np.concatenate([[0], np.cumsum(L)]), device, torch.int32), max_k=int(L.max()))
+
+
+def plan_route(query_start_loc: np.ndarray, seq_lens: np.ndarray, device, group: int | None = None,
+               tile: int | None = None, dense_min: int | None = None) -> StepRoute:
     """query_start_loc [B + 1], seq_lens [B] (cached + new tokens), host ints -> StepRoute on device.
-    group: continuation tokens per kernel program (None = ``KVARN_MQ_GROUP``)."""
+    group: continuation tokens per kernel program (None = ``KVARN_MQ_GROUP``). tile: the preset's tile
+    size G (None: no dense route); dense_min: continuation chunks of at least this many tokens take the
+    dense route (None = ``KVARN_DENSE_MIN``, 0 = never)."""
     group = MQ_GROUP if group is None else _check_group(int(group))
+    dense_min = DENSE_MIN if dense_min is None else _check_dense_min(int(dense_min))
     qsl = np.asarray(query_start_loc, dtype=np.int64)
     seq = np.asarray(seq_lens, dtype=np.int64)
     if qsl.shape[0] != seq.shape[0] + 1:
@@ -103,9 +169,12 @@ def plan_route(query_start_loc: np.ndarray, seq_lens: np.ndarray, device, group:
     tok = np.arange(total)
     fresh_req = (seq == qlen) & (qlen > 1)  # nothing cached: FlashAttention (a 1-token prompt is a decode row)
     is_fresh = fresh_req[req]
-    grouped_req = ~fresh_req & (qlen > 1) & (group > 1)  # continuation chunks
+    cont = ~fresh_req & (qlen > 1)  # continuation chunks
+    dense_req = cont & (tile is not None) & (dense_min > 0) & (qlen >= max(dense_min, 2))
+    is_dense = dense_req[req]
+    grouped_req = cont & ~dense_req & (group > 1)
     is_grouped = grouped_req[req]
-    mq = np.nonzero(~is_fresh & ~is_grouped)[0]
+    mq = np.nonzero(~is_fresh & ~is_grouped & ~is_dense)[0]
     fr = np.nonzero(is_fresh)[0]
     lens = seq[req] - (qsl[req + 1] - tok) + 1
     fq = qlen[fresh_req]
@@ -133,21 +202,27 @@ def plan_route(query_start_loc: np.ndarray, seq_lens: np.ndarray, device, group:
         fresh_tokens=to_device(fr, device, torch.int64),
         fresh_cu=to_device(np.concatenate([[0], np.cumsum(fq)]), device, torch.int32),
         fresh_max=int(fq.max()) if fq.shape[0] else 0,
+        dense=_dense_chunks(np.nonzero(dense_req)[0], np.nonzero(is_dense)[0], qlen, seq, tile, device)
+        if dense_req.any() else None,
         **grp,
     )
 
 
 def sdpa_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu: torch.Tensor, max_len: int,
-                 scale: float) -> torch.Tensor:
-    """Fallback of FlashAttention's varlen call (tests, non-vLLM use): q [T, Hq, D], k/v [T, Hk, D],
-    cu [B + 1] -> causal GQA attention per request, [T, Hq, D] in q.dtype."""
+                 scale: float, cu_k: torch.Tensor | None = None, max_k: int | None = None) -> torch.Tensor:
+    """Fallback of FlashAttention's varlen call (tests, non-vLLM use): q [Tq, Hq, D], k/v [Tk, Hk, D],
+    cu [B + 1] query bounds, cu_k [B + 1] key bounds (None = cu) -> causal GQA attention per request,
+    bottom-right aligned (query i of n sees keys j <= i + Lk - n), [Tq, Hq, D] in q.dtype."""
     out = torch.empty_like(q)
-    bounds = cu.tolist()
+    bq = cu.tolist()
+    bk = bq if cu_k is None else cu_k.tolist()
     rep = q.shape[1] // k.shape[1]
-    for a, b in zip(bounds[:-1], bounds[1:]):
+    for a, b, c, e in zip(bq[:-1], bq[1:], bk[:-1], bk[1:]):
         qi = q[a:b].transpose(0, 1).float()
-        ki = k[a:b].transpose(0, 1).float().repeat_interleave(rep, 0)
-        vi = v[a:b].transpose(0, 1).float().repeat_interleave(rep, 0)
-        o = torch.nn.functional.scaled_dot_product_attention(qi, ki, vi, is_causal=True, scale=scale)
+        ki = k[c:e].transpose(0, 1).float().repeat_interleave(rep, 0)
+        vi = v[c:e].transpose(0, 1).float().repeat_interleave(rep, 0)
+        shift = (e - c) - (b - a)  # cached positions before the chunk
+        seen = torch.arange(e - c, device=q.device)[None, :] <= torch.arange(b - a, device=q.device)[:, None] + shift
+        o = torch.nn.functional.scaled_dot_product_attention(qi, ki, vi, attn_mask=seen, scale=scale)
         out[a:b] = o.transpose(0, 1).to(q.dtype)
     return out
