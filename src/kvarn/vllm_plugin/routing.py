@@ -41,10 +41,9 @@ def _check_group(group: int) -> int:
 
 
 # Continuation tokens per decode-kernel program (1 = one program per token), checked when the plugin loads.
-# Off by default: on the H200 the kernel alone is 2.8x faster with 4 (probe_mq_group.py), but burst P's prefill
-# steps took 11.6% longer end to end, likely the grouped kernel's JIT compile (~1.9 s) inside the timed run,
-# now moved to warm-up (LayerCache.warm_grouped_kernel); to be re-timed end to end before it becomes the default
-# (benchmarks/gpu/results/h200-sink-2026-11-30f, 2026-11-30).
+# Off by default: on the H200 the kernel alone is 2.8x faster with 4 (probe_mq_group.py), but end to end, with
+# its compile moved to warm-up (LayerCache.warm_grouped_kernel), burst P's prefill moved -0.9% and burst A +0.2%
+# (benchmarks/gpu/results/h200-capacity-2026-11-30g, 2026-11-30); long chunks take the dense route instead.
 MQ_GROUP = _check_group(int(os.environ.get("KVARN_MQ_GROUP", "1")))
 
 
