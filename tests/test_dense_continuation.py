@@ -10,6 +10,7 @@ import torch
 
 from kvarn.config import KvarnConfig
 from kvarn.reference.paged_attention import paged_attention
+from kvarn.vllm_plugin import layer_cache
 from kvarn.vllm_plugin.layer_cache import LayerCache
 from kvarn.vllm_plugin.pool import SlotPool
 from kvarn.vllm_plugin.routing import plan_route, sdpa_prefill
@@ -49,11 +50,13 @@ def test_sdpa_prefill_bottom_right_causal():
         torch.testing.assert_close(out[i], (p @ vv)[:, 0], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("sink", ["fp16", "quantized"])
-def test_dense_chunks_match_reference(sink):
+@pytest.mark.parametrize("sink,tiles_per_pass", [("fp16", 256), ("quantized", 256), ("fp16", 2)])
+def test_dense_chunks_match_reference(sink, tiles_per_pass, monkeypatch):
     """Under a random schedule (chunks of 1-200 tokens, tiles of 64), every continuation chunk of >= 8
     tokens answered by attend_dense equals the reference paged attention (quantize_new_tiles=False: tiles
-    flushed before the step as stored, this step's rows fp16) within fp16 rounding."""
+    flushed before the step as stored, this step's rows fp16) within fp16 rounding, also when the context is
+    dequantized a few tiles per pass."""
+    monkeypatch.setattr(layer_cache, "DENSE_TILES_PER_PASS", tiles_per_pass)  # 2: contexts dequantized in passes
     seed = torch.seed() % 2**31
     random.seed(seed)
     torch.manual_seed(seed)

@@ -25,6 +25,8 @@ from kvarn.reference import decode_tiles, encode_tiles, rotate
 from kvarn.reference.paged_attention import paged_attention
 from kvarn.vllm_plugin.routing import MQ_GROUP, DenseChunks, StepRoute, plan_route, sdpa_prefill
 
+# Context tiles dequantized per pass of LayerCache.attend_dense (256 tiles x 8 KV heads: ~134 MB per fp32 temporary).
+DENSE_TILES_PER_PASS = 256
 # Specializations of the grouped-rows decode kernel compiled by warm_grouped_kernel (one per process).
 _GROUPED_WARM: set = set()
 
@@ -190,16 +192,17 @@ class LayerCache:
         g, hk, d = self.cfg.group, self.num_kv_heads, self.cfg.head_dim
         ids = block_table[dc.tab_rows, dc.tab_cols].long()  # [Nb]
         slots = block_to_slot.index_select(0, ids).long()
-        kq, vq = decode_tiles(records.index_select(0, ids).reshape(-1, self.cfg.record_bytes), self.cfg)
-        in_pool = (slots >= 0)[:, None, None, None]
-        pool_rows = slots.clamp(min=0)
-
-        def ctx(deq, pool):  # [Nb*Hk, G, D] fp32 records, pool [slots, G, Hk, D] -> [Tk, Hk, D] fp16
-            deq = deq.view(-1, hk, g, d).transpose(1, 2).to(torch.float16)
-            both = torch.where(in_pool, pool.index_select(0, pool_rows), deq)
-            return both.reshape(-1, hk, d).index_select(0, dc.keep)
-
-        q_rot = rotate(q.float()).to(torch.float16)
-        o = self.prefill_fn(q_rot, ctx(kq, self.pool_k), ctx(vq, self.pool_v), dc.cu_q, dc.max_q, scale, dc.cu_k,
-                            dc.max_k)
+        k = torch.empty(ids.shape[0], g, hk, d, dtype=torch.float16, device=q.device)
+        v = torch.empty_like(k)
+        for a in range(0, ids.shape[0], DENSE_TILES_PER_PASS):  # bounded fp32 temporaries, whatever the context
+            part = slice(a, a + DENSE_TILES_PER_PASS)
+            kq, vq = decode_tiles(records.index_select(0, ids[part]).reshape(-1, self.cfg.record_bytes), self.cfg)
+            in_pool = (slots[part] >= 0)[:, None, None, None]
+            rows = slots[part].clamp(min=0)
+            for out, deq, pool in ((k, kq, self.pool_k), (v, vq, self.pool_v)):
+                deq = deq.view(-1, hk, g, d).transpose(1, 2).to(torch.float16)  # [n, G, Hk, D]
+                out[part] = torch.where(in_pool, pool.index_select(0, rows), deq)
+        k = k.view(-1, hk, d).index_select(0, dc.keep)  # [Tk, Hk, D]
+        v = v.view(-1, hk, d).index_select(0, dc.keep)
+        o = self.prefill_fn(rotate(q.float()).to(torch.float16), k, v, dc.cu_q, dc.max_q, scale, dc.cu_k, dc.max_k)
         return rotate(o.float()).to(torch.float16)
