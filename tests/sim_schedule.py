@@ -55,3 +55,26 @@ def retire_finished(reqs: dict, pool, free_blocks: list) -> None:
     for rid in [rid for rid, r in reqs.items() if r["done"] == r["total"]]:
         pool.release(reqs[rid]["blocks"])
         free_blocks.extend(reqs.pop(rid)["blocks"])
+
+
+def step_path_setup(sink: str, lengths: list, device="cpu", use_kernels=False, num_blocks: int = 48, slots: int = 24):
+    """The shared state of the step-path tests: seeds everything from a fresh seed, then builds a k4v2_g64 layer
+    at head_dim 64 with 2 KV heads (its SlotPool, LayerCache, empty records, a shuffled free list) and requests of
+    ``lengths`` tokens with random K/V. Returns (seed, cfg, pool, cache, records, free_blocks, reqs)."""
+    from kvarn.config import KvarnConfig
+    from kvarn.vllm_plugin.layer_cache import LayerCache
+    from kvarn.vllm_plugin.pool import SlotPool
+
+    seed = torch.seed() % 2**31
+    random.seed(seed)
+    torch.manual_seed(seed)
+    cfg = KvarnConfig.from_name("k4v2_g64", head_dim=64, sink=sink)
+    hkv, d = 2, 64
+    pool = SlotPool(slots, cfg.group, retire_sinks=True, fp16_sink=sink == "fp16")
+    cache = LayerCache(cfg, hkv, pool.num_slots, device=device, use_kernels=use_kernels)
+    records = torch.zeros(num_blocks, hkv, cfg.record_bytes, dtype=torch.uint8, device=device)
+    free_blocks = list(range(num_blocks))
+    random.shuffle(free_blocks)
+    reqs = {rid: {"total": n, "done": 0, "blocks": [], "k": torch.randn(n, hkv, d) * 2, "v": torch.randn(n, hkv, d)}
+            for rid, n in enumerate(lengths)}
+    return seed, cfg, pool, cache, records, free_blocks, reqs

@@ -2,19 +2,15 @@
 LayerCache.attend_dense), on CPU: index bookkeeping, the bottom-right causal SDPA fallback, and the
 attention itself against the reference paged attention under a simulated vLLM schedule."""
 
-import random
 
 import numpy as np
 import pytest
 import torch
 
-from kvarn.config import KvarnConfig
 from kvarn.reference.paged_attention import paged_attention
 from kvarn.vllm_plugin import layer_cache
-from kvarn.vllm_plugin.layer_cache import LayerCache
-from kvarn.vllm_plugin.pool import SlotPool
 from kvarn.vllm_plugin.routing import plan_route, sdpa_prefill
-from sim_schedule import retire_finished, schedule_step
+from sim_schedule import retire_finished, schedule_step, step_path_setup
 
 
 def test_plan_route_dense_indices():
@@ -57,19 +53,8 @@ def test_dense_chunks_match_reference(sink, tiles_per_pass, monkeypatch):
     flushed before the step as stored, this step's rows fp16) within fp16 rounding, also when the context is
     dequantized a few tiles per pass."""
     monkeypatch.setattr(layer_cache, "DENSE_TILES_PER_PASS", tiles_per_pass)  # 2: contexts dequantized in passes
-    seed = torch.seed() % 2**31
-    random.seed(seed)
-    torch.manual_seed(seed)
-    cfg = KvarnConfig.from_name("k4v2_g64", head_dim=64, sink=sink)
-    g, hkv, hq, d = cfg.group, 2, 6, 64
-    num_blocks = 48
-    pool = SlotPool(24, g, retire_sinks=True, fp16_sink=sink == "fp16")
-    cache = LayerCache(cfg, hkv, pool.num_slots, use_kernels=False)
-    records = torch.zeros(num_blocks, hkv, cfg.record_bytes, dtype=torch.uint8)
-    free_blocks = list(range(num_blocks))
-    random.shuffle(free_blocks)
-    reqs = {rid: {"total": n, "done": 0, "blocks": [], "k": torch.randn(n, hkv, d) * 2, "v": torch.randn(n, hkv, d)}
-            for rid, n in enumerate([64, 150, 200, 131, 300])}
+    seed, cfg, pool, cache, records, free_blocks, reqs = step_path_setup(sink, [64, 150, 200, 131, 300])
+    g, hq, d = cfg.group, 6, 64
     dense_tokens = 0
     while reqs:
         st = schedule_step(reqs, free_blocks, g, 260, [1, 7, 64, 100, 200], pad=0)

@@ -2,7 +2,6 @@
 prefill for fresh prompts, fused decode rows for decodes and continuation chunks) under a simulated
 vLLM schedule, against the reference paged attention with quantize_new_tiles=False on the same cache."""
 
-import random
 
 import numpy as np
 import pytest
@@ -11,9 +10,8 @@ import torch
 from kvarn.config import KvarnConfig
 from kvarn.reference.paged_attention import paged_attention
 from kvarn.vllm_plugin.layer_cache import LayerCache
-from kvarn.vllm_plugin.pool import SlotPool
 from kvarn.vllm_plugin.routing import plan_route
-from sim_schedule import retire_finished, schedule_step
+from sim_schedule import retire_finished, schedule_step, step_path_setup
 
 pytestmark = pytest.mark.gpu
 
@@ -53,19 +51,9 @@ def test_plan_route_groups_continuation_tokens():
     (torch.float16, 1, "fp16", 0), (torch.bfloat16, 1, "fp16", 0), (torch.bfloat16, 4, "fp16", 0),
     (torch.bfloat16, 1, "quantized", 0), (torch.bfloat16, 4, "fp16", 16), (torch.float16, 1, "quantized", 16)])
 def test_kernel_step_path_matches_reference(dev, act, group, sink, dense_min):
-    seed = torch.seed() % 2**31
-    random.seed(seed)
-    torch.manual_seed(seed)
-    cfg = KvarnConfig.from_name("k4v2_g64", head_dim=64, sink=sink)
-    g, hkv, hq, d = cfg.group, 2, 6, 64
-    num_blocks = 48
-    pool = SlotPool(24, g, retire_sinks=True, fp16_sink=sink == "fp16")
-    cache = LayerCache(cfg, hkv, pool.num_slots, device=dev, use_kernels=True)
-    records = torch.zeros(num_blocks, hkv, cfg.record_bytes, dtype=torch.uint8, device=dev)
-    free_blocks = list(range(num_blocks))
-    random.shuffle(free_blocks)
-    reqs = {rid: {"total": n, "done": 0, "blocks": [], "k": torch.randn(n, hkv, d) * 2, "v": torch.randn(n, hkv, d)}
-            for rid, n in enumerate([5, 64, 65, 150, 200, 131])}
+    seed, cfg, pool, cache, records, free_blocks, reqs = step_path_setup(sink, [5, 64, 65, 150, 200, 131], dev,
+                                                                         use_kernels=True)
+    g, hq, d = cfg.group, 6, 64
     steps = grouped = dense = sinks_flushed = 0
     while reqs:
         st = schedule_step(reqs, free_blocks, g, 90, [1, 1, 7, 64, 200], pad=0)
