@@ -8,7 +8,8 @@ gpu_memory_utilization 0.90, random prompt ids (seed 0), ``ignore_eos`` with a f
 all requests submitted at once to ``LLM.generate``, default compilation and CUDA graphs; block size
 16 for vLLM's formats, the preset's tile (128) for kvarn. One engine serves every burst of the run.
 Bursts (issue #4): A = 768 x (1,024 + 1,024) memory-bound; B = 16 x (2,048 + 512) latency-bound;
-C = 256 x (256 + 8,192) long generation. ``--burst NAME=N,P,O`` adds or rescales one.
+C = 256 x (256 + 8,192) long generation; L = 16 x (32,768 + 64) long prompts (chunked prefill: every
+prompt's second half is a continuation chunk over 16K cached tokens). ``--burst NAME=N,P,O`` adds or rescales one.
 A warm-up of up to 8 requests per burst shape (48 output tokens) runs first, untimed, for every arm.
 Prints one ``RESULT {json}`` line per burst and writes all of them to --json.
 ``--steps`` runs the engine in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) and adds per-step
@@ -25,7 +26,7 @@ import os
 import random
 import time
 
-BURSTS = {"A": (768, 1024, 1024), "B": (16, 2048, 512), "C": (256, 256, 8192)}
+BURSTS = {"A": (768, 1024, 1024), "B": (16, 2048, 512), "C": (256, 256, 8192), "L": (16, 32768, 64)}
 
 
 def parse(argv=None):
