@@ -27,7 +27,8 @@ served with ``KVARN_SINK=quantized`` (block 0 quantized too: one pool slot per s
 
 Kernel attributes (used by :mod:`kvarn.plan.roofline`): ``attn_eff`` is the fraction of HBM bandwidth the
 decode-attention kernel achieves on this format's bytes (dequantization, occupancy and split-K included);
-``prefill_eff`` is the prefill-attention speed relative to FlashAttention-3 on bf16; ``split_kv`` says
+``prefill_eff`` is the prefill-attention speed relative to FlashAttention-3 on bf16, ``cached_prefill_eff`` the
+extra factor for attention to positions cached before the chunk (kvarn: the dense route); ``split_kv`` says
 whether the decode kernel splits a sequence across CTAs (without it, few sequences leave SMs idle). See docs/plan.md for
 where each value comes from.
 """
@@ -57,6 +58,12 @@ TURBOQUANT_PREFILL_EFF = 0.5
 # metadata builder (pool plan in Python, routing, staging) and the slower small-batch kernel add ~0.9 ms per
 # decode step, fitted once to burst B with decode kernel v2 (1,924 tok/s).
 # Override with --kvarn-attn-eff / --kvarn-flush-us for other GPUs or kernels.
+# A prefill chunk's attention to positions cached before it (prefix hits, the prompt's earlier chunks) runs on
+# kvarn's dense route (dequantize the context once per layer, then FlashAttention in fp16): fitted to burst L,
+# 16 x (32,768 + 64) in 16,384-token chunks on the H200 (2026-11-30 17:13, docs/gpu.md): 23,180.4 ms of
+# prefill against bf16's 19,922.0 (1.164x); 0.63 makes the planner's kvarn / bf16 prefill-time ratio of one such
+# prompt 1.164 (the flush included).
+KVARN_CACHED_PREFILL_EFF = 0.63
 KVARN_ATTN_EFF = 0.51
 KVARN_FLUSH_S_PER_TILE = 0.42e-6
 KVARN_STEP_OVERHEAD_S = 0.9e-3
@@ -81,6 +88,7 @@ class KVFormat:
     block_size: int = 16
     attn_eff: float = FA3_ATTN_EFF
     prefill_eff: float = 1.0
+    cached_prefill_eff: float = 1.0  # extra factor on attention to positions cached before a prefill chunk
     edge_layers_bf16: int = 0  # layers at each end kept in bf16 (TurboQuant boundary skip)
     split_kv: bool = True  # decode kernel splits long contexts across CTAs (flash-decoding)
     flush_s_per_tile: float = 0.0  # kvarn: normalize + RTN + pack of one (block, KV head, layer) tile
@@ -99,7 +107,7 @@ class KVFormat:
         return {
             "name": self.name, "family": self.family, "backend": self.backend,
             "bytes_per_token_head": self.bytes_per_token_head, "block_size": self.block_size,
-            "attn_eff": self.attn_eff, "prefill_eff": self.prefill_eff,
+            "attn_eff": self.attn_eff, "prefill_eff": self.prefill_eff, "cached_prefill_eff": self.cached_prefill_eff,
             "edge_layers_bf16": self.edge_layers_bf16, "split_kv": self.split_kv,
             "flush_us_per_tile": self.flush_s_per_tile * 1e6, "step_overhead_ms": self.step_overhead_s * 1e3,
             "supported": self.supported,
@@ -171,6 +179,6 @@ def _get_format(name: str, head_dim: int) -> KVFormat:
                             why_unsupported=f"head_dim {d} not in kvarn's supported {SUPPORTED_HEAD_DIMS}")
         cfg = KvarnConfig.from_name(key, head_dim=d, sink=sink)
         return KVFormat(label, "kvarn", "KVARN", cfg.bytes_per_token, block_size=cfg.group,
-                        attn_eff=KVARN_ATTN_EFF, prefill_eff=1.0, kvarn=cfg,
-                        flush_s_per_tile=KVARN_FLUSH_S_PER_TILE, step_overhead_s=KVARN_STEP_OVERHEAD_S)
+                        attn_eff=KVARN_ATTN_EFF, prefill_eff=1.0, cached_prefill_eff=KVARN_CACHED_PREFILL_EFF,
+                        kvarn=cfg, flush_s_per_tile=KVARN_FLUSH_S_PER_TILE, step_overhead_s=KVARN_STEP_OVERHEAD_S)
     raise ValueError(f"unknown KV format {name!r}; valid: {', '.join(all_format_names())}")

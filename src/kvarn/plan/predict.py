@@ -105,7 +105,7 @@ def predict_format(
     fit = min(cap.max_num_seqs, int(cap.capacity_tokens // final_ctx))
     n = max(1, min(target, fit))
     new_tokens = p * (1.0 - wl.prefix_hit_frac)
-    t_pre = prefill_time(gpu, shape, fmt, tp, new_tokens, p - new_tokens)
+    t_pre = prefill_time(gpu, shape, fmt, tp, new_tokens, p - new_tokens, max_num_batched_tokens)
     c_dec = wl.mean_decode_context
 
     def step_total(k: int) -> tuple[float, dict]:

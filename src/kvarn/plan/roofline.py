@@ -11,11 +11,14 @@ Decode step with n sequences at mean context c (B = HBM bytes/s, F = dense bf16 
     t_allreduce = 2 * L * (AR_LATENCY + 2 * n * h * 2 B * (tp-1)/tp / link)          (tp > 1)
     t_step   = t_linear + t_attn + t_flush + t_allreduce + STEP_OVERHEAD + n * SEQ_OVERHEAD (+ kvarn's builder)
 
-Prefill of P new tokens after c0 cached ones::
+Prefill of P new tokens after c0 cached ones, in chunks of S = min(P, max_num_batched_tokens)::
 
     t_prefill = 2 * N_active * P / (F * MFU_PREFILL)
-              + 4 * L * Hq * D * P * (c0 + P/2) / (F * MFU_ATTN * fmt.prefill_eff)
+              + 4 * L * Hq * D * P * S/2 / (F * MFU_ATTN * fmt.prefill_eff)                      (within a chunk)
+              + 4 * L * Hq * D * P * (c0 + (P - S)/2) / (F * MFU_ATTN * fmt.prefill_eff * fmt.cached_prefill_eff)
               + (kvarn) P * L * Hk / G * fmt.flush_s_per_tile
+    (the second attention term: positions cached before the chunk, prefix hits and the prompt's earlier chunks;
+    the two terms add up to the causal 4 L Hq D P (c0 + P/2))
 
 The efficiency constants are global (one set for every format and row). The bandwidth/MFU values are
 priors; STEP_OVERHEAD_S and SEQ_OVERHEAD_S were fitted once to the two bf16 rows of shared/baselines.md
@@ -103,13 +106,17 @@ def decode_step(gpu: GPU, shape: ModelShape, fmt: KVFormat, tp: int, n: int, ctx
     return StepTime(t_lin, t_attn, t_flush, _allreduce(gpu, shape, tp, n), overhead)
 
 
-def prefill_time(gpu: GPU, shape: ModelShape, fmt: KVFormat, tp: int, new_tokens: float, cached: float = 0.0) -> float:
-    """Compute time to prefill ``new_tokens`` after ``cached`` prefix-cached tokens (one request)."""
+def prefill_time(gpu: GPU, shape: ModelShape, fmt: KVFormat, tp: int, new_tokens: float, cached: float = 0.0,
+                 chunk: float | None = None) -> float:
+    """Compute time to prefill ``new_tokens`` after ``cached`` prefix-cached tokens (one request), in chunks of
+    ``chunk`` tokens (max_num_batched_tokens; None = one chunk)."""
     fl = gpu.flops
     hq = max(1, shape.num_heads // tp)
     t = 2 * shape.params_active / tp * new_tokens / (fl * MFU_PREFILL)
-    attn_flops = 4 * shape.num_layers * hq * shape.head_dim * new_tokens * (cached + new_tokens / 2)
-    t += attn_flops / (fl * MFU_ATTN * fmt.prefill_eff)
+    s = new_tokens if not chunk else min(new_tokens, chunk)
+    per_pos = 4 * shape.num_layers * hq * shape.head_dim * new_tokens  # attention FLOPs per attended position
+    t += per_pos * s / 2 / (fl * MFU_ATTN * fmt.prefill_eff)
+    t += per_pos * (cached + (new_tokens - s) / 2) / (fl * MFU_ATTN * fmt.prefill_eff * fmt.cached_prefill_eff)
     t += _allreduce(gpu, shape, tp, new_tokens)
     if fmt.family == "kvarn":
         t += new_tokens * shape.num_layers * shape.kv_heads_per_gpu(tp) / fmt.block_size * fmt.flush_s_per_tile
