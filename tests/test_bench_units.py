@@ -63,13 +63,15 @@ def test_workloads_are_seeded_and_shaped():
     agent = W.build_workload("long-context-agent", text, num_sessions=2, turns=3, scale=0.25)
     assert all(len(s.turns) == 3 and s.prefix == agent.sessions[0].prefix for s in agent.sessions)
     rag = W.build_workload("rag", text, num_sessions=2)
+    long = W.build_workload("long-prompt", text, num_sessions=2, scale=0.125)  # 2-4K tokens at this scale
+    assert all(2048 <= text.count_tokens(s.turns[0].user_text) <= 4096 + 40 for s in long.sessions)
     chat_len = max(text.count_tokens(s.turns[0].user_text) for s in a.sessions)
     assert min(text.count_tokens(s.turns[0].user_text) for s in rag.sessions) > chat_len
     # prompt length control: ~target tokens with the fallback counter
     import random
     for n in (16, 64, 300):
         assert abs(text.count_tokens(text.take(random.Random(0), n)) - n) <= 2
-    with pytest.raises(ValueError, match="chat, long-context-agent, rag, burst-decode"):
+    with pytest.raises(ValueError, match="chat, long-context-agent, rag, burst-decode, long-prompt"):
         W.build_workload("nope", text)
     # --max-model-len default covers every request of a preset (prompt incl. history + output)
     for name in W.PRESET_NAMES:

@@ -199,7 +199,7 @@ def test_kvarn_reads_sink_and_tail_in_fp16(q8):
 
 # ---- workloads -------------------------------------------------------------------------------
 def test_preset_names_match_bench():
-    assert PRESET_NAMES == ("chat", "long-context-agent", "rag", "burst-decode")
+    assert PRESET_NAMES == ("chat", "long-context-agent", "rag", "burst-decode", "long-prompt")
     for name in PRESET_NAMES:
         w = build_workload(name)
         assert w.num_requests > 0 and w.mean_output >= 1
@@ -242,7 +242,8 @@ def test_prefill_chunks_and_kvarn_dense_route(q8):
     assert roofline.prefill_time(g, q8, bf, 1, 32768, 0, 16384) == pytest.approx(one)  # bf16: chunking is free
     flush = 32768 * q8.num_layers * q8.num_kv_heads / 128 * kv.flush_s_per_tile
     assert roofline.prefill_time(g, q8, kv, 1, 32768) == pytest.approx(one + flush)
-    ratio = roofline.prefill_time(g, q8, kv, 1, 32768, 0, 16384) / roofline.prefill_time(g, q8, bf, 1, 32768, 0, 16384)
+    ratio = (roofline.prefill_time(g, q8, kv, 1, 32768, 0, 16384)
+             / roofline.prefill_time(g, q8, bf, 1, 32768, 0, 16384))
     assert ratio == pytest.approx(23180.4 / 19922.0, rel=0.01)
     assert roofline.prefill_time(g, q8, kv, 1, 4096, 28672, 8192) > roofline.prefill_time(g, q8, bf, 1, 4096, 28672, 8192)
 

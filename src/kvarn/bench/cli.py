@@ -44,7 +44,7 @@ def register(subparsers) -> None:
     p.add_argument("--arms", default="bf16,kvarn_k4v2_g128",
                    help="comma list: bf16|auto, fp8, kvarn_<preset>; NAME=URL benchmarks a running server")
     p.add_argument("--base-url", help="comma list of running server URLs, one per arm in --arms order")
-    p.add_argument("--workload", help="comma list of chat, long-context-agent, rag, burst-decode, file:PATH")
+    p.add_argument("--workload", help="comma list of chat, long-context-agent, rag, burst-decode, long-prompt, file:PATH")
     p.add_argument("--slo", help="latency SLO, e.g. ttft_ms=2000,tpot_ms=80[,e2el_ms=...]")
     p.add_argument("--slo-percentile", type=int, default=95, help="percentile the SLO applies to (default 95)")
     p.add_argument("--concurrency", help="comma list of concurrency levels (default 1,2,4,...)")

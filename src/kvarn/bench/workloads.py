@@ -14,6 +14,8 @@ long-context-agent     multi-turn sessions: a shared system prefix plus tool/obs
 rag                    long prompts (~1-3K tokens of retrieved text), short answers (~32-64)
 burst-decode           short prompts, long fixed outputs (ignore_eos), everything at once:
                        the KV-memory-bound regime KVarN targets
+long-prompt            very long documents (~16-32K tokens) and short answers: prefill in chunks of
+                       max_num_batched_tokens, each later chunk attending to the cached earlier ones
 file:PATH              a JSONL file, one request per line: {"prompt": str, "max_tokens": int,
                        optional "session": id, "ignore_eos": bool}; lines with the same session
                        id are the turns of one session, in file order
@@ -31,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-PRESET_NAMES = ("chat", "long-context-agent", "rag", "burst-decode")
+PRESET_NAMES = ("chat", "long-context-agent", "rag", "burst-decode", "long-prompt")
 
 _FALLBACK_TEXT = [
     "It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in "
@@ -200,6 +202,15 @@ def build_workload(
         desc = (f"short prompts ({_r(96, scale)}-{_r(160, scale)} tokens), {out} output tokens each (ignore_eos), "
                 "a level's requests all sent at once")
         params["output_len"] = out
+    elif spec == "long-prompt":
+        sessions = [
+            Session([Turn("Read the document, then answer.\n\n" + text.take(rng, _len(rng, 16384, 32768, scale))
+                          + "\n\nQuestion: who is named first in the document? Answer briefly:",
+                          _len(rng, 32, 64, scale))], session_id=f"long-{i}")
+            for i in range(num_sessions)
+        ]
+        desc = (f"long prompts ({_r(16384, scale)}-{_r(32768, scale)} tokens: chunked prefill) and short answers "
+                f"({_r(32, scale)}-{_r(64, scale)} tokens)")
     elif spec == "long-context-agent":
         system = "You are a careful research agent. Background notes:\n" + text.take(rng, int(1024 * scale) or 1)
         sessions = []
@@ -223,6 +234,7 @@ def needed_model_len(spec: str, scale: float = 1.0, turns: int = 4) -> int:
         "rag": 3 * (_r(768, s) + 8) + _r(32, s) + _r(64, s) + 16,
         "burst-decode": _r(160, s) + _r(512, s) + 8,
         "long-context-agent": int(1024 * s) + 16 + turns * (_r(384, s) + _r(128, s) + 8),
+        "long-prompt": _r(32768, s) + 32 + _r(64, s) + 8,
     }.get(spec, 0)
     return -(-int(need * 1.1) // 128) * 128 if need else 0
 

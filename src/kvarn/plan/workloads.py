@@ -11,6 +11,8 @@ long-context-agent    uniform 8K..32K (85% of it    uniform 200..800            
                       a prefix-cache hit)
 rag                   uniform 2K..6K                uniform 100..400             64 concurrent users
 burst-decode          uniform 128..256              8,192 fixed (ignore_eos)     256 requests, all at t = 0
+long-prompt           uniform 16K..32K (no prefix   uniform 32..128              16 concurrent users
+                      hits: chunked prefill)
 burst:N:P:O           P fixed                       O fixed                      N requests, all at t = 0
 file:PATH             JSONL, one request per line                                all at once unless --concurrency
                       ("prompt_tokens"/"prompt_len", "output_tokens"/"output_len";
@@ -28,7 +30,7 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-PRESET_NAMES = ("chat", "long-context-agent", "rag", "burst-decode")
+PRESET_NAMES = ("chat", "long-context-agent", "rag", "burst-decode", "long-prompt")
 SAMPLES = 512
 
 
@@ -127,6 +129,10 @@ def build_workload(spec: str, concurrency: int | None = None, request_rate: floa
         reqs = [(rng.randint(128, 256), 8192) for _ in range(256)]
         w = Workload(spec, reqs, burst=True,
                      description="burst: 256 requests, ~128-256 prompt, 8,192 output (ignore_eos), all at once")
+    elif spec == "long-prompt":
+        reqs = [(rng.randint(16384, 32768), rng.randint(32, 128)) for _ in range(SAMPLES)]
+        w = Workload(spec, reqs, concurrency=16,
+                     description="long prompts: 16-32K-token documents, 32-128 output, 16 users")
     else:
         raise ValueError(f"unknown workload {spec!r}; valid: {', '.join(PRESET_NAMES)}, burst:N:P:O, file:PATH")
     if concurrency is not None:
