@@ -227,10 +227,7 @@ def flush_tiles(pool_k: torch.Tensor, pool_v: torch.Tensor, kv_cache: torch.Tens
     clips = _clip_tensor(tuple(float(c) for c in num.clip_ratios), str(kv_cache.device))
     raw = cfg.raw_record_bytes
     if num_warps is None:
-        # H200, bench_write 2026-11-30: 8 warps encode a lone tile fastest (89 vs 116 us at 4), 4 warps give the
-        # most tiles per second once the launch has more programs than SMs (0.42 vs 0.64 us per record)
-        few = n * hk <= num_sms(kv_cache.device)
-        num_warps = FLUSH_WARPS or ((8 if few else 4) * (1 if d * g <= 128 * 128 else 2))
+        num_warps = flush_warps(cfg, few=n * hk <= num_sms(kv_cache.device))
     kw = dict(RAW=raw, PADP2=triton.next_power_of_2(max(cfg.record_bytes - raw, 1)), num_warps=num_warps,
               **_numerics_constexprs(num), **layout_constexprs(cfg))
     kvh = kv_cache.view(torch.float16)
@@ -242,6 +239,14 @@ def flush_tiles(pool_k: torch.Tensor, pool_v: torch.Tensor, kv_cache: torch.Tens
         _flush_kernel[(n, hk)](pool_k, pool_v, kv_cache, kvh, slots, blocks, clips, nclip, lay, addr,
                                nl, pool_k.stride(0), pool_k.stride(1), pool_k.stride(2), kv_cache.stride(0),
                                MULTI=multi, IS_V=is_v, **kw)
+
+
+def flush_warps(cfg: KvarnConfig, few: bool) -> int:
+    """Warps per flush program: ``KVARN_FLUSH_WARPS``, else 8 for a launch of at most one program per SM
+    (``few``), 4 beyond (doubled for tiles larger than 128 x 128). H200, bench_write 2026-11-30: 8 warps encode a
+    lone tile fastest (89 vs 116 us at 4), 4 warps give the most tiles per second once the launch has more
+    programs than SMs (0.42 vs 0.64 us per record)."""
+    return FLUSH_WARPS or ((8 if few else 4) * (1 if cfg.head_dim * cfg.group <= 128 * 128 else 2))
 
 
 def flush_tiles_layers(pools_k: Sequence[torch.Tensor], pools_v: Sequence[torch.Tensor],

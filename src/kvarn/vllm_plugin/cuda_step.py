@@ -54,6 +54,7 @@ class CudaStepState:
         if self.warm or not self.layers or (self.device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
             return
         from kvarn.kernels import flush_tiles_layers
+        from kvarn.kernels.flush import flush_warps
 
         cache, records = next(iter(self.layers.values()))
         gen = torch.Generator(device=self.device).manual_seed(0)
@@ -61,9 +62,12 @@ class CudaStepState:
         pv = torch.randn(cache.pool_v[:1].shape, generator=gen, device=self.device).to(cache.pool_v.dtype)
         rec = torch.empty_like(records[:1])
         zero = torch.zeros(1, dtype=torch.int32, device=self.device)
-        # as many layers as the real flush: Triton specializes the layer count when it is 1
+        # as many layers as the real flush: Triton specializes the layer count when it is 1; and every warp count
+        # the launcher picks (small and large launches differ; one compiled variant each): on the H200 the 4-warp
+        # variant of the first large flush still compiled while serving (jit_monitor, 2026-11-30 17:13)
         nl = len(self.layers)
-        flush_tiles_layers([pk] * nl, [pv] * nl, [rec] * nl, zero, zero, zero, self.cfg)
+        for warps in sorted({flush_warps(self.cfg, few=True), flush_warps(self.cfg, few=False)}):
+            flush_tiles_layers([pk] * nl, [pv] * nl, [rec] * nl, zero, zero, zero, self.cfg, num_warps=warps)
         self.warm = True
 
     def register(self, name: str, cache, records: torch.Tensor) -> None:
