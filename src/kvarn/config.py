@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import operator
 from dataclasses import dataclass
 
 SUPPORTED_HEAD_DIMS = (64, 128, 256)
@@ -109,6 +110,37 @@ QSINK_SUFFIX = "+qsink"
 # Query tokens of one request per decode-kernel program (KVARN_MQ_GROUP, the kernel's tokens_per_program):
 # powers of two up to the 16 rows of one MMA tile.
 TOKENS_PER_PROGRAM_CHOICES = (1, 2, 4, 8, 16)
+
+
+def _as_int(value) -> int | None:
+    """An integer (int, numpy integer), or a string that is exactly a non-negative integer's decimal form ("04",
+    " 4", "+4" are not); None otherwise."""
+    if isinstance(value, str):
+        return int(value) if value.isdigit() and str(int(value)) == value else None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
+
+def check_mq_group(value) -> int:
+    """``KVARN_MQ_GROUP`` (an environment string or an int) -> continuation tokens per decode-kernel program;
+    ValueError naming the valid values. The one rule for the front end's check and the workers' read."""
+    n = _as_int(value)
+    if n not in TOKENS_PER_PROGRAM_CHOICES:
+        raise ValueError(f"KVARN_MQ_GROUP must be one of {', '.join(map(str, TOKENS_PER_PROGRAM_CHOICES))} "
+                         f"(continuation tokens per decode-kernel program), got {value!r}")
+    return n
+
+
+def check_dense_min(value) -> int:
+    """``KVARN_DENSE_MIN`` (an environment string or an int) -> the continuation-chunk length from which a chunk
+    is attended densely (0 = never); ValueError otherwise. The one rule for the front end and the workers."""
+    n = _as_int(value)
+    if n is None or (n != 0 and n < 2):
+        raise ValueError(f"KVARN_DENSE_MIN must be 0 (never) or an integer >= 2 (continuation chunks of at least "
+                         f"that many tokens are attended densely), got {value!r}")
+    return n
 
 
 def kv_cache_dtype_names() -> list[str]:

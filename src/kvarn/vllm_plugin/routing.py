@@ -30,32 +30,18 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from kvarn.config import TOKENS_PER_PROGRAM_CHOICES
+from kvarn.config import check_dense_min, check_mq_group
 from kvarn.vllm_plugin.cuda_step import to_device
-
-def _check_group(group: int) -> int:
-    if group not in TOKENS_PER_PROGRAM_CHOICES:
-        raise ValueError(f"KVARN_MQ_GROUP (continuation tokens per program) must be one of "
-                         f"{TOKENS_PER_PROGRAM_CHOICES}, got {group}")
-    return group
-
 
 # Continuation tokens per decode-kernel program (1 = one program per token), checked when the plugin loads.
 # Off by default: on the H200 the kernel alone is 2.8x faster with 4 (probe_mq_group.py), but end to end, with
 # its compile moved to warm-up (LayerCache.warm_grouped_kernel), burst P's prefill moved -0.9% and burst A +0.2%
 # (benchmarks/gpu/results/h200-capacity-2026-11-30g, 2026-11-30); long chunks take the dense route instead.
-MQ_GROUP = _check_group(int(os.environ.get("KVARN_MQ_GROUP", "1")))
-
-
-def _check_dense_min(n: int) -> int:
-    if n != 0 and n < 2:
-        raise ValueError(f"KVARN_DENSE_MIN (continuation chunk length from which the chunk is attended densely; "
-                         f"0 = never) must be 0 or >= 2, got {n}")
-    return n
+MQ_GROUP = check_mq_group(os.environ.get("KVARN_MQ_GROUP", "1"))
 
 
 # Continuation chunks of at least this many tokens take the dense route (0 = never), checked when the plugin loads.
-DENSE_MIN = _check_dense_min(int(os.environ.get("KVARN_DENSE_MIN", "128")))
+DENSE_MIN = check_dense_min(os.environ.get("KVARN_DENSE_MIN", "128"))
 
 
 @dataclass
@@ -154,8 +140,8 @@ def plan_route(query_start_loc: np.ndarray, seq_lens: np.ndarray, device, group:
     group: continuation tokens per kernel program (None = ``KVARN_MQ_GROUP``). tile: the preset's tile
     size G (None: no dense route); dense_min: continuation chunks of at least this many tokens take the
     dense route (None = ``KVARN_DENSE_MIN``, 0 = never)."""
-    group = MQ_GROUP if group is None else _check_group(int(group))
-    dense_min = DENSE_MIN if dense_min is None else _check_dense_min(int(dense_min))
+    group = MQ_GROUP if group is None else check_mq_group(group)
+    dense_min = DENSE_MIN if dense_min is None else check_dense_min(dense_min)
     qsl = np.asarray(query_start_loc, dtype=np.int64)
     seq = np.asarray(seq_lens, dtype=np.int64)
     if qsl.shape[0] != seq.shape[0] + 1:
@@ -169,7 +155,7 @@ def plan_route(query_start_loc: np.ndarray, seq_lens: np.ndarray, device, group:
     fresh_req = (seq == qlen) & (qlen > 1)  # nothing cached: FlashAttention (a 1-token prompt is a decode row)
     is_fresh = fresh_req[req]
     cont = ~fresh_req & (qlen > 1)  # continuation chunks
-    dense_req = cont & (tile is not None) & (dense_min > 0) & (qlen >= max(dense_min, 2))
+    dense_req = cont & (tile is not None) & (dense_min > 0) & (qlen >= dense_min)
     is_dense = dense_req[req]
     grouped_req = cont & ~dense_req & (group > 1)
     is_grouped = grouped_req[req]

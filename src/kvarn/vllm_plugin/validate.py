@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from kvarn.config import NUMERICS, SINK_MODES, TOKENS_PER_PROGRAM_CHOICES, KvarnConfig
+from kvarn.config import NUMERICS, SINK_MODES, KvarnConfig, check_dense_min, check_mq_group
 
 
 DEFAULT_MAX_NUM_SEQS = 256
@@ -50,14 +50,17 @@ def env_problems() -> list[str]:
     """kvarn's environment settings that name no valid value: checked by the front end and again by
     every worker when it reads them (``builder.kvarn_config``)."""
     out = []
-    groups = tuple(str(c) for c in TOKENS_PER_PROGRAM_CHOICES)
-    for var, valid in (("KVARN_SINK", SINK_MODES), ("KVARN_NUMERICS", tuple(NUMERICS)), ("KVARN_MQ_GROUP", groups)):
+    for var, valid in (("KVARN_SINK", SINK_MODES), ("KVARN_NUMERICS", tuple(NUMERICS))):
         val = os.environ.get(var)
         if val and val not in valid:
             out.append(f"{var} must be one of {', '.join(valid)} (got {val!r})")
-    dense = os.environ.get("KVARN_DENSE_MIN")
-    if dense and not (dense.isdigit() and int(dense) != 1):
-        out.append(f"KVARN_DENSE_MIN must be 0 (never) or an integer >= 2 (got {dense!r})")
+    for var, check in (("KVARN_MQ_GROUP", check_mq_group), ("KVARN_DENSE_MIN", check_dense_min)):
+        val = os.environ.get(var)
+        if val:
+            try:
+                check(val)  # the same rule the workers' routing applies when it reads the variable
+            except ValueError as e:
+                out.append(str(e))
     return out
 
 
