@@ -3,6 +3,8 @@ prefill for fresh prompts, fused decode rows for decodes and continuation chunks
 vLLM schedule, against the reference paged attention with quantize_new_tiles=False on the same cache."""
 
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -21,7 +23,7 @@ def test_plan_route_splits_fresh_and_rows():
     qsl = np.array([0, 1, 5, 8, 9])
     seq = np.array([10, 4, 8, 1])
     r = plan_route(qsl, seq, "cpu")
-    assert not r.decode_only and not r.mq_all
+    assert not r.decode_only and r.mq_range is None and r.fresh_range == (1, 5)
     assert r.fresh_tokens.tolist() == [1, 2, 3, 4] and r.fresh_cu.tolist() == [0, 4] and r.fresh_max == 4
     assert r.mq_tokens.tolist() == [0, 5, 6, 7, 8]
     assert r.mq_req.tolist() == [0, 2, 2, 2, 3]
@@ -30,6 +32,15 @@ def test_plan_route_splits_fresh_and_rows():
     with pytest.raises(ValueError, match="more new tokens"):
         plan_route(np.array([0, 3]), np.array([2]), "cpu")
     assert r.num_grp == 0 and r.group == 1
+
+
+def test_plan_route_marks_contiguous_runs():
+    """vLLM's order (running requests, then new prompts): both runs are slices; a decode after a prompt is not."""
+    r = plan_route(np.array([0, 1, 2, 5, 9]), np.array([7, 9, 3, 4]), "cpu")  # 2 decodes, 2 prompts
+    assert r.mq_range == (0, 2) and r.fresh_range == (2, 9)
+    r = plan_route(np.array([0, 3, 4, 8]), np.array([3, 9, 4]), "cpu")  # prompt, decode, prompt
+    assert r.mq_range == (3, 4) and r.fresh_range is None
+    assert plan_route(np.array([0, 1, 2]), np.array([5, 7]), "cpu").mq_range == (0, 2)
 
 
 def test_plan_route_groups_continuation_tokens():
@@ -54,7 +65,7 @@ def test_kernel_step_path_matches_reference(dev, act, group, sink, dense_min):
     seed, cfg, pool, cache, records, free_blocks, reqs = step_path_setup(sink, [5, 64, 65, 150, 200, 131], dev,
                                                                          use_kernels=True)
     g, hq, d = cfg.group, 6, 64
-    steps = grouped = dense = sinks_flushed = 0
+    steps = grouped = dense = sinks_flushed = sliced = 0
     while reqs:
         st = schedule_step(reqs, free_blocks, g, 90, [1, 1, 7, 64, 200], pad=0)
         batch, qsl, seq_lens, table = st.batch, st.qsl, st.seq_lens, st.table
@@ -70,10 +81,15 @@ def test_kernel_step_path_matches_reference(dev, act, group, sink, dense_min):
         grouped += route.num_grp
         dense += route.num_dense
         sinks_flushed += int(np.isin(plan.flush_blocks, [r["blocks"][0] for r in reqs.values() if r["blocks"]]).sum())
-        out = torch.full((key.shape[0], hq, d), float("nan"), dtype=act, device=dev)  # poisoned
-        out[:] = cache.attend(records, query.to(dev), key.to(dev), value.to(dev), t(plan.block_to_slot),
-                              torch.tensor(table, dtype=torch.int32, device=dev), torch.tensor(seq_lens, device=dev),
-                              torch.tensor(qsl), d**-0.5, route=route)
+        args = (records, query.to(dev), key.to(dev), value.to(dev), t(plan.block_to_slot),
+                torch.tensor(table, dtype=torch.int32, device=dev), torch.tensor(seq_lens, device=dev),
+                torch.tensor(qsl), d**-0.5)
+        out = torch.full((key.shape[0], hq, d), float("nan"), dtype=act, device=dev)  # poisoned, like vLLM's output
+        assert cache.attend(*args, route=route, out=out) is out  # every row written in place
+        # the same step through gathers and scatters only: the in-place slices must not change a bit
+        gathered = dataclasses.replace(route, mq_range=None, fresh_range=None)
+        assert torch.equal(cache.attend(*args, route=gathered), out)
+        sliced += (route.mq_range is not None or route.fresh_range is not None) and not route.decode_only
         ref = paged_attention(query, key, value, records.cpu(), cache.pool_k.cpu(), cache.pool_v.cpu(),
                               torch.from_numpy(plan.block_to_slot), torch.tensor(table), torch.tensor(seq_lens),
                               torch.tensor(qsl), cfg, d**-0.5, quantize_new_tiles=False)
@@ -88,6 +104,7 @@ def test_kernel_step_path_matches_reference(dev, act, group, sink, dense_min):
     assert (grouped > 0) == (group > 1), f"{grouped} continuation tokens went to grouped rows"
     assert (dense > 0) == (dense_min > 0), f"{dense} continuation tokens took the dense route"
     assert (sinks_flushed > 0) == (sink == "quantized"), f"{sinks_flushed} first blocks were flushed"
+    assert sliced > 0, "no mixed step had a contiguous run of decode rows or prompts"
 
 
 def test_padded_decode_rows_are_zero(dev):

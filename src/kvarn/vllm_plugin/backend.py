@@ -129,8 +129,8 @@ def _flash_prefill(device):
     version = get_flash_attn_version()
     extra = {} if version is None else {"fa_version": version}
 
-    def prefill(q, k, v, cu, max_len, scale, cu_k=None, max_k=None):  # causal: bottom-right aligned
-        out = torch.empty_like(q)
+    def prefill(q, k, v, cu, max_len, scale, cu_k=None, max_k=None, out=None):  # causal: bottom-right aligned
+        out = torch.empty_like(q) if out is None else out
         flash_attn_varlen_func(q=q, k=k, v=v, out=out, cu_seqlens_q=cu, max_seqlen_q=max_len,
                                cu_seqlens_k=cu if cu_k is None else cu_k, max_seqlen_k=max_k or max_len,
                                softmax_scale=scale, causal=True, **extra)

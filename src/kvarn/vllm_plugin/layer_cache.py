@@ -35,7 +35,7 @@ class LayerCache:
     def __init__(self, cfg: KvarnConfig, num_kv_heads: int, num_slots: int, device="cpu", use_kernels=None,
                  prefill_fn=None):
         """use_kernels: run the Triton kernels (default: on CUDA; True on CPU needs TRITON_INTERPRET=1).
-        prefill_fn(q, k, v, cu_seqlens, max_len, scale) -> [T, Hq, D]: causal varlen attention for
+        prefill_fn(q, k, v, cu_seqlens, max_len, scale, out=None) -> [T, Hq, D]: causal varlen attention for
         fresh prompts on the kernel path (vLLM's FlashAttention; default: a per-request SDPA loop)."""
         self.use_kernels = use_kernels
         self.prefill_fn = prefill_fn or sdpa_prefill
@@ -106,7 +106,7 @@ class LayerCache:
         """[T, Hq, D] for query [T, Hq, D] (T = real tokens): fp32 on the reference path, query.dtype on
         the kernel path (which ignores quantize_new_tiles: see the module docstring). route: the
         step's token routing (built here from the host arrays if None). out [T, Hq, D]: on a
-        decode-only kernel step the kernel stores there and returns it (no extra copy)."""
+        kernel step (decode-only or mixed) the results are stored there and it is returned (no extra copy)."""
         if self._kernels(records):
             self.warm_grouped_kernel(query, records, block_to_slot, block_table, MQ_GROUP)
             if route is None:
@@ -152,17 +152,21 @@ class LayerCache:
         if route.decode_only and query.shape[0] == seq_lens.shape[0]:  # one row per request (graph-safe)
             return kvarn_decode_attention(query, records, self.pool_k, self.pool_v, b2s, table,
                                           seq_lens.to(torch.int32), scale, self.cfg, out=out)
-        whole = route.mq_all and route.num_mq == query.shape[0]
-        # mixed step: results in a buffer of our own (the caller's ``out`` is only for decode-only steps)
+        # mixed step: results straight into ``out`` (vLLM's output rows) where given in q's dtype, else a buffer
         served = route.num_mq + route.num_fresh + route.num_grp + route.num_dense
-        res = torch.empty_like(query) if served == query.shape[0] else torch.zeros_like(query)
+        res = out if out is not None and out.dtype == query.dtype else torch.empty_like(query)
+        if served != query.shape[0]:
+            res.zero_()
         if route.num_mq:
-            q = query if whole else query.index_select(0, route.mq_tokens)
-            o = kvarn_decode_attention(q, records, self.pool_k, self.pool_v, b2s, table.index_select(0, route.mq_req),
-                                       route.mq_len, scale, self.cfg)
-            if whole:
-                return o
-            res.index_copy_(0, route.mq_tokens, o)
+            if route.mq_range is not None:  # a contiguous run of tokens (all of them in a step without prompts)
+                a, b = route.mq_range
+                kvarn_decode_attention(query[a:b], records, self.pool_k, self.pool_v, b2s,
+                                       table.index_select(0, route.mq_req), route.mq_len, scale, self.cfg,
+                                       out=res[a:b])
+            else:
+                o = kvarn_decode_attention(query.index_select(0, route.mq_tokens), records, self.pool_k, self.pool_v,
+                                           b2s, table.index_select(0, route.mq_req), route.mq_len, scale, self.cfg)
+                res.index_copy_(0, route.mq_tokens, o)
         if route.num_grp:  # continuation chunks, route.group tokens per program
             o = kvarn_decode_attention(query.index_select(0, route.grp_src), records, self.pool_k, self.pool_v, b2s,
                                        table.index_select(0, route.grp_req), route.grp_len, scale, self.cfg,
@@ -172,7 +176,10 @@ class LayerCache:
             dc = route.dense
             res.index_copy_(0, dc.tokens, self.attend_dense(records, query.index_select(0, dc.tokens), b2s, table,
                                                             scale, dc).to(res.dtype))
-        if route.num_fresh:
+        if route.num_fresh and route.fresh_range is not None:  # the step's new prompts, sliced in place
+            a, b = route.fresh_range
+            self.prefill_fn(query[a:b], key[a:b], value[a:b], route.fresh_cu, route.fresh_max, scale, out=res[a:b])
+        elif route.num_fresh:
             idx = route.fresh_tokens
             o = self.prefill_fn(query.index_select(0, idx), key.index_select(0, idx), value.index_select(0, idx),
                                 route.fresh_cu, route.fresh_max, scale)

@@ -50,18 +50,20 @@ class StepRoute:
 
     decode_only: no request has more than one query token (rows == requests, no gathers; requests
         without a token are CUDA-graph padding).
-    mq_tokens [Tm] int64: tokens served by the decode kernel; mq_all: Tm == T in order.
+    mq_tokens [Tm] int64: tokens served by the decode kernel.
     mq_req [Tm] int64: their request (row of the block table); mq_len [Tm] int32: causal length.
     fresh_tokens [Tf] int64; fresh_cu [Bf + 1] int32 cumulative lengths; fresh_max: longest.
     group: tokens per program of the grouped continuation rows (1 = none are grouped);
     grp_src [Pg * group] int64: the token each grouped row reads its query from (0 for padding rows);
     grp_req [Pg] int64: each group's request; grp_len [Pg * group] int32: causal lengths (0 = padding);
     grp_rows [Tg] int64 and grp_tokens [Tg] int64: the real rows and the tokens they answer.
+    mq_range, fresh_range: (a, b) when mq_tokens / fresh_tokens are exactly the tokens a..b-1 (vLLM puts
+        running requests before new prompts, so in most mixed steps both are), else None: those rows are
+        then sliced and written in place instead of gathered and scattered.
     """
 
     decode_only: bool
     mq_tokens: torch.Tensor
-    mq_all: bool
     mq_req: torch.Tensor
     mq_len: torch.Tensor
     fresh_tokens: torch.Tensor
@@ -74,6 +76,8 @@ class StepRoute:
     grp_rows: torch.Tensor | None = None
     grp_tokens: torch.Tensor | None = None
     dense: "DenseChunks | None" = None
+    mq_range: tuple[int, int] | None = None
+    fresh_range: tuple[int, int] | None = None
 
     @property
     def num_grp(self) -> int:
@@ -134,6 +138,14 @@ def _dense_chunks(reqs: np.ndarray, tokens: np.ndarray, qlen: np.ndarray, seq: n
         cu_k=to_device(np.concatenate([[0], np.cumsum(L)]), device, torch.int32), max_k=int(L.max()))
 
 
+def token_range(idx: np.ndarray) -> tuple[int, int] | None:
+    """(a, b) if the sorted, distinct token indices idx are exactly a..b-1, else None (also when empty)."""
+    if idx.shape[0] == 0:
+        return None
+    a, b = int(idx[0]), int(idx[-1]) + 1
+    return (a, b) if b - a == idx.shape[0] else None
+
+
 def plan_route(query_start_loc: np.ndarray, seq_lens: np.ndarray, device, group: int | None = None,
                tile: int | None = None, dense_min: int | None = None) -> StepRoute:
     """query_start_loc [B + 1], seq_lens [B] (cached + new tokens), host ints -> StepRoute on device.
@@ -181,7 +193,6 @@ def plan_route(query_start_loc: np.ndarray, seq_lens: np.ndarray, device, group:
     return StepRoute(
         decode_only=bool((qlen <= 1).all()),
         mq_tokens=to_device(mq, device, torch.int64),
-        mq_all=mq.shape[0] == total,
         mq_req=to_device(req[mq], device, torch.int64),
         mq_len=to_device(lens[mq], device, torch.int32),
         fresh_tokens=to_device(fr, device, torch.int64),
@@ -189,16 +200,20 @@ def plan_route(query_start_loc: np.ndarray, seq_lens: np.ndarray, device, group:
         fresh_max=int(fq.max()) if fq.shape[0] else 0,
         dense=_dense_chunks(np.nonzero(dense_req)[0], np.nonzero(is_dense)[0], qlen, seq, tile, device)
         if dense_req.any() else None,
+        mq_range=token_range(mq),
+        fresh_range=token_range(fr),
         **grp,
     )
 
 
 def sdpa_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu: torch.Tensor, max_len: int,
-                 scale: float, cu_k: torch.Tensor | None = None, max_k: int | None = None) -> torch.Tensor:
+                 scale: float, cu_k: torch.Tensor | None = None, max_k: int | None = None,
+                 out: torch.Tensor | None = None) -> torch.Tensor:
     """Fallback of FlashAttention's varlen call (tests, non-vLLM use): q [Tq, Hq, D], k/v [Tk, Hk, D],
     cu [B + 1] query bounds, cu_k [B + 1] key bounds (None = cu) -> causal GQA attention per request,
-    bottom-right aligned (query i of n sees keys j <= i + Lk - n), [Tq, Hq, D] in q.dtype."""
-    out = torch.empty_like(q)
+    bottom-right aligned (query i of n sees keys j <= i + Lk - n), [Tq, Hq, D] in q.dtype (into ``out``
+    if given, e.g. a slice of the layer's output)."""
+    out = torch.empty_like(q) if out is None else out
     bq = cu.tolist()
     bk = bq if cu_k is None else cu_k.tolist()
     rep = q.shape[1] // k.shape[1]
