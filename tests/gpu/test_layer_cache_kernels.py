@@ -172,4 +172,6 @@ def test_grouped_kernel_warm_up_writes_nothing(dev):
     assert not cache.warm_grouped_kernel(q, records, b2s, table, 1)
     assert cache.warm_grouped_kernel(q, records, b2s, table, 4)
     assert not cache.warm_grouped_kernel(q, records, b2s, table, 4)  # compiled already
+    other = LayerCache(cfg, 2, 4, device=dev, use_kernels=True)  # another layer: no launch, then no key lookups
+    assert not other.warm_grouped_kernel(q, records, b2s, table, 4) and other._warm_group == cache._warm_group == 4
     assert all(torch.equal(a, b) for a, b in zip(before, (cache.pool_k, cache.pool_v, records)))

@@ -39,6 +39,7 @@ class LayerCache:
         fresh prompts on the kernel path (vLLM's FlashAttention; default: a per-request SDPA loop)."""
         self.use_kernels = use_kernels
         self.prefill_fn = prefill_fn or sdpa_prefill
+        self._warm_group = 0  # the group size whose grouped-rows kernel this layer saw compiled
         self.cfg = cfg
         self.num_kv_heads = num_kv_heads
         self.num_slots = num_slots
@@ -126,10 +127,11 @@ class LayerCache:
         takes ~2 s there (probe_mq_group.py, H200), which burst P's timed prefill steps paid in full.
         One launch of ``group`` padding rows (causal length 0: nothing is read or written) with the real
         dtypes, head count and block-table width, so the specialization matches. Returns True if it launched."""
-        if group <= 1 or query.shape[0] == 0:  # grouping off (the default): nothing to compile, no per-step cost
+        if group <= 1 or query.shape[0] == 0 or self._warm_group == group:  # off (the default) or done: no cost
             return False
         key = (group, query.dtype, query.shape[1], block_table.shape[1], self.cfg, str(query.device))
-        if key in _GROUPED_WARM:
+        if key in _GROUPED_WARM:  # another layer compiled this specialization
+            self._warm_group = group
             return False
         if query.is_cuda and torch.cuda.is_current_stream_capturing():
             return False
@@ -141,6 +143,7 @@ class LayerCache:
         kvarn_decode_attention(q, records, self.pool_k, self.pool_v, block_to_slot.to(torch.int32), table, lens,
                                1.0, self.cfg, tokens_per_program=group)
         _GROUPED_WARM.add(key)
+        self._warm_group = group
         return True
 
     def _attend_kernels(self, records, query, key, value, block_to_slot, block_table, seq_lens, scale,
