@@ -142,3 +142,22 @@ def test_close_to_full_precision(preset, numerics, bound):
 def test_gqa_rejects_bad_heads():
     with pytest.raises(ValueError, match="multiple"):
         gqa_attention(torch.randn(1, 5, 64), torch.randn(3, 2, 64), torch.randn(3, 2, 64), 0.1, 2)
+
+
+def test_gather_tiles_paths_agree():
+    """gather_tiles: the host-sync-free path (every page decoded in passes, pool rows selected) equals the
+    masked path bit for bit, and a pool block's stale page (random bytes) never leaks into the result."""
+    from kvarn.reference.paged_attention import gather_tiles
+    cfg = KvarnConfig.from_name("k4v2_g64", head_dim=64)
+    gen = torch.Generator().manual_seed(torch.seed() % 2**31)
+    tiles = torch.randn(2, 9 * 2, 64, 64, generator=gen)  # K and V of 9 blocks x 2 heads, [G, D] each
+    cache = encode_tiles(tiles[0], tiles[1], cfg).view(9, 2, cfg.record_bytes)
+    pool_k, pool_v = torch.randn(4, 64, 2, 64, generator=gen).half(), torch.randn(4, 64, 2, 64, generator=gen).half()
+    b2s = torch.tensor([-1, 2, -1, -1, 0, -1, 3, -1, 1], dtype=torch.int32)
+    ids = torch.tensor([4, 0, 7, 1, 1, 8, 3, 6])
+    k0, v0 = gather_tiles(ids, cache, pool_k, pool_v, b2s, cfg)
+    for dtype in (torch.float32, torch.float16):
+        k1, v1 = gather_tiles(ids, cache, pool_k, pool_v, b2s, cfg, dtype, no_sync=True, tiles_per_pass=3)
+        assert k1.dtype == dtype and torch.equal(k1, k0.to(dtype)) and torch.equal(v1, v0.to(dtype))
+    assert torch.equal(k0[0], pool_k[0].float()) and torch.equal(v0[3], pool_v[2].float())  # blocks 4 and 1
+    assert gather_tiles(ids[:0], cache, pool_k, pool_v, b2s, cfg)[0].shape == (0, 64, 2, 64)

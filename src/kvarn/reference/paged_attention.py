@@ -28,6 +28,52 @@ from kvarn.reference.codec import decode_tiles, encode_tiles
 from kvarn.reference.hadamard import rotate
 
 
+def gather_tiles(
+    block_ids: torch.Tensor,
+    kv_cache: torch.Tensor,
+    pool_k: torch.Tensor,
+    pool_v: torch.Tensor,
+    block_to_slot: torch.Tensor,
+    cfg: KvarnConfig,
+    dtype: torch.dtype = torch.float32,
+    no_sync: bool = False,
+    tiles_per_pass: int = 256,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotated K/V tiles [n, G, Hkv, D] in ``dtype`` of the blocks block_ids [n] (any requests, any order):
+    a block with a pool slot (block_to_slot >= 0) as its fp16 rows are stored, every other block's record
+    decoded (decode_tiles). no_sync=True (the GPU serving path): nothing waits on the host; every page is
+    decoded, in passes of at most ``tiles_per_pass`` tiles (bounded fp32 temporaries), and a select keeps the
+    pool rows (a pool block's stale page is decoded and dropped). Otherwise only the records are decoded,
+    picked by boolean masks (a host sync on a GPU; free on the CPU)."""
+    g, hkv, d = cfg.group, kv_cache.shape[1], cfg.head_dim
+    ids = block_ids.long()
+    slots = block_to_slot.index_select(0, ids).long()
+    k = torch.empty(ids.shape[0], g, hkv, d, dtype=dtype, device=kv_cache.device)
+    v = torch.empty_like(k)
+
+    def decoded(sel):  # records of ids[sel] -> K, V [n, G, Hkv, D]
+        kq, vq = decode_tiles(kv_cache.index_select(0, ids[sel]).reshape(-1, kv_cache.shape[-1]), cfg)
+        return (x.reshape(-1, hkv, g, d).transpose(1, 2) for x in (kq, vq))
+
+    if no_sync:
+        for a in range(0, ids.shape[0], tiles_per_pass):
+            part = slice(a, a + tiles_per_pass)
+            in_pool = (slots[part] >= 0)[:, None, None, None]
+            rows = slots[part].clamp(min=0)
+            for out, deq, pool in zip((k, v), decoded(part), (pool_k, pool_v)):
+                out[part] = torch.where(in_pool, pool.index_select(0, rows).to(dtype), deq.to(dtype))
+        return k, v
+    in_pool = slots >= 0
+    if in_pool.any():
+        k[in_pool] = pool_k[slots[in_pool]].to(dtype)
+        v[in_pool] = pool_v[slots[in_pool]].to(dtype)
+    if not in_pool.all():
+        kq, vq = decoded(~in_pool)
+        k[~in_pool] = kq.to(dtype)
+        v[~in_pool] = vq.to(dtype)
+    return k, v
+
+
 def gather_kv(
     block_ids: torch.Tensor,
     num_tokens: int,
@@ -41,26 +87,9 @@ def gather_kv(
 
     block_ids [>= ceil(num_tokens / G)]: the request's block table row.
     """
-    g = cfg.group
-    n_blocks = -(-num_tokens // g)
+    n_blocks = -(-num_tokens // cfg.group)
     hkv, d = kv_cache.shape[1], cfg.head_dim
-    if n_blocks == 0:
-        empty = torch.zeros(0, hkv, d, device=kv_cache.device)
-        return empty, empty.clone()
-    ids = block_ids[:n_blocks].long()
-    slots = block_to_slot[ids].long()
-    k = torch.empty(n_blocks, g, hkv, d, device=kv_cache.device)
-    v = torch.empty_like(k)
-    in_pool = slots >= 0
-    if in_pool.any():
-        k[in_pool] = pool_k[slots[in_pool]].float()
-        v[in_pool] = pool_v[slots[in_pool]].float()
-    quant = ~in_pool
-    if quant.any():
-        recs = kv_cache[ids[quant]]  # [nq, Hkv, R]
-        kq, vq = decode_tiles(recs.reshape(-1, recs.shape[-1]), cfg)  # [nq*Hkv, G, D]
-        k[quant] = kq.reshape(-1, hkv, g, d).transpose(1, 2)
-        v[quant] = vq.reshape(-1, hkv, g, d).transpose(1, 2)
+    k, v = gather_tiles(block_ids[:n_blocks], kv_cache, pool_k, pool_v, block_to_slot, cfg)
     return k.reshape(-1, hkv, d)[:num_tokens], v.reshape(-1, hkv, d)[:num_tokens]
 
 

@@ -21,8 +21,8 @@ from __future__ import annotations
 import torch
 
 from kvarn.config import KvarnConfig
-from kvarn.reference import decode_tiles, encode_tiles, rotate
-from kvarn.reference.paged_attention import paged_attention
+from kvarn.reference import encode_tiles, rotate
+from kvarn.reference.paged_attention import gather_tiles, paged_attention
 from kvarn.vllm_plugin.routing import MQ_GROUP, DenseChunks, StepRoute, plan_route, sdpa_prefill
 
 # Context tiles dequantized per pass of LayerCache.attend_dense (256 tiles x 8 KV heads: ~134 MB per fp32 temporary).
@@ -193,25 +193,15 @@ class LayerCache:
                      block_table: torch.Tensor, scale: float, dc: DenseChunks) -> torch.Tensor:
         """Dense continuation chunks: q [Tq, Hq, D] (model frame) -> [Tq, Hq, D] fp16 (model frame).
 
-        Each chunk's context tiles (dc.tab_rows/tab_cols of the block table) are gathered once: a pool
-        tile's fp16 rows as they are, a record dequantized (decode_tiles; a pool tile's stale page is
-        decoded too and dropped by the select, so nothing waits on the host). Then o = attn(q H, K, V) H
+        Each chunk's context tiles (dc.tab_rows/tab_cols of the block table) are gathered once by
+        reference.paged_attention.gather_tiles (a pool tile's fp16 rows as they are, a record dequantized;
+        nothing waits on the host), [Nb, G, Hk, D]. Then o = attn(q H, K, V) H
         with K, V [Tk, Hk, D] the rotated context (H symmetric, H H = I: the scores are q.k), causal
         bottom-right (query i of a chunk of n sees positions <= L - n + i): what the decode kernel computes
         row by row, with each tile read once per chunk instead of once per token."""
-        g, hk, d = self.cfg.group, self.num_kv_heads, self.cfg.head_dim
-        ids = block_table[dc.tab_rows, dc.tab_cols].long()  # [Nb]
-        slots = block_to_slot.index_select(0, ids).long()
-        k = torch.empty(ids.shape[0], g, hk, d, dtype=torch.float16, device=q.device)
-        v = torch.empty_like(k)
-        for a in range(0, ids.shape[0], DENSE_TILES_PER_PASS):  # bounded fp32 temporaries, whatever the context
-            part = slice(a, a + DENSE_TILES_PER_PASS)
-            kq, vq = decode_tiles(records.index_select(0, ids[part]).reshape(-1, self.cfg.record_bytes), self.cfg)
-            in_pool = (slots[part] >= 0)[:, None, None, None]
-            rows = slots[part].clamp(min=0)
-            for out, deq, pool in ((k, kq, self.pool_k), (v, vq, self.pool_v)):
-                deq = deq.view(-1, hk, g, d).transpose(1, 2).to(torch.float16)  # [n, G, Hk, D]
-                out[part] = torch.where(in_pool, pool.index_select(0, rows), deq)
+        hk, d = self.num_kv_heads, self.cfg.head_dim
+        k, v = gather_tiles(block_table[dc.tab_rows, dc.tab_cols], records, self.pool_k, self.pool_v, block_to_slot,
+                            self.cfg, torch.float16, no_sync=True, tiles_per_pass=DENSE_TILES_PER_PASS)
         k = k.view(-1, hk, d).index_select(0, dc.keep)  # [Tk, Hk, D]
         v = v.view(-1, hk, d).index_select(0, dc.keep)
         o = self.prefill_fn(rotate(q.float()).to(torch.float16), k, v, dc.cu_q, dc.max_q, scale, dc.cu_k, dc.max_k)
