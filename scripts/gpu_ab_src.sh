@@ -11,6 +11,7 @@ OLD=$1; MODEL=$2; ARM=$3; shift 3
 OUT="${OUT:-gpu_results}"; mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 scratch=$(mktemp -d)
+trap 'rm -rf "$scratch"' EXIT  # after both lanes (wait below)
 cp -r scripts benchmarks pyproject.toml README.md "$scratch"/ && cp -r "$OLD" "$scratch/src"
 case $MODEL in /*) ;; *) MODEL=$PWD/$MODEL ;; esac
 OUT=$OUT/new LANES=0 bash scripts/gpu_bursts.sh "$MODEL" "$ARM" "$@" &

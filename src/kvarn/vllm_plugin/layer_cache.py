@@ -31,6 +31,16 @@ DENSE_TILES_PER_PASS = 256
 _GROUPED_WARM: set = set()
 
 
+def _rows_into(res: torch.Tensor, run: tuple[int, int] | None, tokens: torch.Tensor, fn, *xs: torch.Tensor) -> None:
+    """res[tokens] = fn(*(x[tokens] for x in xs)) for one route's tokens [Tr]: read and written in place when they
+    are the contiguous run ``run`` = (a, b) (fn called with ``out=res[a:b]``), else gathered and scattered."""
+    if run is not None:
+        a, b = run
+        fn(*(x[a:b] for x in xs), out=res[a:b])
+    else:
+        res.index_copy_(0, tokens, fn(*(x.index_select(0, tokens) for x in xs)).to(res.dtype))
+
+
 class LayerCache:
     def __init__(self, cfg: KvarnConfig, num_kv_heads: int, num_slots: int, device="cpu", use_kernels=None,
                  prefill_fn=None):
@@ -160,16 +170,10 @@ class LayerCache:
         res = out if out is not None and out.dtype == query.dtype else torch.empty_like(query)
         if served != query.shape[0]:
             res.zero_()
-        if route.num_mq:
-            if route.mq_range is not None:  # a contiguous run of tokens (all of them in a step without prompts)
-                a, b = route.mq_range
-                kvarn_decode_attention(query[a:b], records, self.pool_k, self.pool_v, b2s,
-                                       table.index_select(0, route.mq_req), route.mq_len, scale, self.cfg,
-                                       out=res[a:b])
-            else:
-                o = kvarn_decode_attention(query.index_select(0, route.mq_tokens), records, self.pool_k, self.pool_v,
-                                           b2s, table.index_select(0, route.mq_req), route.mq_len, scale, self.cfg)
-                res.index_copy_(0, route.mq_tokens, o)
+        if route.num_mq:  # decode rows (and short continuations): one kernel row per token
+            mq_table = table.index_select(0, route.mq_req)
+            _rows_into(res, route.mq_range, route.mq_tokens, lambda q, out=None: kvarn_decode_attention(
+                q, records, self.pool_k, self.pool_v, b2s, mq_table, route.mq_len, scale, self.cfg, out=out), query)
         if route.num_grp:  # continuation chunks, route.group tokens per program
             o = kvarn_decode_attention(query.index_select(0, route.grp_src), records, self.pool_k, self.pool_v, b2s,
                                        table.index_select(0, route.grp_req), route.grp_len, scale, self.cfg,
@@ -179,14 +183,9 @@ class LayerCache:
             dc = route.dense
             res.index_copy_(0, dc.tokens, self.attend_dense(records, query.index_select(0, dc.tokens), b2s, table,
                                                             scale, dc).to(res.dtype))
-        if route.num_fresh and route.fresh_range is not None:  # the step's new prompts, sliced in place
-            a, b = route.fresh_range
-            self.prefill_fn(query[a:b], key[a:b], value[a:b], route.fresh_cu, route.fresh_max, scale, out=res[a:b])
-        elif route.num_fresh:
-            idx = route.fresh_tokens
-            o = self.prefill_fn(query.index_select(0, idx), key.index_select(0, idx), value.index_select(0, idx),
-                                route.fresh_cu, route.fresh_max, scale)
-            res.index_copy_(0, idx, o.to(res.dtype))
+        if route.num_fresh:  # the step's new prompts: FlashAttention on the raw q/k/v
+            _rows_into(res, route.fresh_range, route.fresh_tokens, lambda q, k, v, out=None: self.prefill_fn(
+                q, k, v, route.fresh_cu, route.fresh_max, scale, out=out), query, key, value)
         return res
 
     def attend_dense(self, records: torch.Tensor, q: torch.Tensor, block_to_slot: torch.Tensor,
