@@ -70,8 +70,9 @@ def step_path_setup(sink: str, lengths: list, device="cpu", use_kernels=False, n
     torch.manual_seed(seed)
     cfg = KvarnConfig.from_name("k4v2_g64", head_dim=64, sink=sink)
     hkv, d = 2, 64
-    pool = SlotPool(slots, cfg.group, retire_sinks=True, fp16_sink=sink == "fp16")
-    cache = LayerCache(cfg, hkv, pool.num_slots, device=device, use_kernels=use_kernels)
+    pool = SlotPool(slots, cfg.group, retire_sinks=True, fp16_sink=sink == "fp16",
+                    sink_rows=cfg.group if cfg.token_sink else 0)
+    cache = LayerCache(cfg, hkv, pool.total_slots, device=device, use_kernels=use_kernels)
     records = torch.zeros(num_blocks, hkv, cfg.record_bytes, dtype=torch.uint8, device=device)
     free_blocks = list(range(num_blocks))
     random.shuffle(free_blocks)

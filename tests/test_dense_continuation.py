@@ -46,7 +46,7 @@ def test_sdpa_prefill_bottom_right_causal():
         torch.testing.assert_close(out[i], (p @ vv)[:, 0], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("sink,tiles_per_pass", [("fp16", 256), ("quantized", 256), ("fp16", 2)])
+@pytest.mark.parametrize("sink,tiles_per_pass", [("fp16", 256), ("quantized", 256), ("fp16", 2), ("token", 2)])
 def test_dense_chunks_match_reference(sink, tiles_per_pass, monkeypatch):
     """Under a random schedule (chunks of 1-200 tokens, tiles of 64), every continuation chunk of >= 8
     tokens answered by attend_dense equals the reference paged attention (quantize_new_tiles=False: tiles
@@ -64,7 +64,8 @@ def test_dense_chunks_match_reference(sink, tiles_per_pass, monkeypatch):
         def t(x):
             return torch.from_numpy(x)
 
-        cache.update(records, st.key, st.value, t(plan.flush_blocks), t(plan.flush_slots), t(plan.write_rows))
+        cache.update(records, st.key, st.value, t(plan.flush_blocks), t(plan.flush_slots), t(plan.write_rows),
+                     t(plan.flush_rows))
         route = plan_route(st.qsl, np.asarray(st.seq_lens), "cpu", group=1, tile=g, dense_min=8)
         if route.dense is not None:
             dc = route.dense

@@ -16,7 +16,7 @@ from sim_schedule import retire_finished, schedule_step
 from test_paged_attention import oracle_one_query
 
 
-@pytest.mark.parametrize("keep_fp16,sink", [(True, "fp16"), (False, "fp16"), (False, "quantized")])
+@pytest.mark.parametrize("keep_fp16,sink", [(True, "fp16"), (False, "fp16"), (False, "quantized"), (False, "token")])
 def test_simulated_serving_matches_oracle(keep_fp16, sink):
     random.seed(1)
     torch.manual_seed(1)
@@ -24,8 +24,8 @@ def test_simulated_serving_matches_oracle(keep_fp16, sink):
     g, hkv, hq, d = cfg.group, 2, 6, 64
     num_blocks = 64
     pool = SlotPool(num_blocks if keep_fp16 else 24, g, retire_sinks=True, keep_fp16=keep_fp16,
-                    fp16_sink=sink == "fp16")
-    cache = LayerCache(cfg, hkv, pool.num_slots)
+                    fp16_sink=sink == "fp16", sink_rows=g if cfg.token_sink else 0)
+    cache = LayerCache(cfg, hkv, pool.total_slots)
     records = torch.zeros(num_blocks, hkv, cfg.record_bytes, dtype=torch.uint8)
     free_blocks = list(range(num_blocks))
     random.shuffle(free_blocks)
@@ -43,7 +43,8 @@ def test_simulated_serving_matches_oracle(keep_fp16, sink):
         key, value = st.key, st.value
         query = torch.randn(key.shape[0], hq, d)
         t = torch.from_numpy
-        cache.update(records, key, value, t(plan.flush_blocks), t(plan.flush_slots), t(plan.write_rows))
+        cache.update(records, key, value, t(plan.flush_blocks), t(plan.flush_slots), t(plan.write_rows),
+                     t(plan.flush_rows))
         out = cache.attend(records, query, key, value, t(plan.block_to_slot), torch.tensor(table),
                            torch.tensor(seq_lens), torch.tensor(qsl), d**-0.5, quantize_new_tiles=not keep_fp16)
         for i, (rid, n) in enumerate(batch):
@@ -66,7 +67,7 @@ def test_simulated_serving_matches_oracle(keep_fp16, sink):
             r["done"] += n
         retire_finished(reqs, pool, free_blocks)
     assert checked > 10
-    assert (flushed_sinks > 0) == (sink == "quantized")
+    assert (flushed_sinks > 0) == (sink != "fp16")
     pool.plan_step(np.array([], dtype=np.int64), np.array([], dtype=np.int64))
     st = pool.stats()
     assert st["live"] == 0 and st["pending_flush"] == 0

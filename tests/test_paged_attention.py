@@ -1,6 +1,6 @@
 """Reference paged attention: equals an independent per-query oracle of the cache-consistent semantics
 (tile 0 and the query's own tile fp16, earlier complete tiles quantized; with the sink quantized, tile 0
-too); close to full precision."""
+too; with sink "token", tile 0 except its position 0); close to full precision."""
 
 import math
 
@@ -15,7 +15,8 @@ from kvarn.reference.paged_attention import gqa_attention, paged_attention
 def build_cache(ks, vs, cfg, sink=True, seed=0):
     """Write each request's context K/V ([L, Hkv, D], original frame) into a paged cache the way the
     backend does: block 0 and the partial last block in the fp16 pool, full blocks as records.
-    Blocks are assigned in a shuffled order to exercise the block table."""
+    Blocks are assigned in a shuffled order to exercise the block table. With cfg.token_sink a complete
+    block 0 is a record whose row 0 sits in a sink row after the slots (block_to_slot = -2 - flat row)."""
     g = cfg.group
     hkv, d = ks[0].shape[1], ks[0].shape[2]
     n_blocks_each = [max(1, -(-k.shape[0] // g)) for k in ks]
@@ -23,7 +24,7 @@ def build_cache(ks, vs, cfg, sink=True, seed=0):
     gen = torch.Generator().manual_seed(seed)
     perm = torch.randperm(total, generator=gen)
     kv_cache = torch.randint(0, 255, (total, hkv, cfg.record_bytes), dtype=torch.uint8, generator=gen)
-    pool_k = torch.full((total, g, hkv, d), float("nan"), dtype=torch.float16)  # poison
+    pool_k = torch.full((total + 1, g, hkv, d), float("nan"), dtype=torch.float16)  # poison; last slot: sink rows
     pool_v = pool_k.clone()
     b2s = torch.full((total,), -1, dtype=torch.int32)
     dense = []  # per request: what the cache holds, un-rotated: ([L, Hkv, D], [L, Hkv, D])
@@ -49,6 +50,11 @@ def build_cache(ks, vs, cfg, sink=True, seed=0):
                 kv_cache[b] = encode_tiles(tk, vr[rows].transpose(0, 1), cfg)
                 hk, hv = decode_tiles(kv_cache[b], cfg)
                 dk[rows], dv[rows] = hk.transpose(0, 1), hv.transpose(0, 1)
+                if j == 0 and cfg.token_sink:
+                    flat = total * g + r  # sink row r of the extra slot
+                    pool_k.view(-1, hkv, d)[flat], pool_v.view(-1, hkv, d)[flat] = kr[0].half(), vr[0].half()
+                    b2s[b] = -2 - flat
+                    dk[0], dv[0] = kr[0].half().float(), vr[0].half().float()
         dense.append((rotate(dk), rotate(dv)))
     return kv_cache, pool_k, pool_v, b2s, table, dense
 
@@ -68,6 +74,8 @@ def oracle_one_query(q, p, k_all, v_all, cfg, scale):
         vr = rotate(v_all[rows]).half().float()
         if first <= t < tp:
             hk, hv = decode_tiles(encode_tiles(kr.transpose(0, 1), vr.transpose(0, 1), cfg), cfg)
+            if t == 0 and cfg.token_sink:  # position 0 stays fp16
+                hk[:, 0], hv[:, 0] = kr[0], vr[0]
             kr, vr = hk.transpose(0, 1), hv.transpose(0, 1)
         ks.append(kr)
         vs.append(vr)
@@ -76,7 +84,8 @@ def oracle_one_query(q, p, k_all, v_all, cfg, scale):
 
 @pytest.mark.parametrize("hq,hkv,d,preset,sink", [
     (8, 2, 128, "k4v2_g128", "fp16"), (9, 3, 64, "k4v2_g64", "fp16"), (4, 4, 64, "k4v4_g128", "fp16"),
-    (8, 2, 128, "k4v2_g128", "quantized"), (9, 3, 64, "k4v2_g64", "quantized")])
+    (8, 2, 128, "k4v2_g128", "quantized"), (9, 3, 64, "k4v2_g64", "quantized"), (8, 2, 128, "k4v2_g128", "token"),
+    (9, 3, 64, "k4v2_g64", "token")])
 def test_paged_matches_cache_consistent_oracle(hq, hkv, d, preset, sink):
     torch.manual_seed(0)
     cfg = KvarnConfig.from_name(preset, d, sink=sink)
@@ -102,7 +111,7 @@ def test_paged_matches_cache_consistent_oracle(hq, hkv, d, preset, sink):
             torch.testing.assert_close(out[int(qsl[r]) + i], ref, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("sink", ["fp16", "quantized"])
+@pytest.mark.parametrize("sink", ["fp16", "quantized", "token"])
 def test_chunking_does_not_change_the_output(sink):
     """One 300-token prefill == three chunks of 100 (the flush between steps made by hand)."""
     torch.manual_seed(2)
@@ -161,3 +170,25 @@ def test_gather_tiles_paths_agree():
         assert k1.dtype == dtype and torch.equal(k1, k0.to(dtype)) and torch.equal(v1, v0.to(dtype))
     assert torch.equal(k0[0], pool_k[0].float()) and torch.equal(v0[3], pool_v[2].float())  # blocks 4 and 1
     assert gather_tiles(ids[:0], cache, pool_k, pool_v, b2s, cfg)[0].shape == (0, 64, 2, 64)
+
+
+def test_gather_tiles_reads_token_sink_rows():
+    """Sink "token": a record whose map entry is -2 - r reads its row 0 from flat pool row r (both paths),
+    its other rows from the record; a plain record (-1) reads every row decoded."""
+    from kvarn.reference.paged_attention import gather_tiles
+    cfg = KvarnConfig.from_name("k4v2_g64", head_dim=64, sink="token")
+    gen = torch.Generator().manual_seed(torch.seed() % 2**31)
+    tiles = torch.randn(2, 3 * 2, 64, 64, generator=gen)
+    cache = encode_tiles(tiles[0], tiles[1], cfg).view(3, 2, cfg.record_bytes)
+    pool_k, pool_v = torch.randn(3, 64, 2, 64, generator=gen).half(), torch.randn(3, 64, 2, 64, generator=gen).half()
+    flat = 2 * 64 + 5  # row 5 of slot 2
+    b2s = torch.tensor([-2 - flat, -1, 0], dtype=torch.int32)
+    ids = torch.tensor([0, 1, 2, 0])
+    k0, v0 = gather_tiles(ids, cache, pool_k, pool_v, b2s, cfg)
+    k1, v1 = gather_tiles(ids, cache, pool_k, pool_v, b2s, cfg, no_sync=True, tiles_per_pass=2)
+    assert torch.equal(k0, k1) and torch.equal(v0, v1)
+    dk, dv = decode_tiles(cache.view(-1, cfg.record_bytes), cfg)  # [6, G, D]: (block, head) order
+    for i in (0, 3):
+        assert torch.equal(k0[i, 0], pool_k[2, 5].float()) and torch.equal(v0[i, 0], pool_v[2, 5].float())
+        assert torch.equal(k0[i, 1:], dk[0:2].transpose(0, 1)[1:]) and torch.equal(v0[i, 1:], dv[0:2].transpose(0, 1)[1:])
+    assert torch.equal(k0[1], dk[2:4].transpose(0, 1)) and torch.equal(k0[2], pool_k[0].float())

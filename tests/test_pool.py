@@ -40,12 +40,14 @@ class FakeScheduler:
         return r["blocks"]
 
 
-@pytest.mark.parametrize("retire,fp16_sink", [(False, True), (True, True), (False, False), (True, False)])
-def test_random_workload_keeps_invariants_and_reclaims_everything(retire, fp16_sink):
+@pytest.mark.parametrize("retire,fp16_sink,sink_rows", [(False, True, 0), (True, True, 0), (False, False, 0),
+                                                        (True, False, 0), (False, False, 12), (True, False, 9)])
+def test_random_workload_keeps_invariants_and_reclaims_everything(retire, fp16_sink, sink_rows):
     random.seed(0)
     max_seqs, budget = 6, 20
     slots = (2 if fp16_sink else 1) * max_seqs + -(-budget // G) * max_seqs + 8
-    pool = SlotPool(slots, G, retire_sinks=retire, num_blocks=4, fp16_sink=fp16_sink)
+    pool = SlotPool(slots, G, retire_sinks=retire, num_blocks=4, fp16_sink=fp16_sink, sink_rows=sink_rows)
+    rows_seen = 0
     sch = FakeScheduler(400)
     live, next_id, finished = [], 0, 0
     for step in range(600):
@@ -62,6 +64,13 @@ def test_random_workload_keeps_invariants_and_reclaims_everything(retire, fp16_s
         # flushed blocks are full and not mapped any more (unless re-owned this step)
         for b in plan.flush_blocks:
             assert b not in set((sm // G).tolist()) or plan.block_to_slot[b] >= 0
+        # sink rows: only flushed first blocks get one, in the rows after the slots, mapped as -2 - flat row
+        for b, r in zip(plan.flush_blocks, plan.flush_rows):
+            if r >= 0:
+                rows_seen += 1
+                assert slots * G <= r < slots * G + sink_rows
+                assert plan.block_to_slot[b] == -2 - r or plan.block_to_slot[b] >= 0  # or re-owned this step
+        assert (plan.block_to_slot >= -1).all() or sink_rows
         for rid in [r for r in live if sch.reqs[r]["computed"] == sch.reqs[r]["total"]]:
             pool.release(sch.finish(rid))
             live.remove(rid)
@@ -77,6 +86,11 @@ def test_random_workload_keeps_invariants_and_reclaims_everything(retire, fp16_s
         assert st["free"] + st["retired_sinks"] == slots and st["retired_sinks"] > 0
     else:
         assert st["free"] == slots and st["retired_sinks"] == 0
+    assert (rows_seen > 0) == (sink_rows > 0)
+    if sink_rows:  # every row free, or retired for a prefix-cache hit (none live)
+        assert st["sink_rows_free"] + st["sink_rows_retired"] == sink_rows
+        assert st["sink_rows_retired"] == (0 if not retire else st["sink_rows_retired"]) and (
+            not retire or st["sink_rows_retired"] > 0)
 
 
 def test_sink_stays_tail_moves_full_tiles_flush_next_step():
@@ -161,3 +175,39 @@ def test_keep_fp16_debug_mode_never_flushes():
             assert flushed == 0 and int((pool.block_slot >= 0).sum()) == 6 + 3  # every block of both requests
         else:
             assert flushed > 0
+
+
+def test_token_sink_keeps_row_zero_of_flushed_first_blocks():
+    """KVARN_SINK=token: the first block is flushed like any full block and its row 0 goes to a sink row after
+    the slots; readers see it as -2 - flat row. A request's end retires the row with prefix caching (a hit
+    reuses it; LRU eviction when rows run out) and frees it without; a new owner of the block drops it."""
+    pool = SlotPool(8, G, fp16_sink=False, sink_rows=2, retire_sinks=True)
+    assert pool.total_slots == 9
+    sm = np.array([5 * G + i for i in range(G)] + [9 * G + i for i in range(G)] + [2 * G + i for i in range(4)])
+    pool.plan_step(sm, np.array([5]))
+    plan = pool.plan_step(np.array([2 * G + 4]), np.array([5]))
+    assert sorted(plan.flush_blocks.tolist()) == [5, 9]
+    rows = dict(zip(plan.flush_blocks.tolist(), plan.flush_rows.tolist()))
+    assert rows[9] == -1 and rows[5] == 8 * G  # sink row 0 = flat row num_slots * G
+    assert plan.block_to_slot[5] == -2 - 8 * G and plan.block_to_slot[9] == -1 and plan.block_to_slot[2] >= 0
+    pool.release([5, 9, 2])
+    assert pool.stats()["sink_rows_retired"] == 1
+    # a prefix hit on block 5 keeps reading the row; two more first blocks need rows: the LRU one is evicted
+    plan = pool.plan_step(np.array([3 * G + i for i in range(G)] + [4 * G + i for i in range(G)]), np.array([3, 4]))
+    plan = pool.plan_step(np.array([7 * G]), np.array([3]))
+    assert sorted(plan.flush_blocks.tolist()) == [3, 4]
+    assert pool.block_row[5] == -1 and pool.block_row[3] >= 0 and pool.block_row[4] >= 0
+    assert pool.stats()["sink_rows_free"] == 0 and pool.stats()["sink_rows_missed"] == 0
+    pool.check_invariants()
+    # block 3 gets a new owner (vLLM reused it): its stale row is dropped
+    pool.release([3, 7])
+    plan = pool.plan_step(np.array([3 * G]), np.array([3]))
+    assert pool.block_row[3] == -1 and plan.block_to_slot[3] >= 0
+    pool.check_invariants()
+    # without prefix caching a finished request's row is freed at once
+    nopc = SlotPool(8, G, fp16_sink=False, sink_rows=1, retire_sinks=False)
+    nopc.plan_step(np.array([5 * G + i for i in range(G)]), np.array([5]))
+    assert nopc.plan_step(np.array([6 * G]), np.array([5])).flush_rows.tolist() == [8 * G]
+    nopc.release([5, 6])
+    assert nopc.stats()["sink_rows_free"] == 1 and nopc.block_row[5] == -1
+    nopc.check_invariants()

@@ -131,19 +131,31 @@ def test_prefix_caching_on_equals_off():
     assert on.pool["host_plan_mismatch"] == 0 and off.pool["host_plan_mismatch"] == 0
 
 
-def test_quantized_sink_prefix_caching_on_equals_off_and_one_pool_slot_per_sequence():
-    """KVARN_SINK=quantized: block 0 is flushed like every other complete tile, so the cache semantics
-    stay independent of prefix hits (on == off), no sink is ever retired, the startup line sizes the
-    pool at one slot per sequence."""
-    on, off = _prefix_caching_runs({"KVARN_SINK": "quantized"}, {"max_num_seqs": 8})
-    print("quantized sink, prefix caching on :", on.tokens)
-    print("quantized sink, prefix caching off:", off.tokens)
+@pytest.mark.parametrize("sink,line", [
+    ("quantized", "sink quantized (KVARN_SINK=quantized); fp16 tail pool"),
+    ("token", "sink quantized but its first token fp16 (KVARN_SINK=token, 128 sink rows in 1 extra slot(s)); fp16 tail pool"),
+])
+def test_quantized_sink_prefix_caching_on_equals_off_and_one_pool_slot_per_sequence(sink, line):
+    """KVARN_SINK=quantized / token: block 0 is flushed like every other complete tile (with "token" its position
+    0 stays fp16 in a sink row), so the cache semantics stay independent of prefix hits (on == off), no sink is
+    ever retired, the startup line sizes the pool at one slot per sequence; "token" retires request A's sink
+    row for B's prefix hit with caching on, frees it with caching off."""
+    on, off = _prefix_caching_runs({"KVARN_SINK": sink}, {"max_num_seqs": 8})
+    print(f"{sink} sink, prefix caching on :", on.tokens)
+    print(f"{sink} sink, prefix caching off:", off.tokens)
     assert on.tokens == off.tokens and [len(t) for t in on.tokens] == [24, 24]
-    assert "sink quantized (KVARN_SINK=quantized); fp16 tail pool" in on.output
+    assert line in on.output
     assert "min(1 x max_num_seqs=8 " in on.output
     for run in (on, off):
         assert run.pool["retired_sinks"] == 0 and run.pool["live"] == 0 and run.pool["pending_flush"] == 0
         assert run.pool["free"] == run.pool["slots"] and run.pool["host_plan_mismatch"] == 0
+        assert run.pool["sink_rows_free"] + run.pool["sink_rows_retired"] == run.pool["sink_rows"]
+        assert run.pool["sink_rows_missed"] == 0
+    if sink == "token":
+        assert on.pool["sink_rows"] == 128 and on.pool["sink_rows_retired"] >= 1
+        assert off.pool["sink_rows_retired"] == 0 and off.pool["sink_rows_free"] == 128
+    else:
+        assert on.pool["sink_rows"] == 0
 
 
 def test_preemption_recompute_gives_same_tokens():

@@ -17,6 +17,7 @@ kernel as vLLM runs it (sink and tail tiles in the fp16 pool) against variants, 
   ahead=1|2      the record loop's block ids / pool-map entries (1) and K scale vectors (2) loaded a tile early
   KEY=V+KEY=V    any mix of the launcher's tuning arguments, e.g. ahead=2+prefetch=1
   --qsink        the sink tile a record (KVARN_SINK=quantized): only the tail in the pool
+  --tsink        the same plus position 0 from an fp16 sink row (KVARN_SINK=token)
   base, base:maxnreg=168, maxnreg=168   the current kernel against an earlier one, same launcher:
                  ``--base-kernel FILE`` (e.g. ``git show REV:src/kvarn/kernels/decode_kernel.py > FILE``);
                  ``--base-kernel A,B`` with variants base1[:KEY=V+...], base2[:...] compares several
@@ -101,10 +102,12 @@ def main(argv=None) -> int:
     ap.add_argument("--no-baselines", action="store_true", help="skip records_only and bf16_pool")
     ap.add_argument("--qsink", action="store_true", help="the sink tile a record (KVARN_SINK=quantized): "
                     "only the tail tile in the pool")
+    ap.add_argument("--tsink", action="store_true", help="as --qsink, plus position 0 of every first block from "
+                    "an fp16 sink row (KVARN_SINK=token)")
     a = ap.parse_args(argv)
     shapes = [tuple(int(x) for x in s.split("x")) for s in a.shapes.split(",")] if a.shapes else SHAPES
     variants = {k: variant_kwargs(k) for k in a.variants.split(",")}
-    cfg = KvarnConfig.from_name("kvarn_k4v2_g128", head_dim=128)
+    cfg = KvarnConfig.from_name("kvarn_k4v2_g128", head_dim=128, sink="token" if a.tsink else None)
     copy = copy_rate_gbs()
     print(f"copy rate {copy:.0f} GB/s", flush=True)
     rows = []
@@ -128,7 +131,10 @@ def main(argv=None) -> int:
         print("point", json.dumps(row), flush=True)
 
     for bsz, ctx in shapes:
-        st, nbytes = kvarn_state(bsz, ctx, a.hk, cfg, fp16_sink=not a.qsink)
+        st, nbytes = kvarn_state(bsz, ctx, a.hk, cfg, fp16_sink=not (a.qsink or a.tsink))
+        if a.tsink:  # first block b*nbp -> sink row 0 of the (otherwise unused) even slot 2b
+            first = torch.arange(bsz, device="cuda") * (ctx // cfg.group)
+            st["block_to_slot"][first] = (-2 - 2 * torch.arange(bsz, device="cuda") * cfg.group).int()
         for name, kw in variants.items():
             timed(name, bsz, ctx, st, nbytes, **kw)
         if a.no_baselines:

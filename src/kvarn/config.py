@@ -100,12 +100,18 @@ DEFAULT_PRESET = "k4v2_g128"
 # What happens to a request's first block (the "sink", method.md §1.6) once it is complete:
 #   fp16      -- it stays in the fp16 pool while the request lives (the upstream method; the default);
 #   quantized -- it is flushed into a record like every other complete tile (a deviation: halves the
-#                pool's per-sequence slots and the sink's bytes read per decode step; flaw 4).
-SINK_MODES = ("fp16", "quantized")
+#                pool's per-sequence slots and the sink's bytes read per decode step; flaw 4);
+#   token     -- flushed like ``quantized``, but its first token (position 0, the attention sink) stays fp16:
+#                one rotated K and V row per request in the pool's sink-row slots (flaw 4; the drift of a
+#                quantized sink is almost all token 0's 2-bit value row, see docs/eval.md).
+SINK_MODES = ("fp16", "quantized", "token")
 DEFAULT_SINK = "fp16"
 # Suffix of a kvarn name in the tools (`kvarn eval` formats, `kvarn plan` formats, `kvarn bench` arms) for the
 # quantized sink; the vLLM backend itself takes it from KVARN_SINK=quantized, the --kv-cache-dtype is unchanged.
 QSINK_SUFFIX = "+qsink"
+TSINK_SUFFIX = "+tsink"  # the same for KVARN_SINK=token
+SINK_SUFFIXES = {"quantized": QSINK_SUFFIX, "token": TSINK_SUFFIX}
+SINK_NOTES = {"fp16": "", "quantized": ", sink quantized", "token": ", sink quantized but its first token fp16"}
 
 # Query tokens of one request per decode-kernel program (KVARN_MQ_GROUP, the kernel's tokens_per_program):
 # powers of two up to the 16 rows of one MMA tile.
@@ -209,6 +215,11 @@ class KvarnConfig:
         return 1 if self.sink == "fp16" else 0
 
     @property
+    def token_sink(self) -> bool:
+        """True when position 0 stays fp16 in a sink row while its tile is a record (sink "token")."""
+        return self.sink == "token"
+
+    @property
     def pool_slots_per_seq(self) -> int:
         """fp16 pool slots a running sequence holds: sink + tail, or the tail alone."""
         return 1 + self.first_quantized_tile
@@ -283,7 +294,7 @@ class KvarnConfig:
     def describe(self) -> str:
         return (
             f"{self.kv_cache_dtype} (numerics={self.numerics.name}, head_dim={self.head_dim}"
-            f"{', sink quantized' if self.sink == 'quantized' else ''}): "
+            f"{SINK_NOTES[self.sink]}): "
             f"{self.bytes_per_token} B/token/head, {self.bits_per_element:.3f} bits/elem, "
             f"{self.ratio_vs(2):.2f}x smaller than bf16"
         )
@@ -319,6 +330,13 @@ def pool_slots(max_num_seqs: int, max_num_batched_tokens: int, group: int, per_s
     if per_seq not in (1, 2):
         raise ValueError(f"per_seq (pool slots per sequence) must be 1 or 2, got {per_seq}")
     return per_seq * max_num_seqs + math.ceil(max_num_batched_tokens / group) + 8
+
+
+def sink_row_slots(max_num_seqs: int, group: int) -> int:
+    """Extra pool slots that hold the fp16 sink rows of ``KVARN_SINK=token`` (one K and V row per request's
+    first block, G rows per slot): room for 2 x max_num_seqs rows (live requests plus retired ones that a
+    prefix-cache hit may reuse)."""
+    return math.ceil(2 * max_num_seqs / group)
 
 
 def pool_bytes_per_layer(slots: int, group: int, num_kv_heads: int, head_dim: int) -> int:

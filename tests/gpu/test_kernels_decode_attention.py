@@ -20,12 +20,15 @@ pytestmark = pytest.mark.gpu
 
 
 def build_cache(lens, hk, cfg, pool_dtype, gen):
+    """With cfg.token_sink a complete block 0 is a record encoded with row 0 negated, and the true row 0
+    (scaled up, so it draws attention) sits in a sink row of slot total + 1: a kernel that reads the
+    record's row 0, or misses the sink row, is far off."""
     g, d = cfg.group, cfg.head_dim
     nblk = [-(-L // g) for L in lens]
     total = sum(nblk) + 2
     perm = torch.randperm(total, generator=gen).tolist()
     cache = torch.randint(0, 256, (total, hk, cfg.record_bytes), dtype=torch.uint8, generator=gen)
-    pool_k = torch.full((total + 1, g, hk, d), float("nan"), dtype=pool_dtype)
+    pool_k = torch.full((total + 2, g, hk, d), float("nan"), dtype=pool_dtype)
     pool_v = pool_k.clone()
     b2s = torch.full((total,), -1, dtype=torch.int32)
     poison = perm[-1]
@@ -44,10 +47,18 @@ def build_cache(lens, hk, cfg, pool_dtype, gen):
             table[r, j] = b
             rows = slice(j * g, min(L, (j + 1) * g))
             n = rows.stop - rows.start
-            if j == 0 or n < g or (keep_one and j == 2):
+            if (j == 0 and not cfg.token_sink) or n < g or (keep_one and j == 2):
                 b2s[b] = b
                 pool_k[b, :n] = kr[rows].to(pool_dtype)
                 pool_v[b, :n] = vr[rows].to(pool_dtype)
+            elif j == 0:  # sink "token"
+                tk, tv = kr[rows].clone(), vr[rows].clone()
+                tk[0], tv[0] = -tk[0], -tv[0]
+                cache[b] = encode_tiles(tk.transpose(0, 1), tv.transpose(0, 1), cfg)
+                flat = (total + 1) * g + r
+                pool_k.view(-1, hk, d)[flat] = (kr[0] * 3).to(pool_dtype)
+                pool_v.view(-1, hk, d)[flat] = (vr[0] * 5).to(pool_dtype)
+                b2s[b] = -2 - flat
             else:
                 cache[b] = encode_tiles(kr[rows].transpose(0, 1), vr[rows].transpose(0, 1), cfg)
     return cache, pool_k, pool_v, b2s, table
@@ -82,6 +93,33 @@ def test_decode_matches_reference(dev, hq, hk, d, preset, qdt, pdt, lens, splits
     for r, L in enumerate(lens):
         kc, vc = gather_kv(table[r], L, cache, pk, pv, b2s, cfg)
         ref = rotate(gqa_attention(rotate(q[r:r + 1]), kc, vc, scale, q_offset=L - 1))[0]
+        err = (out[r].float() - ref).norm() / ref.norm()
+        tol = 2.5e-2 if pdt == torch.bfloat16 else (6e-3 if qdt == torch.float16 else 1.2e-2)
+        assert err < tol, f"request {r} (len {L}): rel err {err:.2e}"
+
+
+@pytest.mark.parametrize("hq,hk,d,preset,qdt,pdt,lens,splits,ahead", [
+    (8, 2, 128, "k4v2_g128", torch.bfloat16, torch.float16, [1, 127, 128, 700, 513], None, None),
+    (8, 2, 128, "k4v2_g128", torch.float16, torch.float16, [129, 700, 513], 3, 0),
+    (8, 1, 128, "k4v2_g64", torch.bfloat16, torch.bfloat16, [65, 64 * 7, 300], 1, 1),
+    (6, 2, 256, "k4v4_g128", torch.float16, torch.float16, [129, 600], None, None),
+])
+def test_token_sink_rows_match_reference(dev, hq, hk, d, preset, qdt, pdt, lens, splits, ahead):
+    """KVARN_SINK=token: position 0 of a record first block comes from its fp16 sink row (map -2 - flat row),
+    the record's own row 0 is never read; split-K, ahead/no-ahead, GQA 4-8, head_dim 128/256."""
+    from kvarn.kernels import kvarn_decode_attention
+    cfg = KvarnConfig.from_name(preset, d, sink="token")
+    gen = torch.Generator().manual_seed(torch.seed() % 2**31)
+    cache, pk, pv, b2s, table = build_cache(lens, hk, cfg, pdt, gen)
+    assert (b2s <= -2).sum() == sum(L >= cfg.group for L in lens)
+    q = (torch.randn(len(lens), hq, d, generator=gen) * 1.5).to(qdt)
+    seq = torch.tensor(lens, dtype=torch.int32)
+    out = kvarn_decode_attention(q.to(dev), cache.to(dev), pk.to(dev), pv.to(dev), b2s.to(dev), table.to(dev),
+                                 seq.to(dev), d**-0.5, cfg, num_splits=splits, ahead=ahead).cpu()
+    assert torch.isfinite(out).all()
+    for r, L in enumerate(lens):
+        kc, vc = gather_kv(table[r], L, cache, pk, pv, b2s, cfg)
+        ref = rotate(gqa_attention(rotate(q[r:r + 1]), kc, vc, d**-0.5, q_offset=L - 1))[0]
         err = (out[r].float() - ref).norm() / ref.norm()
         tol = 2.5e-2 if pdt == torch.bfloat16 else (6e-3 if qdt == torch.float16 else 1.2e-2)
         assert err < tol, f"request {r} (len {L}): rel err {err:.2e}"

@@ -111,6 +111,40 @@ def test_flush_tiles_layers_equals_per_layer(dev):
         assert torch.equal(got.cpu(), exp.cpu())
 
 
+@pytest.mark.parametrize("layers", [1, 3])
+def test_flush_keeps_sink_rows(dev, layers):
+    """rows (KVARN_SINK=token): row 0 of a flushed tile is copied bit for bit to its flat pool row, every KV
+    head, K and V; -1 copies nothing; the records equal a flush without rows."""
+    from kvarn.kernels import flush_tiles, flush_tiles_layers
+    cfg = KvarnConfig.from_name("k4v2_g64", 64, sink="token")
+    gen = torch.Generator().manual_seed(torch.seed() % 2**31)
+    hk, slots, nb, g = 2, 5, 6, cfg.group
+    pk = [torch.randn(slots, g, hk, 64, generator=gen).half().to(dev) for _ in range(layers)]
+    pv = [(torch.randn(slots, g, hk, 64, generator=gen) * 0.1).half().to(dev) for _ in range(layers)]
+    caches = [torch.zeros(nb, hk, cfg.record_bytes, dtype=torch.uint8, device=dev) for _ in range(layers)]
+    plain = [c.clone() for c in caches]
+    before_k, before_v = [p.clone() for p in pk], [p.clone() for p in pv]
+    sl, bl = [1, 3, 0], [5, 0, 2]
+    rows = [4 * g + 7, -1, 4 * g + 1]  # sink rows in slot 4
+    i32 = lambda x: torch.tensor(x, dtype=torch.int32, device=dev)  # noqa: E731
+    if layers == 1:
+        flush_tiles(pk[0], pv[0], caches[0], i32(sl), i32(bl), cfg, rows=i32(rows))
+        flush_tiles(pk[0].clone(), pv[0].clone(), plain[0], i32(sl), i32(bl), cfg)
+    else:
+        lay = i32([i for i in range(layers) for _ in sl])
+        flush_tiles_layers(pk, pv, caches, lay, i32(sl * layers), i32(bl * layers), cfg, rows=i32(rows * layers))
+        flush_tiles_layers([p.clone() for p in pk], [p.clone() for p in pv], plain, lay, i32(sl * layers),
+                           i32(bl * layers), cfg)
+    for li in range(layers):
+        assert torch.equal(caches[li].cpu(), plain[li].cpu())
+        for p, before in ((pk[li], before_k[li]), (pv[li], before_v[li])):
+            want = before.clone()
+            for s_, r in zip(sl, rows):
+                if r >= 0:
+                    want.view(-1, hk, 64)[r] = before[s_, 0]
+            assert torch.equal(p.cpu(), want.cpu())
+
+
 def test_flush_rejects_bad_input(dev):
     from kvarn.kernels import flush_tiles
     cfg = KvarnConfig.from_name("k4v2_g128", 128)

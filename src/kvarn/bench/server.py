@@ -28,7 +28,7 @@ from pathlib import Path
 
 from kvarn.bench._http import httpx
 
-from kvarn.config import QSINK_SUFFIX as QSINK, KvarnConfig, kv_cache_dtype_names
+from kvarn.config import SINK_SUFFIXES, KvarnConfig, kv_cache_dtype_names
 
 BASELINE_NAMES = ("bf16", "auto", "bfloat16")
 PASSTHROUGH_DTYPES = ("fp8", "fp8_e4m3", "fp8_e5m2", "int8_per_token_head", "int4_per_token_head",
@@ -65,7 +65,7 @@ class Arm:
 
 def valid_arm_names() -> list[str]:
     kvarn = kv_cache_dtype_names()
-    return ["bf16", "auto", *PASSTHROUGH_DTYPES, *kvarn, *(n + QSINK for n in kvarn)]
+    return ["bf16", "auto", *PASSTHROUGH_DTYPES, *kvarn, *(n + sfx for sfx in SINK_SUFFIXES.values() for n in kvarn)]
 
 
 def parse_arm(spec: str) -> Arm:
@@ -76,10 +76,10 @@ def parse_arm(spec: str) -> Arm:
     if low in BASELINE_NAMES:
         arm = Arm("bf16" if low != "auto" else "auto", "auto")
     elif low.startswith("kvarn_"):
-        qsink = low.endswith(QSINK)
-        cfg = KvarnConfig.from_name(low.removesuffix(QSINK))  # ValueError lists the valid kvarn names
-        arm = Arm(cfg.kv_cache_dtype + (QSINK if qsink else ""), cfg.kv_cache_dtype, cfg.group,
-                  env=(("KVARN_SINK", "quantized"),) if qsink else ())
+        sink = next((mode for mode, sfx in SINK_SUFFIXES.items() if low.endswith(sfx)), None)
+        sfx = SINK_SUFFIXES.get(sink, "")
+        cfg = KvarnConfig.from_name(low.removesuffix(sfx))  # ValueError lists the valid kvarn names
+        arm = Arm(cfg.kv_cache_dtype + sfx, cfg.kv_cache_dtype, cfg.group, env=(("KVARN_SINK", sink),) if sink else ())
     elif low in PASSTHROUGH_DTYPES:
         arm = Arm(low, low)
     else:

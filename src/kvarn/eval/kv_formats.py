@@ -19,6 +19,7 @@ Names (``format_names(head_dim)``)::
     kvarn_<preset>@reference|improved     kvarn.reference.roundtrip, every preset x numerics
     kvarn_<preset>@<numerics>+qsink       the same with block 0 quantized too (``KVARN_SINK=quantized``);
                                           resolvable by name, not part of ``all``
+    kvarn_<preset>@<numerics>+tsink       block 0 quantized except its first token (``KVARN_SINK=token``)
     kvarn_<preset>@<numerics>+q4sink      a design probe, not served by the backend: block 0 encoded with
                                           4-bit values (the preset's keys, k4v4 record), later tiles as named
     fp8_e4m3, int4_per_token_head, kivi2  kvarn.reference.baselines.fake_quant(name, k, v)
@@ -34,7 +35,7 @@ from typing import Callable
 
 import torch
 
-from kvarn.config import NUMERICS, PRESETS, QSINK_SUFFIX as QSINK, KvarnConfig
+from kvarn.config import NUMERICS, PRESETS, QSINK_SUFFIX as QSINK, TSINK_SUFFIX as TSINK, KvarnConfig
 
 BASELINES = ("fp8_e4m3", "int4_per_token_head", "kivi2")
 # KIVI-2 as kvarn.reference.baselines implements it: K per channel over 128-token groups, fp16 sink + tail.
@@ -98,7 +99,8 @@ Q4SINK = "+q4sink"  # name suffix (design probe): block 0 encoded with 4-bit val
 
 
 def _kvarn_format(preset: str, numerics: str, head_dim: int, sink: str = "") -> KVFormat:
-    """sink: "" (fp16 sink), QSINK (quantized like every tile) or Q4SINK (quantized with 4-bit values)."""
+    """sink: "" (fp16 sink), QSINK (quantized like every tile), TSINK (quantized, its first token fp16) or Q4SINK
+    (quantized with 4-bit values)."""
     cfg = KvarnConfig.from_name(preset, head_dim=head_dim, numerics=numerics)
     from kvarn.reference import roundtrip
 
@@ -106,6 +108,12 @@ def _kvarn_format(preset: str, numerics: str, head_dim: int, sink: str = "") -> 
         return lambda k, v: roundtrip(k, v, c, keep_sink=False)
 
     sink_cfg = dataclasses.replace(cfg, value_bits=4) if sink == Q4SINK else None
+    sink_fn = codec(sink_cfg) if sink_cfg else None
+    if sink == TSINK:
+        def sink_fn(k, v, whole=codec(cfg)):  # position 0 read back in fp16, as its sink row holds it
+            kh, vh = whole(k, v)
+            kh[:1], vh[:1] = k[:1].half().float(), v[:1].half().float()
+            return kh, vh
     return KVFormat(
         name=f"{cfg.kv_cache_dtype}@{numerics}{sink}",
         bits_per_element=cfg.bits_per_element,
@@ -114,8 +122,9 @@ def _kvarn_format(preset: str, numerics: str, head_dim: int, sink: str = "") -> 
         fp16_tail=True,
         quantize_fn=codec(cfg),
         description=cfg.describe() + {"": "", QSINK: "; sink (block 0) quantized",
+                                      TSINK: "; sink (block 0) quantized except its first token",
                                       Q4SINK: "; sink (block 0) quantized with 4-bit values (design probe)"}[sink],
-        sink_quantize_fn=codec(sink_cfg) if sink_cfg else None,
+        sink_quantize_fn=sink_fn,
     )
 
 
@@ -183,12 +192,12 @@ def resolve_names(spec: str | list[str], head_dim: int) -> list[str]:
             cand = list(BASELINES)
         else:
             base = low if low.startswith("kvarn_") or low in ("bf16",) + BASELINES else "kvarn_" + low
-            suffix = next((x for x in (QSINK, Q4SINK) if base.endswith(x) and "@" in base), "")
+            suffix = next((x for x in (QSINK, TSINK, Q4SINK) if base.endswith(x) and "@" in base), "")
             plain = base.removesuffix(suffix)
             cand = [n + suffix for n in all_names if n == plain or (not suffix and n.split("@")[0] == plain)]
         if not cand:
             raise ValueError(f"unknown KV format {item!r}; valid: all, kvarn, baselines, {', '.join(all_names)} "
-                             f"(a kvarn name may end in {QSINK}: sink quantized, or {Q4SINK})")
+                             f"(a kvarn name may end in {QSINK}: sink quantized, {TSINK}: all but its first token, or {Q4SINK})")
         out.extend(c for c in cand if c not in out)
     return out
 
@@ -202,9 +211,9 @@ def make_format(name: str, head_dim: int) -> KVFormat:
         return _baseline_format(name, head_dim)
     if name.startswith("kvarn_") and "@" in name:
         preset, num = name[len("kvarn_"):].split("@", 1)
-        sink = next((x for x in (QSINK, Q4SINK) if num.endswith(x)), "")
+        sink = next((x for x in (QSINK, TSINK, Q4SINK) if num.endswith(x)), "")
         num = num.removesuffix(sink)
         if preset in PRESETS and num in NUMERICS:
             return _kvarn_format(preset, num, head_dim, sink=sink)
     raise ValueError(f"unknown KV format {name!r}; valid: {', '.join(format_names(head_dim))} "
-                     f"(a kvarn name may end in {QSINK}: sink quantized, or {Q4SINK})")
+                     f"(a kvarn name may end in {QSINK}: sink quantized, {TSINK}: all but its first token, or {Q4SINK})")

@@ -160,7 +160,7 @@ def kvarn_decode_attention(
     common = dict(HK=hk, QPK=qpk, QP=qp, BN=bn, POOL_BF16=bf16_pool, UPCAST=INTERPRET and bf16_pool, IUP=INTERPRET,
                   ALL_POOL=bool(all_pool), TPR=tpr, ROT=rot, ASM=DECODE_ASM, num_warps=num_warps,
                   PREF=prefetch if DECODE_ASM else 0, PL=prefetch_lanes(cfg),
-                  AHD=ahead,
+                  AHD=ahead, TS=cfg.token_sink,
                   **layout_constexprs(cfg))
     # records: compute-bound, no software pipelining; pool-only: 2 stages (H200 sweep, docs/gpu.md)
     common["num_stages"] = num_stages if num_stages is not None else (2 if all_pool and d <= 128 else 1)

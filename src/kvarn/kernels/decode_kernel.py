@@ -90,32 +90,38 @@ def _prefetch_l2(base, PL: tl.constexpr, NL: tl.constexpr):
 
 
 @triton.jit
-def _row_mask(n, n_valid, lo, ROWS: tl.constexpr):
+def _row_mask(n, n_valid, lo, ROWS: tl.constexpr, nlo=0, TS: tl.constexpr = False):
     """[QP, N] mask of the positions n a row may attend to in this tile: n < n_valid, or (ROWS: several
-    tokens per program) n < n_valid + lo[row], lo [QP] = the row's causal length - the program's longest."""
+    tokens per program) n < n_valid + lo[row], lo [QP] = the row's causal length - the program's longest;
+    TS (sink "token"): also n >= nlo (1 on a record whose row 0 is read from its fp16 sink row, else 0)."""
     if ROWS:
-        return n[None, :] < (n_valid + lo)[:, None]
+        m = n[None, :] < (n_valid + lo)[:, None]
     else:
-        return (n < n_valid)[None, :]
+        m = (n < n_valid)[None, :]
+    if TS:
+        m = m & (n >= nlo)[None, :]
+    return m
 
 
 @triton.jit
-def _k_plane(qk_op, kb, qz, qa, kcs_ptr, n_valid, lo, P: tl.constexpr, KB: tl.constexpr, KM: tl.constexpr,
-             KPB: tl.constexpr, G: tl.constexpr, ASM: tl.constexpr, ROWS: tl.constexpr):
+def _k_plane(qk_op, kb, qz, qa, kcs_ptr, n_valid, lo, nlo, P: tl.constexpr, KB: tl.constexpr, KM: tl.constexpr,
+             KPB: tl.constexpr, G: tl.constexpr, ASM: tl.constexpr, ROWS: tl.constexpr, TS: tl.constexpr):
     """Scores of token plane P: kb uint8 [D, G/KPB] K bytes -> (s [QP, G/KPB] log2-domain, -1e30 (finite,
     so an all-masked tile leaves m finite) past n_valid; token index n [G/KPB] = P*(G/KPB) + j)."""
     n = P * (G // KPB) + tl.arange(0, G // KPB)
     s = tl.dot(qk_op, _codes_f16(kb, KB * P, KM, ASM), tl.zeros([qk_op.shape[0], G // KPB], tl.float32))
     kcs = tl.load(kcs_ptr + n, mask=n < n_valid, other=0.0).to(tl.float32)
-    return tl.where(_row_mask(n, n_valid, lo, ROWS), ((s + qz[:, None]) * qa[:, None]) * kcs[None, :], -1e30), n
+    return tl.where(_row_mask(n, n_valid, lo, ROWS, nlo, TS), ((s + qz[:, None]) * qa[:, None]) * kcs[None, :],
+                    -1e30), n
 
 
 @triton.jit
-def _p_plane(s, n, n_valid, lo, m_new, rec_h_ptr, V_RS: tl.constexpr, V_RZ: tl.constexpr, ROWS: tl.constexpr):
+def _p_plane(s, n, n_valid, lo, nlo, m_new, rec_h_ptr, V_RS: tl.constexpr, V_RZ: tl.constexpr, ROWS: tl.constexpr,
+             TS: tl.constexpr):
     """Token plane of probabilities: (p [QP, N] fp32 (0 past n_valid), p*vs as the fp16 dot operand,
     p*vz - 1024*(p*vs) in fp32: the terms whose row sum is the folded V zero point)."""
     nm = n < n_valid
-    p = tl.where(_row_mask(n, n_valid, lo, ROWS), tl.exp2(s - m_new[:, None]), 0.0)
+    p = tl.where(_row_mask(n, n_valid, lo, ROWS, nlo, TS), tl.exp2(s - m_new[:, None]), 0.0)
     vs = tl.load(rec_h_ptr + V_RS // 2 + n, mask=nm, other=0.0).to(tl.float32)
     vz = tl.load(rec_h_ptr + V_RZ // 2 + n, mask=nm, other=0.0).to(tl.float32)
     pv = (p * vs[None, :]).to(tl.float16)
@@ -157,7 +163,7 @@ def _pool_tile(q_op, qa, m_i, l_i, acc, pk_ptr, pv_ptr, pbase, n_valid, lo, stri
         nm = n < n_valid
         kt = tl.load(pk_ptr + pbase + n[None, :] * stride_pn + d[:, None], mask=nm[None, :], other=0.0)
         s = dot_bf16_safe(q_op, kt.to(PDT), tl.zeros([QP, BN], tl.float32), UPCAST)
-        s = tl.where(_row_mask(n, n_valid, lo, ROWS), s * (qa * pool_k_scale)[:, None], float("-inf"))
+        s = tl.where(_row_mask(n, n_valid, lo, ROWS, 0, False), s * (qa * pool_k_scale)[:, None], float("-inf"))
         p, alpha, m_i, l_i = _softmax_update(s, m_i, l_i)
         vt = tl.load(pv_ptr + pbase + n[:, None] * stride_pn + d[None, :], mask=nm[:, None], other=0.0)
         pv = dot_bf16_safe(p.to(PDT), vt.to(PDT), tl.zeros([QP, D], tl.float32), UPCAST)
@@ -172,7 +178,7 @@ def _kvarn_decode_kernel(
     stride_ob, stride_oh, stride_os, q_mult, o_mult, pool_k_scale, pool_v_scale,
     HK: tl.constexpr, QPK: tl.constexpr, QP: tl.constexpr, BN: tl.constexpr, SPLIT: tl.constexpr,
     POOL_BF16: tl.constexpr, UPCAST: tl.constexpr, IUP: tl.constexpr, ALL_POOL: tl.constexpr, TPR: tl.constexpr,
-    ROT: tl.constexpr, ASM: tl.constexpr, PREF: tl.constexpr, PL: tl.constexpr, AHD: tl.constexpr,
+    ROT: tl.constexpr, ASM: tl.constexpr, PREF: tl.constexpr, PL: tl.constexpr, AHD: tl.constexpr, TS: tl.constexpr,
     D: tl.constexpr, G: tl.constexpr, KB: tl.constexpr, VB: tl.constexpr, R: tl.constexpr,
     K_CODES: tl.constexpr, K_RS: tl.constexpr, K_RZ: tl.constexpr, K_CS: tl.constexpr,
     V_CODES: tl.constexpr, V_CS: tl.constexpr, V_RS: tl.constexpr, V_RZ: tl.constexpr,
@@ -233,6 +239,22 @@ def _kvarn_decode_kernel(
         a1 = tl.zeros([QP, D // VPB], tl.float32)
         a2 = tl.zeros([QP, D // VPB], tl.float32)
         a3 = tl.zeros([QP, D // VPB], tl.float32)
+        if TS:  # sink "token": a first block that is a record keeps position 0 as an fp16 pool row (map <= -2);
+            # the split holding tile 0 starts its softmax state from that row (p = 1), pass 1 masks n = 0 there
+            e0 = tl.load(b2s_ptr + tl.load(bt_row).to(tl.int64))
+            srow = tl.where((e0 <= -2) & (t0 < t1) & (t0 == 0), -2 - e0, -1).to(tl.int64)
+            sbase = tl.maximum(srow // G * stride_ps + srow % G * stride_pn, 0) + hk * stride_ph
+            sm0 = (d * 0 + srow) >= 0
+            k0 = tl.load(pk_ptr + sbase + d, mask=sm0, other=0.0).to(tl.float32)
+            s_0 = tl.sum(q * k0[None, :], 1) * pool_k_scale
+            m_i = tl.where(srow >= 0, s_0, m_i)
+            l_i = tl.where(srow >= 0, 1.0, l_i)
+            vm0 = (ev * 0 + srow) >= 0
+            a0 += tl.load(pv_ptr + sbase + VPB * ev, mask=vm0, other=0.0).to(tl.float32)[None, :] * pool_v_scale
+            a1 += tl.load(pv_ptr + sbase + VPB * ev + 1, mask=vm0, other=0.0).to(tl.float32)[None, :] * pool_v_scale
+            if VPB == 4:
+                a2 += tl.load(pv_ptr + sbase + VPB * ev + 2, mask=vm0, other=0.0).to(tl.float32)[None, :] * pool_v_scale
+                a3 += tl.load(pv_ptr + sbase + VPB * ev + 3, mask=vm0, other=0.0).to(tl.float32)[None, :] * pool_v_scale
         # pass 1: every tile of the range through the record math, branch-free so Triton software-
         # pipelines the loads (num_stages); a pool tile's loads are masked off and its scores dropped.
         q_un = q * (1.0 / qa)[:, None]  # rows scaled to max |q| = 1
@@ -248,7 +270,7 @@ def _kvarn_decode_kernel(
             live = t0 < t1  # an empty range (split past the end, graph padding) reads block 0's entries
             b_nx = tl.where(live, tl.load(bt_row + tl.maximum(tl.minimum(t0, t1 - 1), 0)), 0).to(tl.int64)
             b_nx2 = tl.load(bt_row + tl.maximum(tl.minimum(t0 + 1, t1 - 1), 0)).to(tl.int64)
-            r_nx = tl.load(b2s_ptr + b_nx) < 0
+            e_nx = tl.load(b2s_ptr + b_nx)
             if AHD > 1:  # a pool tile's page is a valid block, read unmasked; its scores are dropped below
                 h_nx = (b_nx * stride_kvb + hk * R) // 2  # the record's fp16 offset
                 ks_nx = tl.load(ksb + h_nx)
@@ -259,8 +281,8 @@ def _kvarn_decode_kernel(
                 nxt = tl.load(bt_row + tl.minimum(t + PREF + 1, t1 - 1)).to(tl.int64)
             if AHD > 0:
                 blk = b_nx
-                rec = r_nx
-                r_nx = tl.load(b2s_ptr + b_nx2) < 0
+                ent = e_nx
+                e_nx = tl.load(b2s_ptr + b_nx2)
                 if AHD > 1:
                     ks = ks_nx.to(tl.float32)
                     kz = kz_nx.to(tl.float32)
@@ -271,7 +293,9 @@ def _kvarn_decode_kernel(
                 b_nx2 = tl.load(bt_row + tl.minimum(t + 2, t1 - 1)).to(tl.int64)
             else:
                 blk = tl.load(bt_row + t).to(tl.int64)
-                rec = tl.load(b2s_ptr + blk) < 0
+                ent = tl.load(b2s_ptr + blk)
+            rec = ent < 0
+            nlo = (ent <= -2).to(tl.int32)  # used with TS only: position 0 comes from the sink row
             md = (d * 0 + rec.to(tl.int32)) > 0  # masks as tensors: a pool tile loads nothing here
             me = (ev * 0 + rec.to(tl.int32)) > 0
             n_valid = tl.where(rec, seq_len - t * G, 0)
@@ -285,23 +309,23 @@ def _kvarn_decode_kernel(
             qz = tl.sum(q_un * kz[None, :] - 1024.0 * qk_op.to(tl.float32), 1)
             kb = tl.load(kv_ptr + rb + K_CODES + d[:, None] + jk[None, :] * D, mask=md[:, None], other=0)  # [D, G/KPB]
             kcb = kvh_ptr + hb + K_CS // 2
-            s0, n0 = _k_plane(qk_op, kb, qz, qa, kcb, n_valid, lo, 0, KB, KM, KPB, G, ASM, ROWS)
-            s1, n1 = _k_plane(qk_op, kb, qz, qa, kcb, n_valid, lo, 1, KB, KM, KPB, G, ASM, ROWS)
+            s0, n0 = _k_plane(qk_op, kb, qz, qa, kcb, n_valid, lo, nlo, 0, KB, KM, KPB, G, ASM, ROWS, TS)
+            s1, n1 = _k_plane(qk_op, kb, qz, qa, kcb, n_valid, lo, nlo, 1, KB, KM, KPB, G, ASM, ROWS, TS)
             s2 = s0
             s3 = s1
             n2 = n0
             n3 = n1
             sm = tl.maximum(s0, s1)
             if KPB == 4:
-                s2, n2 = _k_plane(qk_op, kb, qz, qa, kcb, n_valid, lo, 2, KB, KM, KPB, G, ASM, ROWS)
-                s3, n3 = _k_plane(qk_op, kb, qz, qa, kcb, n_valid, lo, 3, KB, KM, KPB, G, ASM, ROWS)
+                s2, n2 = _k_plane(qk_op, kb, qz, qa, kcb, n_valid, lo, nlo, 2, KB, KM, KPB, G, ASM, ROWS, TS)
+                s3, n3 = _k_plane(qk_op, kb, qz, qa, kcb, n_valid, lo, nlo, 3, KB, KM, KPB, G, ASM, ROWS, TS)
                 sm = tl.maximum(sm, tl.maximum(s2, s3))
             m_new = tl.maximum(m_i, tl.max(sm, 1))
             alpha = tl.exp2(m_i - m_new)
             m_i = m_new
             # p, p*vs in fp16 and the folded zero points, one reduction each for l and pz
-            p0, pv0, z0 = _p_plane(s0, n0, n_valid, lo, m_new, kvh_ptr + hb, V_RS, V_RZ, ROWS)
-            p1, pv1, z1 = _p_plane(s1, n1, n_valid, lo, m_new, kvh_ptr + hb, V_RS, V_RZ, ROWS)
+            p0, pv0, z0 = _p_plane(s0, n0, n_valid, lo, nlo, m_new, kvh_ptr + hb, V_RS, V_RZ, ROWS, TS)
+            p1, pv1, z1 = _p_plane(s1, n1, n_valid, lo, nlo, m_new, kvh_ptr + hb, V_RS, V_RZ, ROWS, TS)
             psum = p0 + p1
             zsum = z0 + z1
             vbase = kv_ptr + rb + V_CODES + ev[None, :] * G  # V bytes of token n: vbase + n
@@ -311,8 +335,8 @@ def _kvarn_decode_kernel(
             t0v, t1v, t2v, t3v = _v_planes(pv0, vb0, zv, zv, zv, zv, VB, VM, VPB, ASM)
             t0v, t1v, t2v, t3v = _v_planes(pv1, vb1, t0v, t1v, t2v, t3v, VB, VM, VPB, ASM)
             if KPB == 4:
-                p2, pv2, z2 = _p_plane(s2, n2, n_valid, lo, m_new, kvh_ptr + hb, V_RS, V_RZ, ROWS)
-                p3, pv3, z3 = _p_plane(s3, n3, n_valid, lo, m_new, kvh_ptr + hb, V_RS, V_RZ, ROWS)
+                p2, pv2, z2 = _p_plane(s2, n2, n_valid, lo, nlo, m_new, kvh_ptr + hb, V_RS, V_RZ, ROWS, TS)
+                p3, pv3, z3 = _p_plane(s3, n3, n_valid, lo, nlo, m_new, kvh_ptr + hb, V_RS, V_RZ, ROWS, TS)
                 psum += p2 + p3
                 zsum += z2 + z3
                 vb2 = tl.load(vbase + n2[:, None], mask=me[None, :], other=0)

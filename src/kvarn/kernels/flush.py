@@ -139,9 +139,9 @@ def _pack_store(ptr, q, R: tl.constexpr, C: tl.constexpr, BITS: tl.constexpr, PL
 
 @triton.jit
 def _flush_kernel(
-    pk_ptr, pv_ptr, kv_ptr, kvh_ptr, slots_ptr, blocks_ptr, clip_ptr, NCLIP, layers_ptr, addr_ptr, L,
+    pk_ptr, pv_ptr, kv_ptr, kvh_ptr, slots_ptr, blocks_ptr, rows_ptr, clip_ptr, NCLIP, layers_ptr, addr_ptr, L,
     stride_ps, stride_pn, stride_ph, stride_kvb,
-    MULTI: tl.constexpr, IS_V: tl.constexpr, ITERS: tl.constexpr, LOG_LO: tl.constexpr, LOG_HI: tl.constexpr,
+    MULTI: tl.constexpr, ROWS: tl.constexpr, IS_V: tl.constexpr, ITERS: tl.constexpr, LOG_LO: tl.constexpr, LOG_HI: tl.constexpr,
     STD_LO: tl.constexpr, STD_HI: tl.constexpr, PRESCALE: tl.constexpr, RAW: tl.constexpr, PADP2: tl.constexpr,
     D: tl.constexpr, G: tl.constexpr, KB: tl.constexpr, VB: tl.constexpr, R: tl.constexpr,
     K_CODES: tl.constexpr, K_RS: tl.constexpr, K_RZ: tl.constexpr, K_CS: tl.constexpr,
@@ -164,6 +164,14 @@ def _flush_kernel(
     rb = blk * stride_kvb + h * R
     g = tl.arange(0, G)
     d = tl.arange(0, D)
+    if ROWS:  # sink "token": row 0 of the tile (position 0 of a first block) is kept fp16 in flat pool row r
+        r = tl.load(rows_ptr + i).to(tl.int64)
+        dst = tl.maximum((r // G) * stride_ps + (r % G) * stride_pn + h * stride_ph, 0)
+        keep = (d * 0 + r) >= 0
+        if IS_V:
+            tl.store(pv_ptr + dst + d, tl.load(pv_ptr + pbase + d), mask=keep)
+        else:
+            tl.store(pk_ptr + dst + d, tl.load(pk_ptr + pbase + d), mask=keep)
     if IS_V:
         m = tl.load(pv_ptr + pbase + g[:, None] * stride_pn + d[None, :]).to(tl.float32)  # [G, D]
         q, rs, rz, cs = _encode_tile(m, clip_ptr, NCLIP, G, D, VB, ITERS, LOG_LO, LOG_HI, STD_LO, STD_HI, PRESCALE)
@@ -195,9 +203,13 @@ def _numerics_constexprs(num: Numerics) -> dict:
 
 def flush_tiles(pool_k: torch.Tensor, pool_v: torch.Tensor, kv_cache: torch.Tensor, slots: torch.Tensor,
                 blocks: torch.Tensor, cfg: KvarnConfig, num_warps: int | None = None,
-                layers: torch.Tensor | None = None, layer_addrs: torch.Tensor | None = None) -> None:
+                layers: torch.Tensor | None = None, layer_addrs: torch.Tensor | None = None,
+                rows: torch.Tensor | None = None) -> None:
     """Encode pool tiles into records, in place: for every i and KV head h,
     ``kv_cache[blocks[i], h] = encode(pool_k[slots[i], :, h], pool_v[slots[i], :, h])``.
+    rows int32 [N] (optional, sink "token"): where rows[i] >= 0, row 0 of the tile is also copied to the flat
+    pool row rows[i] (``pool.reshape(-1, Hk, D)[rows[i]] = pool[slots[i], 0]``, K and V), outside every tile
+    being flushed.
 
     pool_k/pool_v [slots, G, Hk, D] rotated rows (fp16/bf16/fp32, all G rows valid);
     kv_cache uint8 [NB, Hk, R]; slots, blocks int32 [N] on the same device. block_to_slot is
@@ -221,6 +233,9 @@ def flush_tiles(pool_k: torch.Tensor, pool_v: torch.Tensor, kv_cache: torch.Tens
           and slots.dim() == 1, f"slots/blocks must be int32 [N], got {slots.dtype} {tuple(slots.shape)}, "
           f"{blocks.dtype} {tuple(blocks.shape)}")
     n = slots.shape[0]
+    if rows is not None:
+        check(rows.dtype == torch.int32 and rows.shape == slots.shape,
+              f"rows must be int32 [N] like slots, got {rows.dtype} {tuple(rows.shape)}")
     if n == 0:
         return
     num = cfg.numerics
@@ -236,9 +251,9 @@ def flush_tiles(pool_k: torch.Tensor, pool_v: torch.Tensor, kv_cache: torch.Tens
     for is_v in (False, True):
         # clip_ratios[0] == 1.0 (full range), so NCLIP = 1 means "no clipping" for this tensor
         nclip = len(num.clip_ratios_for(cfg.value_bits if is_v else cfg.key_bits))
-        _flush_kernel[(n, hk)](pool_k, pool_v, kv_cache, kvh, slots, blocks, clips, nclip, lay, addr,
-                               nl, pool_k.stride(0), pool_k.stride(1), pool_k.stride(2), kv_cache.stride(0),
-                               MULTI=multi, IS_V=is_v, **kw)
+        _flush_kernel[(n, hk)](pool_k, pool_v, kv_cache, kvh, slots, blocks, slots if rows is None else rows, clips,
+                               nclip, lay, addr, nl, pool_k.stride(0), pool_k.stride(1), pool_k.stride(2),
+                               kv_cache.stride(0), MULTI=multi, ROWS=rows is not None, IS_V=is_v, **kw)
 
 
 def flush_warps(cfg: KvarnConfig, few: bool) -> int:
@@ -251,10 +266,12 @@ def flush_warps(cfg: KvarnConfig, few: bool) -> int:
 
 def flush_tiles_layers(pools_k: Sequence[torch.Tensor], pools_v: Sequence[torch.Tensor],
                        caches: Sequence[torch.Tensor], layers: torch.Tensor, slots: torch.Tensor,
-                       blocks: torch.Tensor, cfg: KvarnConfig, num_warps: int | None = None) -> None:
+                       blocks: torch.Tensor, cfg: KvarnConfig, num_warps: int | None = None,
+                       rows: torch.Tensor | None = None) -> None:
     """One launch for the flush items of many layers (a step's complete tiles, all layers):
     item i encodes ``pools_k[layers[i]][slots[i], :, h]`` (and pools_v) into
-    ``caches[layers[i]][blocks[i], h]`` for every KV head h. Every layer's tensors must share
+    ``caches[layers[i]][blocks[i], h]`` for every KV head h (rows: as in :func:`flush_tiles`, per item,
+    within the item's layer). Every layer's tensors must share
     shape, dtype and strides; layers int32 [N]. One flush_tiles launch costs ~the latency of a
     single tile encode whatever N (docs/gpu.md), so batching layers divides the flush time by
     the layer count when few tiles complete per step."""
@@ -271,7 +288,8 @@ def flush_tiles_layers(pools_k: Sequence[torch.Tensor], pools_v: Sequence[torch.
           "every layer's pool and cache tensor must start 16-byte aligned")
     addrs = _layer_addrs(tuple(t.data_ptr() for ts in (pools_k, pools_v, caches) for t in ts), nl,
                          str(caches[0].device))
-    flush_tiles(pools_k[0], pools_v[0], caches[0], slots, blocks, cfg, num_warps, layers=layers, layer_addrs=addrs)
+    flush_tiles(pools_k[0], pools_v[0], caches[0], slots, blocks, cfg, num_warps, layers=layers, layer_addrs=addrs,
+                rows=rows)
 
 
 @functools.lru_cache(maxsize=64)

@@ -39,7 +39,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from kvarn.config import PRESETS, QSINK_SUFFIX as QSINK, SUPPORTED_HEAD_DIMS, KvarnConfig, kv_cache_dtype_names
+from kvarn.config import PRESETS, SINK_SUFFIXES, SUPPORTED_HEAD_DIMS, KvarnConfig, kv_cache_dtype_names
 
 # ---- kernel efficiency priors (see docs/plan.md, "Constants") ---------------------------------
 FA3_ATTN_EFF = 0.70          # FlashAttention-3 paged decode, bf16/fp8 (one value for both)
@@ -132,7 +132,7 @@ DEFAULT_COMPARE = ("bf16", "fp8", "int4_per_token_head", *TURBOQUANT_PRESETS, *k
 
 def all_format_names() -> list[str]:
     kvarn = kv_cache_dtype_names()
-    return [*VLLM_FORMATS, *TURBOQUANT_PRESETS, *kvarn, *(n + QSINK for n in kvarn)]
+    return [*VLLM_FORMATS, *TURBOQUANT_PRESETS, *kvarn, *(n + sfx for sfx in SINK_SUFFIXES.values() for n in kvarn)]
 
 
 def get_format(name: str, head_dim: int, kvarn_attn_eff: float | None = None,
@@ -168,11 +168,11 @@ def _get_format(name: str, head_dim: int) -> KVFormat:
         return KVFormat(key, "turboquant", "TURBOQUANT", turboquant_bytes(kb, vb, d),
                         attn_eff=TURBOQUANT_ATTN_EFF, prefill_eff=TURBOQUANT_PREFILL_EFF,
                         edge_layers_bf16=TURBOQUANT_SKIP_EDGE_LAYERS)
-    sink = "quantized" if key.endswith(QSINK) else "fp16"
-    key = key.removesuffix(QSINK)
+    sink = next((mode for mode, sfx in SINK_SUFFIXES.items() if key.endswith(sfx)), "fp16")
+    key = key.removesuffix(SINK_SUFFIXES.get(sink, ""))
     if key.startswith("kvarn_") or key in PRESETS:
         named = KvarnConfig.from_name(key)  # validates the name
-        label = named.kv_cache_dtype + ("" if sink == "fp16" else QSINK)
+        label = named.kv_cache_dtype + SINK_SUFFIXES.get(sink, "")
         if d not in SUPPORTED_HEAD_DIMS:
             return KVFormat(label, "kvarn", "KVARN", float("nan"), block_size=named.group,
                             supported=False,

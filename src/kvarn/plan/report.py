@@ -6,7 +6,7 @@ import json
 import math
 from pathlib import Path
 
-from kvarn.config import QSINK_SUFFIX
+from kvarn.config import SINK_SUFFIXES
 
 
 def clean(obj):
@@ -61,8 +61,10 @@ def render_text(plan: dict) -> str:
             f"{_num(f['gpus_for_target']):>6}{_num(f['cost_per_mtok_usd'], '{:.3f}'):>8}"
         )
     notes = [f"  {f['format']}: "
-             + ("fp16 sink/tail pool" if not f["format"].endswith(QSINK_SUFFIX) else
-                "serve with KVARN_SINK=quantized (more drift than the fp16 sink: docs/eval.md); fp16 tail pool")
+             + next((f"serve with KVARN_SINK={mode} (" + ("more drift than the fp16 sink" if mode == "quantized" else
+                                                           "drift near the fp16 sink's")
+                     + ": docs/eval.md); fp16 tail pool" for mode, sfx in SINK_SUFFIXES.items()
+                     if f["format"].endswith(sfx)), "fp16 sink/tail pool")
              + f" {f['pool_gib']:.1f} GiB sized for --max-num-seqs {f['max_num_seqs']} (pass it to vLLM: the pool "
              "grows with it)" + (f"; {f['note']}" if f["note"] else "")
              for f in plan["formats"] if f["supported"] and f["family"] == "kvarn"]

@@ -3,7 +3,9 @@
 Cache state of one attention layer:
   kv_cache      uint8 [num_blocks, Hkv, R]       one tile record per (block, KV head)
   pool_k/pool_v fp16  [num_slots, G, Hkv, D]     rotated rows of blocks that live in the fp16 pool
-  block_to_slot int   [num_blocks]               -1: the block is a quantized record; else its slot
+  block_to_slot int   [num_blocks]               -1: the block is a quantized record; >= 0: its slot;
+                                                 <= -2: a record whose row 0 is the fp16 pool row -2 - value
+                                                 (pool_k.reshape(-1, Hkv, D), sink "token")
 
 Cache-consistent semantics (the same for decode, prefill and chunked prefill): the query at position
 p sees key/value j <= p
@@ -11,7 +13,8 @@ p sees key/value j <= p
     own tile: exactly what the cache holds for it once that tile is flushed;
   * in fp16 (the pool's rotated rows) when j lies in tile 0 (the sink) or in p's own tile.
 With ``cfg.sink == "quantized"`` tile 0 follows the first rule like every other tile
-(``cfg.first_quantized_tile`` = 0).
+(``cfg.first_quantized_tile`` = 0); with ``cfg.sink == "token"`` too, except position 0 itself, which is
+always read in fp16 (once tile 0 is a record, from its sink row: ``block_to_slot`` = -2 - flat pool row).
 Context positions [0, seq_len - q_len) come from the cache; the new positions from ``key``/``value``,
 quantized in-step where the rule asks for it. So a request's output does not depend on how its prompt
 was chunked or whether a prefix came from the prefix cache (vLLM's prefix caching on == off).
@@ -41,7 +44,8 @@ def gather_tiles(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Rotated K/V tiles [n, G, Hkv, D] in ``dtype`` of the blocks block_ids [n] (any requests, any order):
     a block with a pool slot (block_to_slot >= 0) as its fp16 rows are stored, every other block's record
-    decoded (decode_tiles). no_sync=True (the GPU serving path): nothing waits on the host; every page is
+    decoded (decode_tiles), with row 0 from its sink row where block_to_slot <= -2 (cfg.token_sink).
+    no_sync=True (the GPU serving path): nothing waits on the host; every page is
     decoded, in passes of at most ``tiles_per_pass`` tiles (bounded fp32 temporaries), and a select keeps the
     pool rows (a pool block's stale page is decoded and dropped). Otherwise only the records are decoded,
     picked by boolean masks (a host sync on a GPU; free on the CPU)."""
@@ -62,6 +66,12 @@ def gather_tiles(
             rows = slots[part].clamp(min=0)
             for out, deq, pool in zip((k, v), decoded(part), (pool_k, pool_v)):
                 out[part] = torch.where(in_pool, pool.index_select(0, rows).to(dtype), deq.to(dtype))
+            if cfg.token_sink:
+                has = (slots[part] <= -2)[:, None, None]
+                flat_rows = (-2 - slots[part]).clamp(min=0)
+                for out, pool in zip((k, v), (pool_k, pool_v)):
+                    row0 = pool.reshape(-1, hkv, d).index_select(0, flat_rows).to(dtype)
+                    out[part, 0] = torch.where(has, row0, out[part, 0])
         return k, v
     in_pool = slots >= 0
     if in_pool.any():
@@ -71,6 +81,11 @@ def gather_tiles(
         kq, vq = decoded(~in_pool)
         k[~in_pool] = kq.to(dtype)
         v[~in_pool] = vq.to(dtype)
+    has = slots <= -2
+    if has.any():
+        flat_rows = -2 - slots[has]
+        k[has, 0] = pool_k.reshape(-1, hkv, d)[flat_rows].to(dtype)
+        v[has, 0] = pool_v.reshape(-1, hkv, d)[flat_rows].to(dtype)
     return k, v
 
 
@@ -164,6 +179,8 @@ def _consistent_views(k_ctx, v_ctx, k_new, v_new, is_record_tile, cfg, quantize)
     dk, dv = decode_tiles(encode_tiles(tiles_k, tiles_v, cfg), cfg)
     kq[rows] = dk.reshape(len(todo), hkv, g, d).transpose(1, 2).reshape(-1, hkv, d)
     vq[rows] = dv.reshape(len(todo), hkv, g, d).transpose(1, 2).reshape(-1, hkv, d)
+    if cfg.token_sink and todo[0] == 0:  # position 0 stays fp16 (its sink row)
+        kq[0], vq[0] = kf[0], vf[0]
     return kf, vf, kq, vq
 
 

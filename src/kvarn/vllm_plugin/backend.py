@@ -21,7 +21,8 @@ import torch
 from vllm.v1.attention.backend import AttentionBackend, AttentionImpl, AttentionType
 
 from kvarn.config import DEFAULT_PRESET, PRESETS, SUPPORTED_HEAD_DIMS, KvarnConfig, kv_cache_dtype_names
-from kvarn.vllm_plugin.builder import KvarnMetadata, KvarnMetadataBuilder, _vllm_config, kvarn_config, num_pool_slots
+from kvarn.vllm_plugin.builder import (KvarnMetadata, KvarnMetadataBuilder, _vllm_config, kvarn_config, num_pool_slots,
+                                      num_row_slots)
 from kvarn.vllm_plugin.layer_cache import LayerCache
 from kvarn.vllm_plugin.pool import registry
 from kvarn.vllm_plugin.patches import backend_class_name
@@ -178,12 +179,12 @@ class KvarnImpl(AttentionImpl[KvarnMetadata]):
         self.kv_sharing_target_layer_name = None
         dtype_name = kv_cache_dtype if kv_cache_dtype.startswith("kvarn_") else DEFAULT_PRESET
         self.cfg = kvarn_config(dtype_name, head_size)
-        self.num_slots = num_pool_slots(_vllm_config(), self.cfg)
+        self.num_slots = num_pool_slots(_vllm_config(), self.cfg) + num_row_slots(_vllm_config(), self.cfg)
         self.cache: LayerCache | None = None
 
     def _layer_cache(self, device) -> LayerCache:
         """The layer's pool, sized to the process pool's slot count (known once the builder exists)."""
-        slots = registry.pool.num_slots if registry.pool is not None else self.num_slots
+        slots = registry.pool.total_slots if registry.pool is not None else self.num_slots
         if self.cache is None:
             self.cache = LayerCache(self.cfg, self.num_kv_heads, slots, device, prefill_fn=_flash_prefill(device))
         else:
@@ -222,7 +223,7 @@ class KvarnImpl(AttentionImpl[KvarnMetadata]):
         records = self._records(kv_cache)
         if registry.cuda is not None:
             registry.cuda.register(layer.layer_name, cache, records)
-        cache.update(records, key, value, md.flush_blocks, md.flush_slots, md.write_rows)
+        cache.update(records, key, value, md.flush_blocks, md.flush_slots, md.write_rows, md.flush_rows)
 
     def forward(self, layer, query, key, value, kv_cache, attn_metadata, output, output_scale=None, output_block_scale=None):
         if output_scale is not None or output_block_scale is not None:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from vllm.v1.attention.backend import AttentionCGSupport, AttentionMetadataBuilder, CommonAttentionMetadata
 
-from kvarn.config import KvarnConfig, pool_bytes_per_layer, pool_slots
+from kvarn.config import KvarnConfig, pool_bytes_per_layer, pool_slots, sink_row_slots
 from kvarn.vllm_plugin.host_plan import host_step
 from kvarn.vllm_plugin.pool import registry
 from kvarn.vllm_plugin.routing import StepRoute, plan_route
@@ -43,7 +43,7 @@ def _tp_rank() -> int:
 
 def kvarn_config(kv_cache_dtype: str, head_dim: int) -> KvarnConfig:
     """The format of a layer; numerics from ``KVARN_NUMERICS`` (reference|improved) and the sink mode from
-    ``KVARN_SINK`` (fp16|quantized) if set. A bad value raises, listing the valid ones."""
+    ``KVARN_SINK`` (fp16|quantized|token) if set. A bad value raises, listing the valid ones."""
     problems = env_problems()
     if problems:
         raise KvarnConfigError("; ".join(problems))
@@ -52,8 +52,14 @@ def kvarn_config(kv_cache_dtype: str, head_dim: int) -> KvarnConfig:
 
 
 def num_pool_slots(vllm_config, cfg: KvarnConfig) -> int:
+    """Sink/tail slots of the fp16 pool (the sink-row slots of ``KVARN_SINK=token`` come on top)."""
     sc = vllm_config.scheduler_config
     return pool_slots(sc.max_num_seqs, sc.max_num_batched_tokens, cfg.group, cfg.pool_slots_per_seq)
+
+
+def num_row_slots(vllm_config, cfg: KvarnConfig) -> int:
+    """Pool slots that hold sink rows (``KVARN_SINK=token``; 0 otherwise), after the sink/tail slots."""
+    return sink_row_slots(vllm_config.scheduler_config.max_num_seqs, cfg.group) if cfg.token_sink else 0
 
 
 def graph_size_hint(max_num_seqs: int, capture_size: int | None, eager: bool) -> str:
@@ -77,6 +83,7 @@ class KvarnMetadata:
     slot_mapping: torch.Tensor  # [T]
     flush_blocks: torch.Tensor  # [F]
     flush_slots: torch.Tensor  # [F]
+    flush_rows: torch.Tensor | None  # [F] flat pool row keeping a flushed tile's row 0, -1 none (sink "token")
     write_rows: torch.Tensor  # [T] rows of the flattened pool, -1 = skip
     block_to_slot: torch.Tensor  # [num_blocks]
     route: StepRoute | None = None  # kernel (CUDA) path: per-token routing, built once per step
@@ -113,9 +120,10 @@ class KvarnMetadataBuilder(AttentionMetadataBuilder[KvarnMetadata]):
             logger.warning("kvarn: KVARN_DEBUG_KEEP_FP16=1: nothing is quantized (debugging only)")
         prefix_caching = bool(getattr(vllm_config.cache_config, "enable_prefix_caching", False))
         # block_to_slot covers every block id (the fused decode kernel indexes it directly)
+        self.row_slots = 0 if keep_fp16 else num_row_slots(vllm_config, cfg)
         self.pool = registry.create(
             self.num_slots, self.group, retire_sinks=prefix_caching, keep_fp16=keep_fp16,
-            num_blocks=int(num_blocks or 1024), fp16_sink=cfg.sink == "fp16",
+            num_blocks=int(num_blocks or 1024), fp16_sink=cfg.sink == "fp16", sink_rows=self.row_slots * self.group,
         )
         self._log_capacity(cfg, kv_cache_spec, layer_names, vllm_config, num_blocks)
         self.host_plan_ok = os.environ.get("KVARN_HOST_PLAN", "1") != "0"
@@ -127,10 +135,11 @@ class KvarnMetadataBuilder(AttentionMetadataBuilder[KvarnMetadata]):
                                             max(sc.max_num_batched_tokens, sc.max_num_seqs) + 1024)
 
     def _log_capacity(self, cfg: KvarnConfig, spec, layer_names, vllm_config, num_blocks) -> None:
-        per_layer = pool_bytes_per_layer(self.num_slots, cfg.group, spec.num_kv_heads, spec.head_size)
+        per_layer = pool_bytes_per_layer(self.num_slots + self.row_slots, cfg.group, spec.num_kv_heads, spec.head_size)
         pool_total = per_layer * len(layer_names)
-        pool_name = ("fp16 sink/tail pool" if cfg.sink == "fp16"
-                     else "sink quantized (KVARN_SINK=quantized); fp16 tail pool")
+        pool_name = {"fp16": "fp16 sink/tail pool", "quantized": "sink quantized (KVARN_SINK=quantized); fp16 tail pool",
+                     "token": f"sink quantized but its first token fp16 (KVARN_SINK=token, {self.row_slots * cfg.group} "
+                              f"sink rows in {self.row_slots} extra slot(s)); fp16 tail pool"}[cfg.sink]
         msg = (
             f"kvarn: {cfg.kv_cache_dtype} (numerics={cfg.numerics.name}): {cfg.bytes_per_token} B/token/KV head, "
             f"{spec.num_kv_heads} KV heads in this worker (tensor-parallel rank {_tp_rank()}), "
@@ -197,9 +206,9 @@ class KvarnMetadataBuilder(AttentionMetadataBuilder[KvarnMetadata]):
                 return torch.from_numpy(x).to(dev)
 
             return self._metadata(cm, slot_mapping, t(plan.flush_blocks), t(plan.flush_slots), t(plan.write_rows),
-                                  t(plan.block_to_slot), None)
+                                  t(plan.block_to_slot), None, t(plan.flush_rows) if self.row_slots else None)
         self.cuda.warm_up()  # eager mode has no capture: the first real step compiles the flush kernel
-        self.cuda.flush(self.layer_names, plan.flush_blocks, plan.flush_slots)
+        self.cuda.flush(self.layer_names, plan.flush_blocks, plan.flush_slots, plan.flush_rows)
         b2s, rows = self.cuda.stage(plan.block_to_slot, plan.write_rows)
         route = plan_route(qsl, seq, dev, tile=self.group)
         return self._metadata(cm, slot_mapping, self.cuda.empty, self.cuda.empty, rows, b2s, route)
@@ -218,7 +227,8 @@ class KvarnMetadataBuilder(AttentionMetadataBuilder[KvarnMetadata]):
                               self.cuda.b2s, route)
 
     @staticmethod
-    def _metadata(cm, slot_mapping, flush_blocks, flush_slots, write_rows, block_to_slot, route) -> KvarnMetadata:
+    def _metadata(cm, slot_mapping, flush_blocks, flush_slots, write_rows, block_to_slot, route,
+                  flush_rows=None) -> KvarnMetadata:
         return KvarnMetadata(
             num_actual_tokens=cm.num_actual_tokens,
             max_query_len=cm.max_query_len,
@@ -229,6 +239,7 @@ class KvarnMetadataBuilder(AttentionMetadataBuilder[KvarnMetadata]):
             slot_mapping=slot_mapping,
             flush_blocks=flush_blocks,
             flush_slots=flush_slots,
+            flush_rows=flush_rows,
             write_rows=write_rows,
             block_to_slot=block_to_slot,
             route=route,

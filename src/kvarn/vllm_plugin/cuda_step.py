@@ -66,8 +66,10 @@ class CudaStepState:
         # the launcher picks (small and large launches differ; one compiled variant each): on the H200 the 4-warp
         # variant of the first large flush still compiled while serving (jit_monitor, 2026-11-30 17:13)
         nl = len(self.layers)
+        rows = torch.full((1,), -1, dtype=torch.int32, device=self.device) if self.cfg.token_sink else None
         for warps in sorted({flush_warps(self.cfg, few=True), flush_warps(self.cfg, few=False)}):
-            flush_tiles_layers([pk] * nl, [pv] * nl, [rec] * nl, zero, zero, zero, self.cfg, num_warps=warps)
+            flush_tiles_layers([pk] * nl, [pv] * nl, [rec] * nl, zero, zero, zero, self.cfg, num_warps=warps,
+                               rows=rows)
         self.warm = True
 
     def register(self, name: str, cache, records: torch.Tensor) -> None:
@@ -95,9 +97,10 @@ class CudaStepState:
         rows.fill_(-1)
         return rows
 
-    def flush(self, layer_names, blocks: np.ndarray, slots: np.ndarray) -> int:
+    def flush(self, layer_names, blocks: np.ndarray, slots: np.ndarray, rows: np.ndarray | None = None) -> int:
         """Quantize pool slot -> record of block for every registered layer of layer_names (one launch
-        when the layers' tensors share shape and strides). Returns the number of tiles encoded."""
+        when the layers' tensors share shape and strides); rows [F]: flat pool row keeping the tile's row 0
+        (-1 none; sink "token"). Returns the number of tiles encoded."""
         if slots.shape[0] == 0:
             return 0
         views = [self.layers[n] for n in layer_names if n in self.layers]
@@ -108,11 +111,12 @@ class CudaStepState:
         nl, nf = len(views), slots.shape[0]
         s = to_device(slots, self.device, torch.int32)
         b = to_device(blocks, self.device, torch.int32)
+        r = to_device(rows, self.device, torch.int32) if self.cfg.token_sink and rows is not None else None
         layers = torch.arange(nl, dtype=torch.int32, device=self.device).repeat_interleave(nf)
         try:
-            flush_tiles_layers([c.pool_k for c, _ in views], [c.pool_v for c, _ in views], [r for _, r in views],
-                               layers, s.repeat(nl), b.repeat(nl), self.cfg)
+            flush_tiles_layers([c.pool_k for c, _ in views], [c.pool_v for c, _ in views], [rec for _, rec in views],
+                               layers, s.repeat(nl), b.repeat(nl), self.cfg, rows=None if r is None else r.repeat(nl))
         except ValueError:  # layers whose tensors differ in shape or strides: one launch each
-            for c, r in views:
-                flush_tiles(c.pool_k, c.pool_v, r, s, b, self.cfg)
+            for c, rec in views:
+                flush_tiles(c.pool_k, c.pool_v, rec, s, b, self.cfg, rows=r)
         return nl * nf

@@ -74,16 +74,19 @@ class LayerCache:
         flush_blocks: torch.Tensor,
         flush_slots: torch.Tensor,
         write_rows: torch.Tensor,
+        flush_rows: torch.Tensor | None = None,
     ) -> None:
         """records [num_blocks, Hkv, R] uint8; key/value [T, Hkv, D] (original frame; T may include
-        padding beyond len(write_rows)); flush_* [F]; write_rows [T'] (-1 = skip)."""
+        padding beyond len(write_rows)); flush_* [F]; write_rows [T'] (-1 = skip); flush_rows [F] (flat
+        pool row that keeps the flushed tile's row 0, -1 = none; sink "token")."""
         g, hkv, d = self.cfg.group, self.num_kv_heads, self.cfg.head_dim
         if self._kernels(records):
             from kvarn.kernels import flush_tiles, rotate_append
 
             if flush_slots.numel():
                 flush_tiles(self.pool_k, self.pool_v, records, flush_slots.to(torch.int32),
-                            flush_blocks.to(torch.int32), self.cfg)
+                            flush_blocks.to(torch.int32), self.cfg,
+                            rows=None if flush_rows is None else flush_rows.to(torch.int32))
             n = write_rows.shape[0]
             if n:
                 rotate_append(key[:n], value[:n], self.pool_k, self.pool_v, None, write_rows, g)
@@ -92,6 +95,10 @@ class LayerCache:
             k = self.pool_k[flush_slots].transpose(1, 2).reshape(-1, g, d)  # [F*Hkv, G, D]
             v = self.pool_v[flush_slots].transpose(1, 2).reshape(-1, g, d)
             records[flush_blocks] = encode_tiles(k, v, self.cfg).view(-1, hkv, self.cfg.record_bytes)
+            if flush_rows is not None and bool((flush_rows >= 0).any()):
+                keep = flush_rows >= 0
+                for pool in (self.pool_k, self.pool_v):
+                    pool.view(-1, hkv, d)[flush_rows[keep]] = pool[flush_slots[keep], 0]
         n = write_rows.shape[0]
         ok = write_rows >= 0
         if n and bool(ok.any()):
