@@ -25,6 +25,8 @@ def test_arm_names_map_to_serve_flags():
     q = parse_arm("kvarn_k4v2_g128+qsink")  # the same pages, served with KVARN_SINK=quantized
     assert q.name == "kvarn_k4v2_g128+qsink" and q.is_kvarn and q.env == (("KVARN_SINK", "quantized"),)
     assert q.serve_flags() == k.serve_flags() and k.env == ()
+    t = parse_arm("kvarn_k4v2_g128+tsink")
+    assert t.name == "kvarn_k4v2_g128+tsink" and t.env == (("KVARN_SINK", "token"),) and t.serve_flags() == k.serve_flags()
     ext = parse_arm("bf16=http://127.0.0.1:9000/")
     assert ext.base_url == "http://127.0.0.1:9000" and ext.is_baseline
     with pytest.raises(ValueError, match="kvarn_k4v2_g128"):

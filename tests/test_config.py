@@ -7,6 +7,7 @@ from kvarn.config import (
     kv_cache_dtype_names,
     parse_kv_cache_dtype,
     pool_slots,
+    sink_row_slots,
 )
 
 # method.md §1.5 byte table: (preset, head_dim) -> (record bytes, bytes per token per head)
@@ -75,6 +76,10 @@ def test_sink_modes():
     assert (q.first_quantized_tile, q.pool_slots_per_seq) == (0, 1)
     assert "sink quantized" in q.describe() and "sink" not in cfg.describe()
     assert q.record_bytes == cfg.record_bytes  # same bytes: only when block 0 is flushed changes
+    t = KvarnConfig.from_name("kvarn_k4v2_g128", sink="token")
+    assert (t.first_quantized_tile, t.pool_slots_per_seq, t.token_sink, q.token_sink) == (0, 1, True, False)
+    assert "first token fp16" in t.describe() and t.record_bytes == cfg.record_bytes
+    assert sink_row_slots(1024, 128) == 16 and sink_row_slots(8, 128) == 1 and sink_row_slots(64, 64) == 2
     with pytest.raises(ValueError, match="sink must be one of .*fp16.*quantized"):
         KvarnConfig.from_name("kvarn_k4v2_g128", sink="int8")
     assert pool_slots(64, 2048, 128, per_seq=1) == 64 + 16 + 8

@@ -79,6 +79,14 @@ def test_quantized_sink_format_quantizes_tile_zero():
     assert q4.sink and torch.equal(k4[64:], plain[64:])
     err4, err2 = ((x[:64] - v[:64]).norm() / v[:64].norm() for x in (v4, vq))
     assert 0 < err4 < 0.5 * err2, (err4, err2)
+    # +tsink (KVARN_SINK=token): tile 0 as +qsink reads it, except position 0 in fp16
+    ts = make_format("kvarn_k4v2_g64@reference+tsink", 64)
+    kt, vt = ts.cache_view(k, v)
+    kq, _ = fmt.cache_view(k, v)
+    assert ts.sink and "except its first token" in ts.description
+    assert torch.equal(kt[0], k[0].half().float()) and torch.equal(vt[0], v[0].half().float())
+    assert torch.equal(kt[1:], kq[1:]) and torch.equal(vt[1:], vq[1:])
+    assert resolve_names("k4v2_g64@reference+tsink", 64) == ["bf16", "kvarn_k4v2_g64@reference+tsink"]
     sim = CacheSimulator(q4)
     kb, vb = k.permute(1, 0, 2)[None], v.permute(1, 0, 2)[None]  # [1, H, T, D]
     view_k, _ = sim._view(0, kb, vb, 128)

@@ -13,7 +13,7 @@ from kvarn.plan import roofline
 from kvarn.plan.advisor import make_plan, quality_tier
 from kvarn.plan.calibrate import calibrate
 from kvarn.plan.cli import main, register
-from kvarn.plan.formats import get_format, turboquant_bytes
+from kvarn.plan.formats import all_format_names, get_format, turboquant_bytes
 from kvarn.plan.gpus import GPU, get_gpu, vllm_batch_defaults
 from kvarn.plan.memory import RESERVE_BYTES, activation_peak_bytes, capacity, kv_memory_bytes
 from kvarn.plan.model import load_model, shape_from_config
@@ -164,6 +164,14 @@ def test_kvarn_quantized_sink_format(q8):
     assert saved == pytest.approx(36 * 8 * 128 * (512 - 108))  # one sink tile read as a record
     with pytest.raises(ValueError, match="valid names"):
         get_format("kvarn_k9v2_g128+qsink", 128)
+    # +tsink (KVARN_SINK=token): the quantized sink's pool plus 2 x max_num_seqs sink rows (16 slots of 128);
+    # measured on the H200 (2026-11-30 23:19, max_num_seqs 1024): 2,995,968 tokens, pool_bytes=22196256768
+    t = get_format("kvarn_k4v2_g128+tsink", 128)
+    assert t.name == "kvarn_k4v2_g128+tsink" and t.kvarn.sink == "token"
+    ct = capacity(g, q8, t, 1, 0.9, 16384, 1024, cap_pool=False)
+    assert ct.pool_slots == cq.pool_slots + 16 == 1176 and ct.pool_bytes == 22_196_256_768  # the startup line's
+    assert ct.capacity_tokens / 791_792 == pytest.approx(2_995_968 / 791_792, rel=0.02)
+    assert "kvarn_k4v2_g128+tsink" in all_format_names()
 
 
 def test_kvarn_pool_caps_max_num_seqs_on_small_gpu(q8):

@@ -32,7 +32,7 @@ def compile_decode(opts: dict) -> dict:
     k = _kvarn_decode_kernel
     cfg = KvarnConfig.from_name("kvarn_k4v2_g128")
     const = dict(HK=8, QPK=4, QP=4, BN=128, SPLIT=False, POOL_BF16=False, UPCAST=False, IUP=False, ALL_POOL=False, TPR=1,
-                 ROT=True, ASM=True, PREF=DECODE_PREFETCH, AHD=DECODE_AHEAD,  # the launcher's defaults
+                 ROT=True, ASM=True, PREF=DECODE_PREFETCH, AHD=DECODE_AHEAD, TS=False,  # the launcher's defaults
                  PL=prefetch_lanes(cfg), **layout_constexprs(cfg))
     launch = dict(num_warps=4, num_stages=1, maxnreg=128)
     for key, v in opts.items():

@@ -110,7 +110,7 @@ DEFAULT_SINK = "fp16"
 # quantized sink; the vLLM backend itself takes it from KVARN_SINK=quantized, the --kv-cache-dtype is unchanged.
 QSINK_SUFFIX = "+qsink"
 TSINK_SUFFIX = "+tsink"  # the same for KVARN_SINK=token
-SINK_SUFFIXES = {"quantized": QSINK_SUFFIX, "token": TSINK_SUFFIX}
+SINK_SUFFIXES = {"token": TSINK_SUFFIX, "quantized": QSINK_SUFFIX}  # token first: the advisor breaks ties in list order
 SINK_NOTES = {"fp16": "", "quantized": ", sink quantized", "token": ", sink quantized but its first token fp16"}
 
 # Query tokens of one request per decode-kernel program (KVARN_MQ_GROUP, the kernel's tokens_per_program):
