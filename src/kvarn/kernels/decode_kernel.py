@@ -96,12 +96,10 @@ def _row_mask(n, n_valid, lo, ROWS: tl.constexpr, nlo=0, TS: tl.constexpr = Fals
     TS (sink "token"): also n >= nlo (1 on a record whose row 0 is read from its fp16 sink row, else 0)."""
     if ROWS:
         m = n[None, :] < (n_valid + lo)[:, None]
-        if TS:
-            m = m & (n >= nlo)[None, :]
-    elif TS:  # nlo <= n < n_valid in one unsigned compare on the [N] vector
-        m = ((n - nlo).to(tl.uint32) < (n_valid - nlo).to(tl.uint32))[None, :]
     else:
         m = (n < n_valid)[None, :]
+    if TS:
+        m = m & (n >= nlo)[None, :]
     return m
 
 
@@ -113,20 +111,17 @@ def _k_plane(qk_op, kb, qz, qa, kcs_ptr, n_valid, lo, nlo, P: tl.constexpr, KB: 
     n = P * (G // KPB) + tl.arange(0, G // KPB)
     s = tl.dot(qk_op, _codes_f16(kb, KB * P, KM, ASM), tl.zeros([qk_op.shape[0], G // KPB], tl.float32))
     kcs = tl.load(kcs_ptr + n, mask=n < n_valid, other=0.0).to(tl.float32)
-    if P == 0:  # position 0 lies in plane 0: only there can a sink row replace the record's row (TS)
-        mask = _row_mask(n, n_valid, lo, ROWS, nlo, TS)
-    else:
-        mask = _row_mask(n, n_valid, lo, ROWS, 0, False)
-    return tl.where(mask, ((s + qz[:, None]) * qa[:, None]) * kcs[None, :], -1e30), n
+    return tl.where(_row_mask(n, n_valid, lo, ROWS, nlo, TS), ((s + qz[:, None]) * qa[:, None]) * kcs[None, :],
+                    -1e30), n
 
 
 @triton.jit
-def _p_plane(s, n, n_valid, lo, m_new, rec_h_ptr, V_RS: tl.constexpr, V_RZ: tl.constexpr, ROWS: tl.constexpr):
+def _p_plane(s, n, n_valid, lo, nlo, m_new, rec_h_ptr, V_RS: tl.constexpr, V_RZ: tl.constexpr, ROWS: tl.constexpr,
+             TS: tl.constexpr):
     """Token plane of probabilities: (p [QP, N] fp32 (0 past n_valid), p*vs as the fp16 dot operand,
-    p*vz - 1024*(p*vs) in fp32: the terms whose row sum is the folded V zero point). A position masked only by
-    the sink row (TS) needs no mask here: its score is -1e30 and m is finite (the sink row's), so p = 0."""
+    p*vz - 1024*(p*vs) in fp32: the terms whose row sum is the folded V zero point)."""
     nm = n < n_valid
-    p = tl.where(_row_mask(n, n_valid, lo, ROWS, 0, False), tl.exp2(s - m_new[:, None]), 0.0)
+    p = tl.where(_row_mask(n, n_valid, lo, ROWS, nlo, TS), tl.exp2(s - m_new[:, None]), 0.0)
     vs = tl.load(rec_h_ptr + V_RS // 2 + n, mask=nm, other=0.0).to(tl.float32)
     vz = tl.load(rec_h_ptr + V_RZ // 2 + n, mask=nm, other=0.0).to(tl.float32)
     pv = (p * vs[None, :]).to(tl.float16)
@@ -329,8 +324,8 @@ def _kvarn_decode_kernel(
             alpha = tl.exp2(m_i - m_new)
             m_i = m_new
             # p, p*vs in fp16 and the folded zero points, one reduction each for l and pz
-            p0, pv0, z0 = _p_plane(s0, n0, n_valid, lo, m_new, kvh_ptr + hb, V_RS, V_RZ, ROWS)
-            p1, pv1, z1 = _p_plane(s1, n1, n_valid, lo, m_new, kvh_ptr + hb, V_RS, V_RZ, ROWS)
+            p0, pv0, z0 = _p_plane(s0, n0, n_valid, lo, nlo, m_new, kvh_ptr + hb, V_RS, V_RZ, ROWS, TS)
+            p1, pv1, z1 = _p_plane(s1, n1, n_valid, lo, nlo, m_new, kvh_ptr + hb, V_RS, V_RZ, ROWS, TS)
             psum = p0 + p1
             zsum = z0 + z1
             vbase = kv_ptr + rb + V_CODES + ev[None, :] * G  # V bytes of token n: vbase + n
@@ -340,8 +335,8 @@ def _kvarn_decode_kernel(
             t0v, t1v, t2v, t3v = _v_planes(pv0, vb0, zv, zv, zv, zv, VB, VM, VPB, ASM)
             t0v, t1v, t2v, t3v = _v_planes(pv1, vb1, t0v, t1v, t2v, t3v, VB, VM, VPB, ASM)
             if KPB == 4:
-                p2, pv2, z2 = _p_plane(s2, n2, n_valid, lo, m_new, kvh_ptr + hb, V_RS, V_RZ, ROWS)
-                p3, pv3, z3 = _p_plane(s3, n3, n_valid, lo, m_new, kvh_ptr + hb, V_RS, V_RZ, ROWS)
+                p2, pv2, z2 = _p_plane(s2, n2, n_valid, lo, nlo, m_new, kvh_ptr + hb, V_RS, V_RZ, ROWS, TS)
+                p3, pv3, z3 = _p_plane(s3, n3, n_valid, lo, nlo, m_new, kvh_ptr + hb, V_RS, V_RZ, ROWS, TS)
                 psum += p2 + p3
                 zsum += z2 + z3
                 vb2 = tl.load(vbase + n2[:, None], mask=me[None, :], other=0)
