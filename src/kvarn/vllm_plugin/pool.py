@@ -161,6 +161,10 @@ class SlotPool:
         if first:
             self._grow(max(first))
 
+        for b in first:  # this step's first blocks are the last whose sink rows are evicted (below, in 1.)
+            if b in self.retired_rows:
+                self.retired_rows.move_to_end(b)
+
         # 1. flush what became full (or was released) since the last step; a first block gets its sink row
         flush: list[tuple[int, int]] = []
         rows_of: dict[int, int] = {}
@@ -179,8 +183,6 @@ class SlotPool:
         for b in first:  # recently used sinks are the last to be evicted
             if b in self.retired:
                 self.retired.move_to_end(b)
-            if b in self.retired_rows:
-                self.retired_rows.move_to_end(b)
 
         # 2. slots for every written block; a write at offset 0 means a new owner
         if valid.any():
