@@ -111,6 +111,15 @@ DEFAULT_SINK = "fp16"
 QSINK_SUFFIX = "+qsink"
 TSINK_SUFFIX = "+tsink"  # the same for KVARN_SINK=token
 SINK_SUFFIXES = {"token": TSINK_SUFFIX, "quantized": QSINK_SUFFIX}  # token first: the advisor breaks ties in list order
+
+
+def split_sink_suffix(name: str) -> tuple[str, str | None]:
+    """A tool's kvarn name -> (name without its sink suffix, the KVARN_SINK mode it names or None):
+    ``kvarn_k4v2_g128+tsink`` -> (``kvarn_k4v2_g128``, "token"); ``kvarn_k4v2_g128`` -> (same, None)."""
+    mode = next((m for m, sfx in SINK_SUFFIXES.items() if name.endswith(sfx)), None)
+    return (name.removesuffix(SINK_SUFFIXES[mode]) if mode else name), mode
+
+
 SINK_NOTES = {"fp16": "", "quantized": ", sink quantized", "token": ", sink quantized but its first token fp16"}
 
 # Query tokens of one request per decode-kernel program (KVARN_MQ_GROUP, the kernel's tokens_per_program):

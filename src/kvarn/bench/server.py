@@ -28,7 +28,7 @@ from pathlib import Path
 
 from kvarn.bench._http import httpx
 
-from kvarn.config import SINK_SUFFIXES, KvarnConfig, kv_cache_dtype_names
+from kvarn.config import SINK_SUFFIXES, KvarnConfig, kv_cache_dtype_names, split_sink_suffix
 
 BASELINE_NAMES = ("bf16", "auto", "bfloat16")
 PASSTHROUGH_DTYPES = ("fp8", "fp8_e4m3", "fp8_e5m2", "int8_per_token_head", "int4_per_token_head",
@@ -76,9 +76,9 @@ def parse_arm(spec: str) -> Arm:
     if low in BASELINE_NAMES:
         arm = Arm("bf16" if low != "auto" else "auto", "auto")
     elif low.startswith("kvarn_"):
-        sink = next((mode for mode, sfx in SINK_SUFFIXES.items() if low.endswith(sfx)), None)
-        sfx = SINK_SUFFIXES.get(sink, "")
-        cfg = KvarnConfig.from_name(low.removesuffix(sfx))  # ValueError lists the valid kvarn names
+        base, sink = split_sink_suffix(low)
+        sfx = SINK_SUFFIXES[sink] if sink else ""
+        cfg = KvarnConfig.from_name(base)  # ValueError lists the valid kvarn names
         arm = Arm(cfg.kv_cache_dtype + sfx, cfg.kv_cache_dtype, cfg.group, env=(("KVARN_SINK", sink),) if sink else ())
     elif low in PASSTHROUGH_DTYPES:
         arm = Arm(low, low)

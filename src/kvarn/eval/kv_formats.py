@@ -96,6 +96,8 @@ class KVFormat:
 
 
 Q4SINK = "+q4sink"  # name suffix (design probe): block 0 encoded with 4-bit values
+SINK_NAME_SUFFIXES = (QSINK, TSINK, Q4SINK)  # what may follow a kvarn name's @numerics
+_SUFFIX_HINT = f"(a kvarn name may end in {QSINK}: sink quantized, {TSINK}: all but its first token, or {Q4SINK})"
 
 
 def _kvarn_format(preset: str, numerics: str, head_dim: int, sink: str = "") -> KVFormat:
@@ -110,7 +112,9 @@ def _kvarn_format(preset: str, numerics: str, head_dim: int, sink: str = "") -> 
     sink_cfg = dataclasses.replace(cfg, value_bits=4) if sink == Q4SINK else None
     sink_fn = codec(sink_cfg) if sink_cfg else None
     if sink == TSINK:
-        def sink_fn(k, v, whole=codec(cfg)):  # position 0 read back in fp16, as its sink row holds it
+        whole = codec(cfg)
+
+        def sink_fn(k, v):  # position 0 read back in fp16, as its sink row holds it
             kh, vh = whole(k, v)
             kh[:1], vh[:1] = k[:1].half().float(), v[:1].half().float()
             return kh, vh
@@ -192,12 +196,12 @@ def resolve_names(spec: str | list[str], head_dim: int) -> list[str]:
             cand = list(BASELINES)
         else:
             base = low if low.startswith("kvarn_") or low in ("bf16",) + BASELINES else "kvarn_" + low
-            suffix = next((x for x in (QSINK, TSINK, Q4SINK) if base.endswith(x) and "@" in base), "")
+            suffix = next((x for x in SINK_NAME_SUFFIXES if base.endswith(x) and "@" in base), "")
             plain = base.removesuffix(suffix)
             cand = [n + suffix for n in all_names if n == plain or (not suffix and n.split("@")[0] == plain)]
         if not cand:
             raise ValueError(f"unknown KV format {item!r}; valid: all, kvarn, baselines, {', '.join(all_names)} "
-                             f"(a kvarn name may end in {QSINK}: sink quantized, {TSINK}: all but its first token, or {Q4SINK})")
+                             + _SUFFIX_HINT)
         out.extend(c for c in cand if c not in out)
     return out
 
@@ -211,9 +215,9 @@ def make_format(name: str, head_dim: int) -> KVFormat:
         return _baseline_format(name, head_dim)
     if name.startswith("kvarn_") and "@" in name:
         preset, num = name[len("kvarn_"):].split("@", 1)
-        sink = next((x for x in (QSINK, TSINK, Q4SINK) if num.endswith(x)), "")
+        sink = next((x for x in SINK_NAME_SUFFIXES if num.endswith(x)), "")
         num = num.removesuffix(sink)
         if preset in PRESETS and num in NUMERICS:
             return _kvarn_format(preset, num, head_dim, sink=sink)
     raise ValueError(f"unknown KV format {name!r}; valid: {', '.join(format_names(head_dim))} "
-                     f"(a kvarn name may end in {QSINK}: sink quantized, {TSINK}: all but its first token, or {Q4SINK})")
+                     + _SUFFIX_HINT)

@@ -39,7 +39,8 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from kvarn.config import PRESETS, SINK_SUFFIXES, SUPPORTED_HEAD_DIMS, KvarnConfig, kv_cache_dtype_names
+from kvarn.config import (PRESETS, SINK_SUFFIXES, SUPPORTED_HEAD_DIMS, KvarnConfig, kv_cache_dtype_names,
+                          split_sink_suffix)
 
 # ---- kernel efficiency priors (see docs/plan.md, "Constants") ---------------------------------
 FA3_ATTN_EFF = 0.70          # FlashAttention-3 paged decode, bf16/fp8 (one value for both)
@@ -168,8 +169,8 @@ def _get_format(name: str, head_dim: int) -> KVFormat:
         return KVFormat(key, "turboquant", "TURBOQUANT", turboquant_bytes(kb, vb, d),
                         attn_eff=TURBOQUANT_ATTN_EFF, prefill_eff=TURBOQUANT_PREFILL_EFF,
                         edge_layers_bf16=TURBOQUANT_SKIP_EDGE_LAYERS)
-    sink = next((mode for mode, sfx in SINK_SUFFIXES.items() if key.endswith(sfx)), "fp16")
-    key = key.removesuffix(SINK_SUFFIXES.get(sink, ""))
+    key, mode = split_sink_suffix(key)
+    sink = mode or "fp16"
     if key.startswith("kvarn_") or key in PRESETS:
         named = KvarnConfig.from_name(key)  # validates the name
         label = named.kv_cache_dtype + SINK_SUFFIXES.get(sink, "")

@@ -6,7 +6,7 @@ import json
 import math
 from pathlib import Path
 
-from kvarn.config import SINK_SUFFIXES
+from kvarn.config import split_sink_suffix
 
 
 def clean(obj):
@@ -28,6 +28,14 @@ def _num(x, fmt: str = "{:,.0f}", none: str = "-") -> str:
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return none
     return fmt.format(x)
+
+
+def _pool_note(sink: str | None) -> str:
+    """What a kvarn format's pool holds and, for a sink suffix, the KVARN_SINK setting that serves it."""
+    if sink is None:
+        return "fp16 sink/tail pool"
+    drift = "more drift than the fp16 sink" if sink == "quantized" else "drift near the fp16 sink's"
+    return f"serve with KVARN_SINK={sink} ({drift}: docs/eval.md); fp16 tail pool"
 
 
 def render_text(plan: dict) -> str:
@@ -60,11 +68,7 @@ def render_text(plan: dict) -> str:
             f"{_num(f['tpot_ms'], '{:.1f}'):>9}{_num((f['ttft_ms'] or 0) / 1e3, '{:.2f}'):>8}"
             f"{_num(f['gpus_for_target']):>6}{_num(f['cost_per_mtok_usd'], '{:.3f}'):>8}"
         )
-    notes = [f"  {f['format']}: "
-             + next((f"serve with KVARN_SINK={mode} (" + ("more drift than the fp16 sink" if mode == "quantized" else
-                                                           "drift near the fp16 sink's")
-                     + ": docs/eval.md); fp16 tail pool" for mode, sfx in SINK_SUFFIXES.items()
-                     if f["format"].endswith(sfx)), "fp16 sink/tail pool")
+    notes = [f"  {f['format']}: " + _pool_note(split_sink_suffix(f["format"])[1])
              + f" {f['pool_gib']:.1f} GiB sized for --max-num-seqs {f['max_num_seqs']} (pass it to vLLM: the pool "
              "grows with it)" + (f"; {f['note']}" if f["note"] else "")
              for f in plan["formats"] if f["supported"] and f["family"] == "kvarn"]
