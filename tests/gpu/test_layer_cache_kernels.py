@@ -106,7 +106,8 @@ def test_kernel_step_path_matches_reference(dev, act, group, sink, dense_min):
     assert (grouped > 0) == (group > 1), f"{grouped} continuation tokens went to grouped rows"
     assert (dense > 0) == (dense_min > 0), f"{dense} continuation tokens took the dense route"
     assert (sinks_flushed > 0) == (sink != "fp16"), f"{sinks_flushed} first blocks were flushed"
-    assert (pool.stats()["sink_rows_free"] < pool.sink_rows or pool.rows_missed) if cfg.token_sink else True
+    if cfg.token_sink:  # first blocks took sink rows (retired at the end: prefix caching is on)
+        assert pool.stats()["sink_rows_free"] < pool.sink_rows or pool.rows_missed
     assert sliced > 0, "no mixed step had a contiguous run of decode rows or prompts"
 
 
