@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from kvarn.kernels.decode_kernel import _codes_f16
+from kvarn.kernels.decode_record import _codes_f16
 
 
 @triton.jit
