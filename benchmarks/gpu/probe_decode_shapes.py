@@ -14,6 +14,7 @@ kernel as vLLM runs it (sink and tail tiles in the fp16 pool) against variants, 
   num_warps=2, maxnreg=96|80   more, smaller programs per SM
   bf16_pool      the same kernel reading a bf16 paged cache (the byte-bound reference)
   prefetch=0|1|2|4   records requested into L2 that many tiles ahead (2026-11-30: 1 is 1.05-1.11x faster)
+  pool_bn=32|64  pool tiles in chunks of that many rows, only the chunks holding valid rows
   ahead=1|2      the record loop's block ids / pool-map entries (1) and K scale vectors (2) loaded a tile early
   KEY=V+KEY=V    any mix of the launcher's tuning arguments, e.g. ahead=2+prefetch=1
   --qsink        the sink tile a record (KVARN_SINK=quantized): only the tail in the pool
@@ -58,14 +59,14 @@ def variant_kwargs(name: str) -> dict:
         return variant_kwargs(name.partition(":")[2]) if ":" in name else {}
     if name in VARIANTS:
         return VARIANTS[name]
-    keys = {"ahead", "prefetch", "maxnreg", "num_stages", "num_warps", "block_n", "q_rows"}
+    keys = {"ahead", "prefetch", "maxnreg", "num_stages", "num_warps", "block_n", "q_rows", "pool_bn"}
     kw = {}
     for part in name.split("+"):
         k, _, v = part.partition("=")
         if k not in keys or not v:
             raise SystemExit(f"unknown variant {name!r}: use one of {', '.join(VARIANTS)} or KEY=VALUE joined by "
                              f"'+' with KEY in {', '.join(sorted(keys))}")
-        kw["min_q_rows" if k == "q_rows" else k] = None if v == "None" else int(v)
+        kw[{"q_rows": "min_q_rows", "pool_bn": "pool_block_n"}.get(k, k)] = None if v == "None" else int(v)
     return kw
 
 
@@ -102,6 +103,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-baselines", action="store_true", help="skip records_only and bf16_pool")
     ap.add_argument("--qsink", action="store_true", help="the sink tile a record (KVARN_SINK=quantized): "
                     "only the tail tile in the pool")
+    ap.add_argument("--ragged", action="store_true", help="each request's last tile filled 1-128 rows (uniform, "
+                    "same draw for every variant) instead of full: contexts CTX-127..CTX")
     ap.add_argument("--tsink", action="store_true", help="as --qsink, plus position 0 of every first block from "
                     "an fp16 sink row (KVARN_SINK=token)")
     a = ap.parse_args(argv)
@@ -115,6 +118,9 @@ def main(argv=None) -> int:
     def timed(name, bsz, ctx, st, nbytes, **kw):
         q = torch.randn(bsz, a.hq, 128, device="cuda", dtype=torch.bfloat16)
         seq = torch.full((bsz,), ctx, dtype=torch.int32, device="cuda")
+        if a.ragged:
+            seq -= torch.randint(0, cfg.group, (bsz,), device="cuda",
+                                 generator=torch.Generator("cuda").manual_seed(bsz * 100003 + ctx)).int()
         row = {"variant": name, "batch": bsz, "context": ctx, "bytes": nbytes}
         kernel = decode_attention._kvarn_decode_kernel
         if name.startswith("base"):

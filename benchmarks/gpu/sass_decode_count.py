@@ -14,13 +14,13 @@ import collections
 import sys
 
 import triton
+from sass_layout_probe import sass_instructions
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from kvarn.config import KvarnConfig
-from kvarn.kernels._common import DECODE_AHEAD, DECODE_PREFETCH, layout_constexprs, prefetch_lanes
+from kvarn.kernels._common import DECODE_AHEAD, DECODE_POOL_BN, DECODE_PREFETCH, layout_constexprs, prefetch_lanes
 from kvarn.kernels.decode_kernel import _kvarn_decode_kernel
-from sass_layout_probe import sass_instructions
 
 PTRS = {"q_ptr": "*bf16", "sgn_ptr": "*bf16", "sgo_ptr": "*bf16", "kv_ptr": "*u8", "kvh_ptr": "*fp16",
         "pk_ptr": "*fp16", "pv_ptr": "*fp16", "b2s_ptr": "*i32", "bt_ptr": "*i32", "sl_ptr": "*i32",
@@ -31,7 +31,8 @@ def compile_decode(opts: dict) -> dict:
     """Compile one specialization; returns shared bytes, opcode and spill counts, and the record loop's census."""
     k = _kvarn_decode_kernel
     cfg = KvarnConfig.from_name("kvarn_k4v2_g128")
-    const = dict(HK=8, QPK=4, QP=4, BN=128, SPLIT=False, POOL_BF16=False, UPCAST=False, IUP=False, ALL_POOL=False, TPR=1,
+    const = dict(HK=8, QPK=4, QP=4, BN=128, PBN=min(DECODE_POOL_BN or 128, 128), SPLIT=False, POOL_BF16=False,
+                 UPCAST=False, IUP=False, ALL_POOL=False, TPR=1,
                  ROT=True, ASM=True, PREF=DECODE_PREFETCH, AHD=DECODE_AHEAD, TS=False,  # the launcher's defaults
                  PL=prefetch_lanes(cfg), **layout_constexprs(cfg))
     launch = dict(num_warps=4, num_stages=1, maxnreg=128)

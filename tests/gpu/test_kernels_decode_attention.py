@@ -73,11 +73,14 @@ CASES = [  # hq, hk, d, preset, q dtype, pool dtype, lens
 ]
 
 
-@pytest.mark.parametrize("splits,block_n,q_rows,prefetch,ahead",
-                         [(None, None, 4, None, None), (1, None, 4, 0, 0), (1, None, 4, 1, 1), (3, 32, 4, 2, 2),
-                          (None, None, 16, 1, 1), (2, None, 4, 0, 2)])
+@pytest.mark.parametrize("splits,block_n,q_rows,prefetch,ahead,pool_bn",
+                         [(None, None, 4, None, None, None), (1, None, 4, 0, 0, None), (1, None, 4, 1, 1, None),
+                          (3, 32, 4, 2, 2, None), (None, None, 16, 1, 1, None), (2, None, 4, 0, 2, None),
+                          (None, None, 4, None, None, 32), (3, None, 4, 1, 2, 64)])
 @pytest.mark.parametrize("hq,hk,d,preset,qdt,pdt,lens", CASES)
-def test_decode_matches_reference(dev, hq, hk, d, preset, qdt, pdt, lens, splits, block_n, q_rows, prefetch, ahead):
+def test_decode_matches_reference(dev, hq, hk, d, preset, qdt, pdt, lens, splits, block_n, q_rows, prefetch, ahead,
+                                  pool_bn):
+    """pool_bn: pool tiles read in chunks of that many rows, only the chunks holding valid rows (ragged tails)."""
     from kvarn.kernels import kvarn_decode_attention
     cfg = KvarnConfig.from_name(preset, d)
     gen = torch.Generator().manual_seed(torch.seed() % 2**31)
@@ -87,7 +90,7 @@ def test_decode_matches_reference(dev, hq, hk, d, preset, qdt, pdt, lens, splits
     seq = torch.tensor(lens, dtype=torch.int32)
     out = kvarn_decode_attention(q.to(dev), cache.to(dev), pk.to(dev), pv.to(dev), b2s.to(dev), table.to(dev),
                                  seq.to(dev), scale, cfg, num_splits=splits, block_n=block_n, min_q_rows=q_rows,
-                                 prefetch=prefetch, ahead=ahead).cpu()
+                                 prefetch=prefetch, ahead=ahead, pool_block_n=pool_bn).cpu()
     assert out.dtype == qdt and out.shape == q.shape
     assert torch.isfinite(out).all()
     for r, L in enumerate(lens):
@@ -98,13 +101,14 @@ def test_decode_matches_reference(dev, hq, hk, d, preset, qdt, pdt, lens, splits
         assert err < tol, f"request {r} (len {L}): rel err {err:.2e}"
 
 
-@pytest.mark.parametrize("hq,hk,d,preset,qdt,pdt,lens,splits,ahead", [
-    (8, 2, 128, "k4v2_g128", torch.bfloat16, torch.float16, [1, 127, 128, 700, 513], None, None),
-    (8, 2, 128, "k4v2_g128", torch.float16, torch.float16, [129, 700, 513], 3, 0),
-    (8, 1, 128, "k4v2_g64", torch.bfloat16, torch.bfloat16, [65, 64 * 7, 300], 1, 1),
-    (6, 2, 256, "k4v4_g128", torch.float16, torch.float16, [129, 600], None, None),
+@pytest.mark.parametrize("hq,hk,d,preset,qdt,pdt,lens,splits,ahead,pool_bn", [
+    (8, 2, 128, "k4v2_g128", torch.bfloat16, torch.float16, [1, 127, 128, 700, 513], None, None, None),
+    (8, 2, 128, "k4v2_g128", torch.float16, torch.float16, [129, 700, 513], 3, 0, None),
+    (8, 1, 128, "k4v2_g64", torch.bfloat16, torch.bfloat16, [65, 64 * 7, 300], 1, 1, None),
+    (6, 2, 256, "k4v4_g128", torch.float16, torch.float16, [129, 600], None, None, None),
+    (8, 2, 128, "k4v2_g128", torch.float16, torch.float16, [129, 700, 513, 300], 3, None, 32),
 ])
-def test_token_sink_rows_match_reference(dev, hq, hk, d, preset, qdt, pdt, lens, splits, ahead):
+def test_token_sink_rows_match_reference(dev, hq, hk, d, preset, qdt, pdt, lens, splits, ahead, pool_bn):
     """KVARN_SINK=token: position 0 of a record first block comes from its fp16 sink row (map -2 - flat row),
     the record's own row 0 is never read; split-K, ahead/no-ahead, GQA 4-8, head_dim 128/256."""
     from kvarn.kernels import kvarn_decode_attention
@@ -115,7 +119,7 @@ def test_token_sink_rows_match_reference(dev, hq, hk, d, preset, qdt, pdt, lens,
     q = (torch.randn(len(lens), hq, d, generator=gen) * 1.5).to(qdt)
     seq = torch.tensor(lens, dtype=torch.int32)
     out = kvarn_decode_attention(q.to(dev), cache.to(dev), pk.to(dev), pv.to(dev), b2s.to(dev), table.to(dev),
-                                 seq.to(dev), d**-0.5, cfg, num_splits=splits, ahead=ahead).cpu()
+                                 seq.to(dev), d**-0.5, cfg, num_splits=splits, ahead=ahead, pool_block_n=pool_bn).cpu()
     assert torch.isfinite(out).all()
     for r, L in enumerate(lens):
         kc, vc = gather_kv(table[r], L, cache, pk, pv, b2s, cfg)

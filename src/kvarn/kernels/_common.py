@@ -29,6 +29,9 @@ DECODE_ASM = os.environ.get("KVARN_DECODE_ASM", "1") != "0" and not INTERPRET
 DECODE_PREFETCH = int(os.environ.get("KVARN_DECODE_PREFETCH", "1"))
 # Record-loop loads run ahead of their tile (0 off, 1 ids, 2 ids + K scales); KVARN_DECODE_AHEAD overrides
 DECODE_AHEAD = int(os.environ.get("KVARN_DECODE_AHEAD", "2"))
+# Rows per chunk of a pool tile in the decode kernel's pass 2 (0 = the whole tile): below G only the chunks holding
+# valid rows run, so a partly filled tail costs its rows. KVARN_DECODE_POOL_BN overrides
+DECODE_POOL_BN = int(os.environ.get("KVARN_DECODE_POOL_BN", "64"))
 # Warps per flush program (one [G, D] tile); 0 = by launch size and tile size (flush.flush_tiles).
 # KVARN_FLUSH_WARPS overrides, for A/B runs.
 FLUSH_WARPS = int(os.environ.get("KVARN_FLUSH_WARPS", "0"))

@@ -19,8 +19,9 @@ import torch
 import triton
 
 from kvarn.config import TOKENS_PER_PROGRAM_CHOICES, KvarnConfig
-from kvarn.kernels._common import (ACT_DTYPES, DECODE_AHEAD, DECODE_ASM, DECODE_PREFETCH, INTERPRET, LOG2E, check,
-                                   check_cache, hadamard, hadamard_signs, layout_constexprs, num_sms, prefetch_lanes)
+from kvarn.kernels._common import (ACT_DTYPES, DECODE_AHEAD, DECODE_ASM, DECODE_POOL_BN, DECODE_PREFETCH, INTERPRET,
+                                   LOG2E, check, check_cache, hadamard, hadamard_signs, layout_constexprs, num_sms,
+                                   prefetch_lanes)
 from kvarn.kernels.decode_kernel import _combine_kernel, _kvarn_decode_kernel
 
 
@@ -70,6 +71,7 @@ def kvarn_decode_attention(
     pool_scale: tuple[float, float] = (1.0, 1.0), out: torch.Tensor | None = None,
     num_stages: int | None = None, maxnreg: int | None = 128, all_pool: bool = False, min_q_rows: int = 4,
     prefetch: int | None = None, ahead: int | None = None, tokens_per_program: int = 1,
+    pool_block_n: int | None = None,
 ) -> torch.Tensor:
     """Decode attention of one layer: q [B, Hq, D] (original frame, bf16/fp16) -> [B, Hq, D] in q.dtype.
 
@@ -77,7 +79,8 @@ def kvarn_decode_attention(
     with ``pool_scale``); block_to_slot int32 [NB] (-1 = record); block_table int32 [B, M];
     seq_lens int32 [B] (>= 1, including the current token, already in the cache).
     num_splits None = automatic (split-K when B*Hk leaves SMs idle and the table is long).
-    Tuning (defaults = fastest in the H200 sweep): block_n = G (tokens per step), num_warps 4,
+    Tuning (defaults = fastest in the H200 sweep): block_n = G (tokens per step; also sets pool_block_n when
+    that is None), num_warps 4,
     num_stages 1 (records) / 2 (all_pool), maxnreg 128 (records; None = compiler's choice),
     min_q_rows 4 (query rows per program: the Hq/Hk heads padded to max(min_q_rows, next pow2); Triton
     pads the MMA itself, so the fp32 score/softmax/accumulator work runs on 4 rows, not 16: 1.15-1.21x
@@ -89,6 +92,10 @@ def kvarn_decode_attention(
     K scale vectors one tile ahead. Both defaults: 1.05-1.16x per layer call at five burst shapes and
     1.02x / 1.05x on burst A end to end, measured with the two settings side by side and then on swapped
     GPUs (H200, 2026-11-30, benchmarks/gpu/results/h200-ahead-2026-11-30c/).
+    pool_block_n P (None = ``KVARN_DECODE_POOL_BN``, default 64; G = off): a pool tile (sink, tail, unflushed
+    block) is read in chunks of P rows, only the chunks holding valid rows, so a partly filled tail costs its
+    rows: 0.5-2.6% faster per layer call at five burst shapes with ragged tails, either sink mode (32: up to 4%
+    faster with the token sink at B >= 384, 6% slower at B=16; H200, 2026-12-01, results/h200-poolbn-2026-12-01k).
     all_pool=True: every block is a pool slot (fp16/bf16/fp8
     cache without records, the benchmark baselines); fp8 pools require it.
     tokens_per_program T > 1 (chunked-prefill continuations): q [P*T, Hq, D] holds P groups of T query
@@ -122,6 +129,8 @@ def kvarn_decode_attention(
     g = cfg.group
     bn = block_n or g
     check(g % bn == 0 and bn >= 16, f"block_n must divide G={g} and be >= 16, got {bn}")
+    pbn = pool_block_n or block_n or min(DECODE_POOL_BN or g, g)
+    check(g % pbn == 0 and pbn >= 16, f"pool_block_n must divide G={g} and be >= 16, got {pbn}")
     qpk = hq // hk
     check(min_q_rows in (1, 2, 4, 8, 16), f"min_q_rows must be one of 1, 2, 4, 8, 16, got {min_q_rows}")
     qp = max(min_q_rows, triton.next_power_of_2(qpk * tpr))
@@ -157,7 +166,7 @@ def kvarn_decode_attention(
     sgn = hadamard_signs(d, torch.bfloat16, q.device)
     kvh = kv_cache.view(torch.float16) if not fp8 else kv_cache
     bf16_pool = pool_k.dtype == torch.bfloat16
-    common = dict(HK=hk, QPK=qpk, QP=qp, BN=bn, POOL_BF16=bf16_pool, UPCAST=INTERPRET and bf16_pool, IUP=INTERPRET,
+    common = dict(HK=hk, QPK=qpk, QP=qp, BN=bn, PBN=pbn, POOL_BF16=bf16_pool, UPCAST=INTERPRET and bf16_pool, IUP=INTERPRET,
                   ALL_POOL=bool(all_pool), TPR=tpr, ROT=rot, ASM=DECODE_ASM, num_warps=num_warps,
                   PREF=prefetch if DECODE_ASM else 0, PL=prefetch_lanes(cfg),
                   AHD=ahead, TS=cfg.token_sink,

@@ -84,22 +84,38 @@ def _rotate_rows(x, sgn_ptr, D: tl.constexpr, IUP: tl.constexpr):
 
 
 @triton.jit
+def _pool_chunk(c, q_op, qa, m_i, l_i, acc, pk_ptr, pv_ptr, pbase, n_valid, lo, stride_pn, pool_k_scale, pool_v_scale,
+                QP: tl.constexpr, D: tl.constexpr, BN: tl.constexpr, PDT: tl.constexpr, UPCAST: tl.constexpr,
+                ROWS: tl.constexpr):
+    """Rows [c*BN, (c+1)*BN) of one fp16/bf16 pool tile into the online-softmax state."""
+    d = tl.arange(0, D)
+    n = c * BN + tl.arange(0, BN)
+    nm = n < n_valid
+    kt = tl.load(pk_ptr + pbase + n[None, :] * stride_pn + d[:, None], mask=nm[None, :], other=0.0)
+    s = dot_bf16_safe(q_op, kt.to(PDT), tl.zeros([QP, BN], tl.float32), UPCAST)
+    s = tl.where(_row_mask(n, n_valid, lo, ROWS, 0, False), s * (qa * pool_k_scale)[:, None], float("-inf"))
+    p, alpha, m_i, l_i = _softmax_update(s, m_i, l_i)
+    vt = tl.load(pv_ptr + pbase + n[:, None] * stride_pn + d[None, :], mask=nm[:, None], other=0.0)
+    pv = dot_bf16_safe(p.to(PDT), vt.to(PDT), tl.zeros([QP, D], tl.float32), UPCAST)
+    return m_i, l_i, acc * alpha[:, None] + pv * pool_v_scale
+
+
+@triton.jit
 def _pool_tile(q_op, qa, m_i, l_i, acc, pk_ptr, pv_ptr, pbase, n_valid, lo, stride_pn, pool_k_scale, pool_v_scale,
                QP: tl.constexpr, D: tl.constexpr, G: tl.constexpr, BN: tl.constexpr, PDT: tl.constexpr,
-               UPCAST: tl.constexpr, ROWS: tl.constexpr):
+               UPCAST: tl.constexpr, ROWS: tl.constexpr, DYN: tl.constexpr = False):
     """One fp16/bf16 pool tile [G, D] of K and V rows into the online-softmax state (ROWS: per-row causal
-    lengths, see _row_mask; a row masked out here has a finite m from pass 1, so its p is 0, not NaN)."""
-    d = tl.arange(0, D)
-    for c in tl.static_range(G // BN):
-        n = c * BN + tl.arange(0, BN)
-        nm = n < n_valid
-        kt = tl.load(pk_ptr + pbase + n[None, :] * stride_pn + d[:, None], mask=nm[None, :], other=0.0)
-        s = dot_bf16_safe(q_op, kt.to(PDT), tl.zeros([QP, BN], tl.float32), UPCAST)
-        s = tl.where(_row_mask(n, n_valid, lo, ROWS, 0, False), s * (qa * pool_k_scale)[:, None], float("-inf"))
-        p, alpha, m_i, l_i = _softmax_update(s, m_i, l_i)
-        vt = tl.load(pv_ptr + pbase + n[:, None] * stride_pn + d[None, :], mask=nm[:, None], other=0.0)
-        pv = dot_bf16_safe(p.to(PDT), vt.to(PDT), tl.zeros([QP, D], tl.float32), UPCAST)
-        acc = acc * alpha[:, None] + pv * pool_v_scale
+    lengths, see _row_mask; a row masked out here has a finite m from pass 1, so its p is 0, not NaN).
+    DYN: only the ceil(min(n_valid, G) / BN) chunks holding valid rows (a partly filled tail costs its rows);
+    otherwise all G / BN chunks, unrolled (branch-free, for the pipelined all-pool path)."""
+    if DYN:
+        for c in range(tl.cdiv(tl.minimum(n_valid, G), BN)):
+            m_i, l_i, acc = _pool_chunk(c, q_op, qa, m_i, l_i, acc, pk_ptr, pv_ptr, pbase, n_valid, lo, stride_pn,
+                                        pool_k_scale, pool_v_scale, QP, D, BN, PDT, UPCAST, ROWS)
+    else:
+        for c in tl.static_range(G // BN):
+            m_i, l_i, acc = _pool_chunk(c, q_op, qa, m_i, l_i, acc, pk_ptr, pv_ptr, pbase, n_valid, lo, stride_pn,
+                                        pool_k_scale, pool_v_scale, QP, D, BN, PDT, UPCAST, ROWS)
     return m_i, l_i, acc
 
 
@@ -108,7 +124,8 @@ def _kvarn_decode_kernel(
     q_ptr, sgn_ptr, sgo_ptr, kv_ptr, kvh_ptr, pk_ptr, pv_ptr, b2s_ptr, bt_ptr, sl_ptr, o_ptr, ml_ptr,
     stride_qb, stride_qh, stride_kvb, stride_ps, stride_pn, stride_ph, stride_btb,
     stride_ob, stride_oh, stride_os, q_mult, o_mult, pool_k_scale, pool_v_scale,
-    HK: tl.constexpr, QPK: tl.constexpr, QP: tl.constexpr, BN: tl.constexpr, SPLIT: tl.constexpr,
+    HK: tl.constexpr, QPK: tl.constexpr, QP: tl.constexpr, BN: tl.constexpr, PBN: tl.constexpr,
+    SPLIT: tl.constexpr,
     POOL_BF16: tl.constexpr, UPCAST: tl.constexpr, IUP: tl.constexpr, ALL_POOL: tl.constexpr, TPR: tl.constexpr,
     ROT: tl.constexpr, ASM: tl.constexpr, PREF: tl.constexpr, PL: tl.constexpr, AHD: tl.constexpr, TS: tl.constexpr,
     D: tl.constexpr, G: tl.constexpr, KB: tl.constexpr, VB: tl.constexpr, R: tl.constexpr,
@@ -257,7 +274,8 @@ def _kvarn_decode_kernel(
                 todo = todo & (tt != t)
                 pbase = slot.to(tl.int64) * stride_ps + hk * stride_ph
                 m_i, l_i, acc = _pool_tile(q_op, qa, m_i, l_i, acc, pk_ptr, pv_ptr, pbase, seq_len - t * G, lo,
-                                           stride_pn, pool_k_scale, pool_v_scale, QP, D, G, BN, PDT, UPCAST, ROWS)
+                                           stride_pn, pool_k_scale, pool_v_scale, QP, D, G, PBN, PDT, UPCAST, ROWS,
+                                           PBN < G)
 
     hq = hk * QPK + qi
     if SPLIT:  # one token per program (the launcher never splits TPR > 1)
