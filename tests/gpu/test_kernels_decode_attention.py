@@ -73,14 +73,16 @@ CASES = [  # hq, hk, d, preset, q dtype, pool dtype, lens
 ]
 
 
-@pytest.mark.parametrize("splits,block_n,q_rows,prefetch,ahead,pool_bn",
-                         [(None, None, 4, None, None, None), (1, None, 4, 0, 0, None), (1, None, 4, 1, 1, None),
-                          (3, 32, 4, 2, 2, None), (None, None, 16, 1, 1, None), (2, None, 4, 0, 2, None),
-                          (None, None, 4, None, None, 32), (3, None, 4, 1, 2, 64)])
+@pytest.mark.parametrize("splits,block_n,q_rows,prefetch,ahead,pool_bn,trim",
+                         [(None, None, 4, None, None, None, None), (1, None, 4, 0, 0, None, None),
+                          (1, None, 4, 1, 1, None, False), (3, 32, 4, 2, 2, None, None),
+                          (None, None, 16, 1, 1, None, True), (2, None, 4, 0, 2, None, False),
+                          (None, None, 4, None, None, 32, None), (3, None, 4, 1, 2, 64, True)])
 @pytest.mark.parametrize("hq,hk,d,preset,qdt,pdt,lens", CASES)
 def test_decode_matches_reference(dev, hq, hk, d, preset, qdt, pdt, lens, splits, block_n, q_rows, prefetch, ahead,
-                                  pool_bn):
-    """pool_bn: pool tiles read in chunks of that many rows, only the chunks holding valid rows (ragged tails)."""
+                                  pool_bn, trim):
+    """pool_bn: pool tiles read in chunks of that many rows, only the chunks holding valid rows (ragged tails);
+    trim: pool tiles at the ends of a split's range skip the record pass (None: the default, on)."""
     from kvarn.kernels import kvarn_decode_attention
     cfg = KvarnConfig.from_name(preset, d)
     gen = torch.Generator().manual_seed(torch.seed() % 2**31)
@@ -90,7 +92,8 @@ def test_decode_matches_reference(dev, hq, hk, d, preset, qdt, pdt, lens, splits
     seq = torch.tensor(lens, dtype=torch.int32)
     out = kvarn_decode_attention(q.to(dev), cache.to(dev), pk.to(dev), pv.to(dev), b2s.to(dev), table.to(dev),
                                  seq.to(dev), scale, cfg, num_splits=splits, block_n=block_n, min_q_rows=q_rows,
-                                 prefetch=prefetch, ahead=ahead, pool_block_n=pool_bn).cpu()
+                                 prefetch=prefetch, ahead=ahead, pool_block_n=pool_bn,
+                                 trim=trim).cpu()
     assert out.dtype == qdt and out.shape == q.shape
     assert torch.isfinite(out).all()
     for r, L in enumerate(lens):

@@ -32,6 +32,9 @@ DECODE_AHEAD = int(os.environ.get("KVARN_DECODE_AHEAD", "2"))
 # Rows per chunk of a pool tile in the decode kernel's pass 2 (0 = the whole tile): below G only the chunks holding
 # valid rows run, so a partly filled tail costs its rows. KVARN_DECODE_POOL_BN overrides
 DECODE_POOL_BN = int(os.environ.get("KVARN_DECODE_POOL_BN", "64"))
+# Pool tiles at the ends of a decode program's range (sink, tail) skip the record pass; KVARN_DECODE_TRIM=0: they run
+# it masked, as before 2026-12-01
+DECODE_TRIM = os.environ.get("KVARN_DECODE_TRIM", "1") != "0"
 # Warps per flush program (one [G, D] tile); 0 = by launch size and tile size (flush.flush_tiles).
 # KVARN_FLUSH_WARPS overrides, for A/B runs.
 FLUSH_WARPS = int(os.environ.get("KVARN_FLUSH_WARPS", "0"))

@@ -19,9 +19,9 @@ import torch
 import triton
 
 from kvarn.config import TOKENS_PER_PROGRAM_CHOICES, KvarnConfig
-from kvarn.kernels._common import (ACT_DTYPES, DECODE_AHEAD, DECODE_ASM, DECODE_POOL_BN, DECODE_PREFETCH, INTERPRET,
-                                   LOG2E, check, check_cache, hadamard, hadamard_signs, layout_constexprs, num_sms,
-                                   prefetch_lanes)
+from kvarn.kernels._common import (ACT_DTYPES, DECODE_AHEAD, DECODE_ASM, DECODE_POOL_BN, DECODE_PREFETCH,
+                                   DECODE_TRIM, INTERPRET, LOG2E, check, check_cache, hadamard, hadamard_signs,
+                                   layout_constexprs, num_sms, prefetch_lanes)
 from kvarn.kernels.decode_kernel import _combine_kernel, _kvarn_decode_kernel
 
 
@@ -71,7 +71,7 @@ def kvarn_decode_attention(
     pool_scale: tuple[float, float] = (1.0, 1.0), out: torch.Tensor | None = None,
     num_stages: int | None = None, maxnreg: int | None = 128, all_pool: bool = False, min_q_rows: int = 4,
     prefetch: int | None = None, ahead: int | None = None, tokens_per_program: int = 1,
-    pool_block_n: int | None = None,
+    pool_block_n: int | None = None, trim: bool | None = None,
 ) -> torch.Tensor:
     """Decode attention of one layer: q [B, Hq, D] (original frame, bf16/fp16) -> [B, Hq, D] in q.dtype.
 
@@ -96,6 +96,8 @@ def kvarn_decode_attention(
     block) is read in chunks of P rows, only the chunks holding valid rows, so a partly filled tail costs its
     rows: 0.5-2.6% faster per layer call at five burst shapes with ragged tails, either sink mode (32: up to 4%
     faster with the token sink at B >= 384, 6% slower at B=16; H200, 2026-12-01, results/h200-poolbn-2026-12-01k).
+    trim (None = ``KVARN_DECODE_TRIM``, default on): a pool tile at either end of a program's tile range (the
+    fp16 sink first, the filling tail last) skips the record pass instead of running it masked.
     all_pool=True: every block is a pool slot (fp16/bf16/fp8
     cache without records, the benchmark baselines); fp8 pools require it.
     tokens_per_program T > 1 (chunked-prefill continuations): q [P*T, Hq, D] holds P groups of T query
@@ -166,10 +168,11 @@ def kvarn_decode_attention(
     sgn = hadamard_signs(d, torch.bfloat16, q.device)
     kvh = kv_cache.view(torch.float16) if not fp8 else kv_cache
     bf16_pool = pool_k.dtype == torch.bfloat16
-    common = dict(HK=hk, QPK=qpk, QP=qp, BN=bn, PBN=pbn, POOL_BF16=bf16_pool, UPCAST=INTERPRET and bf16_pool, IUP=INTERPRET,
+    common = dict(HK=hk, QPK=qpk, QP=qp, BN=bn, PBN=pbn, POOL_BF16=bf16_pool, UPCAST=INTERPRET and bf16_pool,
+                  IUP=INTERPRET,
                   ALL_POOL=bool(all_pool), TPR=tpr, ROT=rot, ASM=DECODE_ASM, num_warps=num_warps,
                   PREF=prefetch if DECODE_ASM else 0, PL=prefetch_lanes(cfg),
-                  AHD=ahead, TS=cfg.token_sink,
+                  AHD=ahead, TS=cfg.token_sink, TRIM=DECODE_TRIM if trim is None else bool(trim),
                   **layout_constexprs(cfg))
     # records: compute-bound, no software pipelining; pool-only: 2 stages (H200 sweep, docs/gpu.md)
     common["num_stages"] = num_stages if num_stages is not None else (2 if all_pool and d <= 128 else 1)

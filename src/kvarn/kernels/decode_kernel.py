@@ -124,10 +124,10 @@ def _kvarn_decode_kernel(
     q_ptr, sgn_ptr, sgo_ptr, kv_ptr, kvh_ptr, pk_ptr, pv_ptr, b2s_ptr, bt_ptr, sl_ptr, o_ptr, ml_ptr,
     stride_qb, stride_qh, stride_kvb, stride_ps, stride_pn, stride_ph, stride_btb,
     stride_ob, stride_oh, stride_os, q_mult, o_mult, pool_k_scale, pool_v_scale,
-    HK: tl.constexpr, QPK: tl.constexpr, QP: tl.constexpr, BN: tl.constexpr, PBN: tl.constexpr,
-    SPLIT: tl.constexpr,
+    HK: tl.constexpr, QPK: tl.constexpr, QP: tl.constexpr, BN: tl.constexpr, PBN: tl.constexpr, SPLIT: tl.constexpr,
     POOL_BF16: tl.constexpr, UPCAST: tl.constexpr, IUP: tl.constexpr, ALL_POOL: tl.constexpr, TPR: tl.constexpr,
     ROT: tl.constexpr, ASM: tl.constexpr, PREF: tl.constexpr, PL: tl.constexpr, AHD: tl.constexpr, TS: tl.constexpr,
+    TRIM: tl.constexpr,
     D: tl.constexpr, G: tl.constexpr, KB: tl.constexpr, VB: tl.constexpr, R: tl.constexpr,
     K_CODES: tl.constexpr, K_RS: tl.constexpr, K_RZ: tl.constexpr, K_CS: tl.constexpr,
     V_CODES: tl.constexpr, V_CS: tl.constexpr, V_RS: tl.constexpr, V_RZ: tl.constexpr,
@@ -202,30 +202,39 @@ def _kvarn_decode_kernel(
             if VPB == 4:
                 a2 += tl.load(pv_ptr + sbase + VPB * ev + 2, mask=vm0, other=0.0).to(tl.float32)[None, :] * pool_v_scale
                 a3 += tl.load(pv_ptr + sbase + VPB * ev + 3, mask=vm0, other=0.0).to(tl.float32)[None, :] * pool_v_scale
-        # pass 1: every tile of the range through the record math, branch-free so Triton software-
-        # pipelines the loads (num_stages); a pool tile's loads are masked off and its scores dropped.
+        # pass 1: the tiles of the range through the record math, branch-free; a pool tile's loads are masked
+        # off and its scores dropped. TRIM: a pool tile at either end of the range (the fp16 sink first, the
+        # filling tail last) is left out of pass 1 altogether (pass 2 reads it), so only pool tiles in the
+        # middle (blocks not flushed yet) still cost a masked record iteration.
+        r0 = t0
+        r1 = t1
+        if TRIM:
+            e_lo = tl.load(b2s_ptr + tl.load(bt_row + tl.maximum(tl.minimum(t0, t1 - 1), 0)).to(tl.int64))
+            e_hi = tl.load(b2s_ptr + tl.load(bt_row + tl.maximum(t1 - 1, 0)).to(tl.int64))
+            r0 = t0 + ((e_lo >= 0) & (t0 < t1)).to(tl.int32)
+            r1 = t1 - ((e_hi >= 0) & (t1 - 1 >= r0)).to(tl.int32)
         q_un = q * (1.0 / qa)[:, None]  # rows scaled to max |q| = 1
         ksb = kvh_ptr + K_RS // 2 + d
         NL: tl.constexpr = (R + 127) // 128
         # PREF > 0: the record PREF tiles ahead is requested into L2 at the top of each tile (its block id
         # was loaded one tile earlier, so nothing here waits on memory)
         if PREF > 0:
-            nxt = tl.load(bt_row + tl.maximum(tl.minimum(t0 + PREF, t1 - 1), 0)).to(tl.int64)
+            nxt = tl.load(bt_row + tl.maximum(tl.minimum(r0 + PREF, r1 - 1), 0)).to(tl.int64)
         # AHD > 0: the per-tile load chain (block id -> pool-map entry [-> K scale vectors, AHD 2]) runs
         # ahead of the tile that uses it: ids two tiles ahead, map entries [and scales] one tile ahead
         if AHD > 0:
-            live = t0 < t1  # an empty range (split past the end, graph padding) reads block 0's entries
-            b_nx = tl.where(live, tl.load(bt_row + tl.maximum(tl.minimum(t0, t1 - 1), 0)), 0).to(tl.int64)
-            b_nx2 = tl.load(bt_row + tl.maximum(tl.minimum(t0 + 1, t1 - 1), 0)).to(tl.int64)
+            live = r0 < r1  # an empty range (split past the end, graph padding) reads block 0's entries
+            b_nx = tl.where(live, tl.load(bt_row + tl.maximum(tl.minimum(r0, r1 - 1), 0)), 0).to(tl.int64)
+            b_nx2 = tl.load(bt_row + tl.maximum(tl.minimum(r0 + 1, r1 - 1), 0)).to(tl.int64)
             e_nx = tl.load(b2s_ptr + b_nx)
             if AHD > 1:  # a pool tile's page is a valid block, read unmasked; its scores are dropped below
                 h_nx = (b_nx * stride_kvb + hk * R) // 2  # the record's fp16 offset
                 ks_nx = tl.load(ksb + h_nx)
                 kz_nx = tl.load(kvh_ptr + h_nx + K_RZ // 2 + d)
-        for t in range(t0, t1):
+        for t in range(r0, r1):
             if PREF > 0:
                 _prefetch_l2(kv_ptr + nxt * stride_kvb + hk * R, PL, NL)
-                nxt = tl.load(bt_row + tl.minimum(t + PREF + 1, t1 - 1)).to(tl.int64)
+                nxt = tl.load(bt_row + tl.minimum(t + PREF + 1, r1 - 1)).to(tl.int64)
             if AHD > 0:
                 blk = b_nx
                 ent = e_nx
@@ -237,7 +246,7 @@ def _kvarn_decode_kernel(
                     ks_nx = tl.load(ksb + h_nx)
                     kz_nx = tl.load(kvh_ptr + h_nx + K_RZ // 2 + d)
                 b_nx = b_nx2
-                b_nx2 = tl.load(bt_row + tl.minimum(t + 2, t1 - 1)).to(tl.int64)
+                b_nx2 = tl.load(bt_row + tl.minimum(t + 2, r1 - 1)).to(tl.int64)
             else:
                 blk = tl.load(bt_row + t).to(tl.int64)
                 ent = tl.load(b2s_ptr + blk)
@@ -246,7 +255,8 @@ def _kvarn_decode_kernel(
                 ks = tl.load(ksb + hb, mask=md, other=0.0).to(tl.float32)
                 kz = tl.load(kvh_ptr + hb + K_RZ // 2 + d, mask=md, other=0.0).to(tl.float32)
             s0, s1, s2, s3, n0, n1, n2, n3, mx = _rec_scores(q_un, qa, ks, kz, kv_ptr, kvh_ptr, rb, hb, n_valid, lo,
-                                                             nlo, md, d, jk, K_CODES, K_CS, KB, KPB, G, D, ASM, ROWS, TS)
+                                                             nlo, md, d, jk, K_CODES, K_CS, KB, KPB, G, D, ASM, ROWS,
+                                                             TS)
             m_new = tl.maximum(m_i, mx)
             alpha = tl.exp2(m_i - m_new)
             m_i = m_new
