@@ -274,3 +274,6 @@ def test_decode_rejects_bad_input(dev):
     with pytest.raises(ValueError, match="ahead"):
         kvarn_decode_attention(q, cache, pool, pool, b2s, torch.zeros(1, 2, dtype=torch.int32, device=dev),
                                torch.ones(1, dtype=torch.int32, device=dev), 0.1, cfg, ahead=3)
+    with pytest.raises(ValueError, match="pool_block_n"):
+        kvarn_decode_attention(q, cache, pool, pool, b2s, torch.zeros(1, 2, dtype=torch.int32, device=dev),
+                               torch.ones(1, dtype=torch.int32, device=dev), 0.1, cfg, pool_block_n=48)

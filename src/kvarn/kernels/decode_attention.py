@@ -132,7 +132,8 @@ def kvarn_decode_attention(
     bn = block_n or g
     check(g % bn == 0 and bn >= 16, f"block_n must divide G={g} and be >= 16, got {bn}")
     pbn = pool_block_n or block_n or min(DECODE_POOL_BN or g, g)
-    check(g % pbn == 0 and pbn >= 16, f"pool_block_n must divide G={g} and be >= 16, got {pbn}")
+    check(g % pbn == 0 and pbn >= 16,
+          f"pool_block_n (else block_n, else KVARN_DECODE_POOL_BN) must divide G={g} and be >= 16, got {pbn}")
     qpk = hq // hk
     check(min_q_rows in (1, 2, 4, 8, 16), f"min_q_rows must be one of 1, 2, 4, 8, 16, got {min_q_rows}")
     qp = max(min_q_rows, triton.next_power_of_2(qpk * tpr))
@@ -169,8 +170,7 @@ def kvarn_decode_attention(
     kvh = kv_cache.view(torch.float16) if not fp8 else kv_cache
     bf16_pool = pool_k.dtype == torch.bfloat16
     common = dict(HK=hk, QPK=qpk, QP=qp, BN=bn, PBN=pbn, POOL_BF16=bf16_pool, UPCAST=INTERPRET and bf16_pool,
-                  IUP=INTERPRET,
-                  ALL_POOL=bool(all_pool), TPR=tpr, ROT=rot, ASM=DECODE_ASM, num_warps=num_warps,
+                  IUP=INTERPRET, ALL_POOL=bool(all_pool), TPR=tpr, ROT=rot, ASM=DECODE_ASM, num_warps=num_warps,
                   PREF=prefetch if DECODE_ASM else 0, PL=prefetch_lanes(cfg),
                   AHD=ahead, TS=cfg.token_sink, TRIM=DECODE_TRIM if trim is None else bool(trim),
                   **layout_constexprs(cfg))

@@ -10,10 +10,10 @@ Two passes over the range, so neither carries the other's state:
 
 1. record tiles (block_to_slot < 0), never materialized (the per-tile math: decode_record.py); branch-free
    over the range (a pool tile's loads are masked off and its scores are -1e30). TRIM: a pool tile at either
-   end of the range (the fp16 sink, the filling tail) is left out of this pass, which it would only cost a
-   masked record iteration (7-11% of the call at burst-A shapes, H200). The record's fp16 vectors are folded into the query and probability side, so
-   only integer codes meet the tensor cores (method.md §1.4: K_hat[d,n] = (code*ks[d] + kz[d]) * kc[n],
-   V_hat[n,d] = (code*vs[n] + vz[n]) * vc[d]):
+   end of the range (the fp16 sink, the filling tail) is left out of this pass, where it would only cost a
+   masked record iteration (7-11% of the call at burst-A shapes, H200). The record's fp16 vectors are folded
+   into the query and probability side, so only integer codes meet the tensor cores (method.md §1.4:
+   K_hat[d,n] = (code*ks[d] + kz[d]) * kc[n], V_hat[n,d] = (code*vs[n] + vz[n]) * vc[d]):
 
        s[i, n] = kc[n] * ( sum_d (q[i,d] ks[d]) code_k[d, n]  +  sum_d q[i,d] kz[d] )
        o[i, d] += vc[d] * ( sum_n (p[i,n] vs[n]) code_v[n, d] +  sum_n p[i,n] vz[n] )
@@ -107,7 +107,9 @@ def _pool_tile(q_op, qa, m_i, l_i, acc, pk_ptr, pv_ptr, pbase, n_valid, lo, stri
                QP: tl.constexpr, D: tl.constexpr, G: tl.constexpr, BN: tl.constexpr, PDT: tl.constexpr,
                UPCAST: tl.constexpr, ROWS: tl.constexpr, DYN: tl.constexpr = False):
     """One fp16/bf16 pool tile [G, D] of K and V rows into the online-softmax state (ROWS: per-row causal
-    lengths, see _row_mask; a row masked out here has a finite m from pass 1, so its p is 0, not NaN).
+    lengths, see _row_mask; a row masked out here has a finite m from an earlier tile, so its p is 0, not NaN:
+    pass 1, or, when TRIM left pass 1 empty, the range's first tile, where every real row has position 0; only
+    padding rows, never stored, can turn NaN).
     DYN: only the ceil(min(n_valid, G) / BN) chunks holding valid rows (a partly filled tail costs its rows);
     otherwise all G / BN chunks, unrolled (branch-free, for the pipelined all-pool path)."""
     if DYN:
