@@ -14,6 +14,7 @@ kernel as vLLM runs it (sink and tail tiles in the fp16 pool) against variants, 
   num_warps=2, maxnreg=96|80   more, smaller programs per SM
   bf16_pool      the same kernel reading a bf16 paged cache (the byte-bound reference)
   prefetch=0|1|2|4   records requested into L2 that many tiles ahead (2026-11-30: 1 is 1.05-1.11x faster)
+  rotf=0|1       rotations of q and the output as two 16-wide products (1) or one [D, D] operand (0)
   trim=0|1       pool tiles at the ends of the range skip the record pass (1) or run it masked (0)
   pool_bn=32|64  pool tiles in chunks of that many rows, only the chunks holding valid rows
   ahead=1|2      the record loop's block ids / pool-map entries (1) and K scale vectors (2) loaded a tile early
@@ -60,14 +61,15 @@ def variant_kwargs(name: str) -> dict:
         return variant_kwargs(name.partition(":")[2]) if ":" in name else {}
     if name in VARIANTS:
         return VARIANTS[name]
-    keys = {"ahead", "prefetch", "maxnreg", "num_stages", "num_warps", "block_n", "q_rows", "pool_bn", "trim"}
+    keys = {"ahead", "prefetch", "maxnreg", "num_stages", "num_warps", "block_n", "q_rows", "pool_bn", "trim", "rotf"}
     kw = {}
     for part in name.split("+"):
         k, _, v = part.partition("=")
         if k not in keys or not v:
             raise SystemExit(f"unknown variant {name!r}: use one of {', '.join(VARIANTS)} or KEY=VALUE joined by "
                              f"'+' with KEY in {', '.join(sorted(keys))}")
-        kw[{"q_rows": "min_q_rows", "pool_bn": "pool_block_n"}.get(k, k)] = None if v == "None" else int(v)
+        kw[{"q_rows": "min_q_rows", "pool_bn": "pool_block_n", "rotf": "rotate_factored"}.get(k, k)] = (
+            None if v == "None" else int(v))
     return kw
 
 

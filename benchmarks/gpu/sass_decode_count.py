@@ -19,8 +19,8 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from kvarn.config import KvarnConfig
-from kvarn.kernels._common import (DECODE_AHEAD, DECODE_POOL_BN, DECODE_PREFETCH, DECODE_TRIM, layout_constexprs,
-                                   prefetch_lanes)
+from kvarn.kernels._common import (DECODE_AHEAD, DECODE_POOL_BN, DECODE_PREFETCH, DECODE_ROTF, DECODE_TRIM,
+                                   layout_constexprs, prefetch_lanes)
 from kvarn.kernels.decode_kernel import _kvarn_decode_kernel
 
 PTRS = {"q_ptr": "*bf16", "sgn_ptr": "*bf16", "sgo_ptr": "*bf16", "kv_ptr": "*u8", "kvh_ptr": "*fp16",
@@ -35,7 +35,7 @@ def compile_decode(opts: dict) -> dict:
     const = dict(HK=8, QPK=4, QP=4, BN=128, PBN=min(DECODE_POOL_BN or 128, 128), SPLIT=False, POOL_BF16=False,
                  UPCAST=False, IUP=False, ALL_POOL=False, TPR=1,
                  ROT=True, ASM=True, PREF=DECODE_PREFETCH, AHD=DECODE_AHEAD, TS=False,  # the launcher's defaults
-                 TRIM=DECODE_TRIM,
+                 TRIM=DECODE_TRIM, RF=DECODE_ROTF,
                  PL=prefetch_lanes(cfg), **layout_constexprs(cfg))
     launch = dict(num_warps=4, num_stages=1, maxnreg=128)
     for key, v in opts.items():

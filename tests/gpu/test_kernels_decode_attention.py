@@ -104,6 +104,33 @@ def test_decode_matches_reference(dev, hq, hk, d, preset, qdt, pdt, lens, splits
         assert err < tol, f"request {r} (len {L}): rel err {err:.2e}"
 
 
+@pytest.mark.parametrize("hq,hk,d,preset,qdt,pdt,lens,splits", [
+    (8, 2, 128, "k4v2_g128", torch.bfloat16, torch.float16, [1, 127, 128, 700, 513], None),
+    (4, 4, 64, "k4v2_g64", torch.float16, torch.bfloat16, [2, 64 * 5 + 1], 3),
+])
+def test_factored_rotation_matches_full_operand(dev, hq, hk, d, preset, qdt, pdt, lens, splits):
+    """The in-kernel rotations as two 16-wide products (H_D = H_m (x) H_16, the default) against one [D, D]
+    operand, single-stage and split-K (the combine kernel rotates there): both match the reference, and each other
+    to fp32 rounding before the output cast."""
+    from kvarn.kernels import kvarn_decode_attention
+    cfg = KvarnConfig.from_name(preset, d)
+    gen = torch.Generator().manual_seed(torch.seed() % 2**31)
+    cache, pk, pv, b2s, table = build_cache(lens, hk, cfg, pdt, gen)
+    q = (torch.randn(len(lens), hq, d, generator=gen) * 1.5).to(qdt)
+    seq = torch.tensor(lens, dtype=torch.int32)
+    args = (q.to(dev), cache.to(dev), pk.to(dev), pv.to(dev), b2s.to(dev), table.to(dev), seq.to(dev), d**-0.5, cfg)
+    fact = kvarn_decode_attention(*args, num_splits=splits, rotate_factored=True).cpu().float()
+    full = kvarn_decode_attention(*args, num_splits=splits, rotate_factored=False).cpu().float()
+    assert torch.isfinite(fact).all() and torch.isfinite(full).all()
+    for r, L in enumerate(lens):
+        kc, vc = gather_kv(table[r], L, cache, pk, pv, b2s, cfg)
+        ref = rotate(gqa_attention(rotate(q[r:r + 1]), kc, vc, d**-0.5, q_offset=L - 1))[0]
+        tol = 2.5e-2 if pdt == torch.bfloat16 else (6e-3 if qdt == torch.float16 else 1.2e-2)
+        for out in (fact, full):
+            assert (out[r] - ref).norm() / ref.norm() < tol, f"request {r} (len {L})"
+        assert (fact[r] - full[r]).norm() / full[r].norm() < (8e-3 if qdt == torch.bfloat16 else 1e-3)
+
+
 @pytest.mark.parametrize("hq,hk,d,preset,qdt,pdt,lens,splits,ahead,pool_bn", [
     (8, 2, 128, "k4v2_g128", torch.bfloat16, torch.float16, [1, 127, 128, 700, 513], None, None, None),
     (8, 2, 128, "k4v2_g128", torch.float16, torch.float16, [129, 700, 513], 3, 0, None),

@@ -35,6 +35,9 @@ DECODE_POOL_BN = int(os.environ.get("KVARN_DECODE_POOL_BN", "64"))
 # Pool tiles at the ends of a decode program's range (sink, tail) skip the record pass; KVARN_DECODE_TRIM=0: they run
 # it masked, as before 2026-12-01
 DECODE_TRIM = os.environ.get("KVARN_DECODE_TRIM", "1") != "0"
+# Rotations in the decode kernel as two 16-wide products (H_D = H_m (x) H_16) instead of one [D, D] operand;
+# KVARN_DECODE_ROTF=0: the [D, D] operand
+DECODE_ROTF = os.environ.get("KVARN_DECODE_ROTF", "1") != "0"
 # Warps per flush program (one [G, D] tile); 0 = by launch size and tile size (flush.flush_tiles).
 # KVARN_FLUSH_WARPS overrides, for A/B runs.
 FLUSH_WARPS = int(os.environ.get("KVARN_FLUSH_WARPS", "0"))
@@ -55,6 +58,21 @@ def hadamard(d: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
 @functools.lru_cache(maxsize=None)
 def _signs_cached(d: int, dtype: torch.dtype, device: str) -> torch.Tensor:
     return (hadamard_matrix(d, torch.float64) * math.sqrt(d)).round().to(dtype=dtype, device=torch.device(device))
+
+
+@functools.lru_cache(maxsize=None)
+def _factor_signs_cached(d: int, device: str) -> torch.Tensor:
+    m = d // 16
+    h16 = (hadamard_matrix(16, torch.float64) * 4).round()
+    hm = (hadamard_matrix(m, torch.float64) * math.sqrt(m)).round()
+    return torch.stack([h16, torch.block_diag(*[hm] * (16 // m))]).to(torch.bfloat16).to(torch.device(device))
+
+
+def hadamard_factor_signs(d: int, device: torch.device) -> torch.Tensor:
+    """bf16 [2, 16, 16]: H_16 and blockdiag(H_m, ..., H_m) with m = D / 16 (D = 64 or 128), +-1 entries: the
+    Sylvester matrix of order D is H_m (x) H_16 (kron; column 16a + b), the decode kernel's factored rotation."""
+    check(d in (64, 128), f"factored rotation needs head_dim 64 or 128, got {d}")
+    return _factor_signs_cached(d, str(device))
 
 
 def hadamard_signs(d: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:

@@ -20,8 +20,9 @@ import triton
 
 from kvarn.config import TOKENS_PER_PROGRAM_CHOICES, KvarnConfig
 from kvarn.kernels._common import (ACT_DTYPES, DECODE_AHEAD, DECODE_ASM, DECODE_POOL_BN, DECODE_PREFETCH,
-                                   DECODE_TRIM, INTERPRET, LOG2E, check, check_cache, hadamard, hadamard_signs,
-                                   layout_constexprs, num_sms, prefetch_lanes)
+                                   DECODE_ROTF, DECODE_TRIM, INTERPRET, LOG2E, check, check_cache, hadamard,
+                                   hadamard_factor_signs, hadamard_signs, layout_constexprs, num_sms,
+                                   prefetch_lanes)
 from kvarn.kernels.decode_kernel import _combine_kernel, _kvarn_decode_kernel
 
 
@@ -71,7 +72,7 @@ def kvarn_decode_attention(
     pool_scale: tuple[float, float] = (1.0, 1.0), out: torch.Tensor | None = None,
     num_stages: int | None = None, maxnreg: int | None = 128, all_pool: bool = False, min_q_rows: int = 4,
     prefetch: int | None = None, ahead: int | None = None, tokens_per_program: int = 1,
-    pool_block_n: int | None = None, trim: bool | None = None,
+    pool_block_n: int | None = None, trim: bool | None = None, rotate_factored: bool | None = None,
 ) -> torch.Tensor:
     """Decode attention of one layer: q [B, Hq, D] (original frame, bf16/fp16) -> [B, Hq, D] in q.dtype.
 
@@ -98,6 +99,8 @@ def kvarn_decode_attention(
     faster with the token sink at B >= 384, 6% slower at B=16; H200, 2026-12-01, results/h200-poolbn-2026-12-01k).
     trim (None = ``KVARN_DECODE_TRIM``, default on): a pool tile at either end of a program's tile range (the
     fp16 sink first, the filling tail last) skips the record pass instead of running it masked.
+    rotate_factored (None = ``KVARN_DECODE_ROTF``, default on): the in-kernel rotations of q and the output as two
+    16-wide products (H_D = H_m (x) H_16) instead of one [D, D] operand per program.
     all_pool=True: every block is a pool slot (fp16/bf16/fp8
     cache without records, the benchmark baselines); fp8 pools require it.
     tokens_per_program T > 1 (chunked-prefill continuations): q [P*T, Hq, D] holds P groups of T query
@@ -166,13 +169,14 @@ def kvarn_decode_attention(
         q_in = torch.matmul(q.float(), h32).mul_(scale * LOG2E)
         q_mult = 1.0
         o = torch.empty(bsz, hq, d, dtype=torch.float32, device=q.device)
-    sgn = hadamard_signs(d, torch.bfloat16, q.device)
+    rf = rot and (DECODE_ROTF if rotate_factored is None else bool(rotate_factored))
+    sgn = hadamard_factor_signs(d, q.device) if rf else hadamard_signs(d, torch.bfloat16, q.device)
     kvh = kv_cache.view(torch.float16) if not fp8 else kv_cache
     bf16_pool = pool_k.dtype == torch.bfloat16
     common = dict(HK=hk, QPK=qpk, QP=qp, BN=bn, PBN=pbn, POOL_BF16=bf16_pool, UPCAST=INTERPRET and bf16_pool,
                   IUP=INTERPRET, ALL_POOL=bool(all_pool), TPR=tpr, ROT=rot, ASM=DECODE_ASM, num_warps=num_warps,
                   PREF=prefetch if DECODE_ASM else 0, PL=prefetch_lanes(cfg),
-                  AHD=ahead, TS=cfg.token_sink, TRIM=DECODE_TRIM if trim is None else bool(trim),
+                  AHD=ahead, TS=cfg.token_sink, TRIM=DECODE_TRIM if trim is None else bool(trim), RF=rf,
                   **layout_constexprs(cfg))
     # records: compute-bound, no software pipelining; pool-only: 2 stages (H200 sweep, docs/gpu.md)
     common["num_stages"] = num_stages if num_stages is not None else (2 if all_pool and d <= 128 else 1)
@@ -192,7 +196,7 @@ def kvarn_decode_attention(
             *args, part, ml, *strides, part.stride(0), part.stride(1), part.stride(2), *scales, SPLIT=True,
             **common)
         _combine_kernel[(bsz * hk,)](part, ml, sgn, o, num_splits, o.stride(0), o.stride(1), 1.0 / math.sqrt(d),
-                                     HK=hk, QPK=qpk, QP=qp, D=d, ROT=rot, IUP=INTERPRET, num_warps=4)
+                                     HK=hk, QPK=qpk, QP=qp, D=d, ROT=rot, IUP=INTERPRET, RF=rf, num_warps=4)
     if rot:
         return o
     o_model = torch.matmul(o, h32)

@@ -74,15 +74,34 @@ def _interleave(x0, x1, x2, x3, NP: tl.constexpr, M: tl.constexpr, N: tl.constex
 
 
 @triton.jit
-def _rotate_rows(x, sgn_ptr, D: tl.constexpr, IUP: tl.constexpr):
-    """x [M, D] fp32 -> x S (S at sgn_ptr: the +-1 Sylvester matrix, bf16 [D, D]) in fp32 on tensor
-    cores: x = hi + lo in bf16 (lo carries the next 8 bits), both exact against +-1 entries."""
-    d = tl.arange(0, D)
-    sgn = tl.load(sgn_ptr + d[:, None] * D + d[None, :])
+def _dot_signs(x, sgn, IUP: tl.constexpr):
+    """x [M, K] fp32 times a +-1 matrix sgn [K, N] (bf16) in fp32 on tensor cores: x = hi + lo in bf16 (lo
+    carries the next 8 bits), both products exact against +-1 entries."""
     hi = x.to(tl.bfloat16)
     lo = (x - hi.to(tl.float32)).to(tl.bfloat16)
-    y = dot_bf16_safe(hi, sgn, tl.zeros(x.shape, tl.float32), IUP)
+    y = dot_bf16_safe(hi, sgn, tl.zeros([x.shape[0], sgn.shape[1]], tl.float32), IUP)
     return dot_bf16_safe(lo, sgn, y, IUP)
+
+
+@triton.jit
+def _rotate_rows(x, sgn_ptr, D: tl.constexpr, IUP: tl.constexpr, RF: tl.constexpr):
+    """x [M, D] fp32 -> x S, S the +-1 Sylvester matrix of order D, in fp32.
+
+    RF False: S itself at sgn_ptr (bf16 [D, D], 32 KiB at D = 128) is one dot operand. RF True: S = H_m (x) H_16
+    (m = D / 16; column 16a + b), so x S is two 16-wide products: x as [M*m, 16] times H_16 (along b), then,
+    transposed to [M, 16, m] and viewed as [M*m, 16] (16/m groups of m per row), times blockdiag(H_m, ..., H_m)
+    (along a), transposed back. sgn_ptr: bf16 [2, 16, 16] (H_16, the block diagonal): 1 KiB instead of 32."""
+    M: tl.constexpr = x.shape[0]
+    if RF:
+        MM: tl.constexpr = D // 16
+        r = tl.arange(0, 16)
+        z = _dot_signs(tl.reshape(x, [M * MM, 16]), tl.load(sgn_ptr + r[:, None] * 16 + r[None, :]), IUP)
+        zt = tl.reshape(tl.permute(tl.reshape(z, [M, MM, 16]), (0, 2, 1)), [M * MM, 16])
+        w = _dot_signs(zt, tl.load(sgn_ptr + 256 + r[:, None] * 16 + r[None, :]), IUP)
+        return tl.reshape(tl.permute(tl.reshape(w, [M, 16, MM]), (0, 2, 1)), [M, D])
+    else:
+        d = tl.arange(0, D)
+        return _dot_signs(x, tl.load(sgn_ptr + d[:, None] * D + d[None, :]), IUP)
 
 
 @triton.jit
@@ -131,7 +150,7 @@ def _kvarn_decode_kernel(
     HK: tl.constexpr, QPK: tl.constexpr, QP: tl.constexpr, BN: tl.constexpr, PBN: tl.constexpr, SPLIT: tl.constexpr,
     POOL_BF16: tl.constexpr, UPCAST: tl.constexpr, IUP: tl.constexpr, ALL_POOL: tl.constexpr, TPR: tl.constexpr,
     ROT: tl.constexpr, ASM: tl.constexpr, PREF: tl.constexpr, PL: tl.constexpr, AHD: tl.constexpr, TS: tl.constexpr,
-    TRIM: tl.constexpr,
+    TRIM: tl.constexpr, RF: tl.constexpr,
     D: tl.constexpr, G: tl.constexpr, KB: tl.constexpr, VB: tl.constexpr, R: tl.constexpr,
     K_CODES: tl.constexpr, K_RS: tl.constexpr, K_RZ: tl.constexpr, K_CS: tl.constexpr,
     V_CODES: tl.constexpr, V_CS: tl.constexpr, V_RS: tl.constexpr, V_RZ: tl.constexpr,
@@ -164,7 +183,7 @@ def _kvarn_decode_kernel(
     d = tl.arange(0, D)
     q = tl.load(q_ptr + qrow[:, None] + d[None, :], mask=qmask[:, None], other=0.0).to(tl.float32)
     if ROT:
-        q = _rotate_rows(q, sgn_ptr, D, IUP)
+        q = _rotate_rows(q, sgn_ptr, D, IUP, RF)
     q = q * q_mult  # [QP, D] fp32, rotated, * scale * log2(e)
     qa = tl.max(tl.abs(q), 1) + 1e-30
     PDT: tl.constexpr = tl.bfloat16 if POOL_BF16 else tl.float16
@@ -300,7 +319,7 @@ def _kvarn_decode_kernel(
     else:
         out = acc / tl.maximum(l_i, 1e-30)[:, None]  # empty rows (seq_len 0: CUDA-graph padding) -> 0
         if ROT:
-            out = _rotate_rows(out, sgo_ptr, D, IUP) * o_mult  # sgo_ptr = sgn_ptr: not held across the loops
+            out = _rotate_rows(out, sgo_ptr, D, IUP, RF) * o_mult  # sgo_ptr = sgn_ptr: not held across the loops
         if TPR == 1:
             orow = b * stride_ob + hq * stride_oh
         else:
@@ -311,7 +330,7 @@ def _kvarn_decode_kernel(
 @triton.jit
 def _combine_kernel(part_ptr, ml_ptr, sgn_ptr, o_ptr, S, stride_ob, stride_oh, o_mult,
                     HK: tl.constexpr, QPK: tl.constexpr, QP: tl.constexpr, D: tl.constexpr,
-                    ROT: tl.constexpr, IUP: tl.constexpr):
+                    ROT: tl.constexpr, IUP: tl.constexpr, RF: tl.constexpr):
     """Merge the S split partials of the QPK query heads of one (b, KV head): part [B, Hq, S, D]
     fp32 (unnormalized, rotated frame), ml [B, Hq, S, 2] (max, sum); log-sum-exp merge, normalize,
     rotate back (ROT) and store [QPK, D] in o_ptr's dtype."""
@@ -338,6 +357,6 @@ def _combine_kernel(part_ptr, ml_ptr, sgn_ptr, o_ptr, S, stride_ob, stride_oh, o
         m = m_new
     out = acc / tl.maximum(l, 1e-30)[:, None]
     if ROT:
-        out = _rotate_rows(out, sgn_ptr, D, IUP) * o_mult
+        out = _rotate_rows(out, sgn_ptr, D, IUP, RF) * o_mult
     tl.store(o_ptr + b * stride_ob + (hk * QPK + qi)[:, None] * stride_oh + d[None, :],
              out.to(o_ptr.dtype.element_ty), mask=qmask[:, None])
