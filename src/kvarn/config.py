@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import operator
+import os
 from dataclasses import dataclass
 
 SUPPORTED_HEAD_DIMS = (64, 128, 256)
@@ -156,6 +157,28 @@ def check_dense_min(value) -> int:
         raise ValueError(f"KVARN_DENSE_MIN must be 0 (never) or an integer >= 2 (continuation chunks of at least "
                          f"that many tokens are attended densely), got {value!r}")
     return n
+
+
+# Kernel switches for A/B runs (docs/gpu.md): variable -> accepted values, the default first
+KERNEL_ENV_CHOICES = {
+    "KVARN_DECODE_ASM": ("1", "0"),  # dequantize by inline PTX (0: integer ops)
+    "KVARN_DECODE_PREFETCH": ("1", "0", "2", "3", "4"),  # records requested into L2 this many tiles ahead
+    "KVARN_DECODE_AHEAD": ("2", "0", "1"),  # record-loop loads a tile ahead (1 ids, 2 ids + K scales)
+    "KVARN_DECODE_POOL_BN": ("64", "0", "16", "32", "128"),  # rows per pool-tile chunk (0: whole tiles)
+    "KVARN_DECODE_TRIM": ("1", "0"),  # pool tiles at the ends of a range skip the record pass
+    "KVARN_DECODE_ROTF": ("1", "0"),  # rotations as two 16-wide products (0: one [D, D] operand)
+    "KVARN_FLUSH_WARPS": ("0", "1", "2", "4", "8", "16"),  # warps per flush program (0: by launch and tile size)
+}
+
+
+def kernel_env(var: str) -> str:
+    """The value of kernel switch ``var`` (its default when unset or empty); ValueError naming the valid
+    values otherwise. The one rule for the front end's check and the kernels' read."""
+    valid = KERNEL_ENV_CHOICES[var]
+    val = os.environ.get(var) or valid[0]
+    if val not in valid:
+        raise ValueError(f"{var} must be one of {', '.join(valid)} (default first), got {val!r}")
+    return val
 
 
 def kv_cache_dtype_names() -> list[str]:

@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kvarn.config import KvarnConfig
+from kvarn.config import KvarnConfig, kernel_env
 from kvarn.reference.hadamard import hadamard_matrix
 
 LOG2E = 1.4426950408889634
@@ -23,24 +23,24 @@ LOG2E = 1.4426950408889634
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 # Decode dequant by inline PTX (PRMT into the fp16 exponent, decode_kernel._codes_f16); KVARN_DECODE_ASM=0
 # selects the plain integer-op form (the interpreter always uses it). For A/B benchmarks and fallback.
-DECODE_ASM = os.environ.get("KVARN_DECODE_ASM", "1") != "0" and not INTERPRET
+DECODE_ASM = kernel_env("KVARN_DECODE_ASM") == "1" and not INTERPRET
 # Records requested into L2 this many tiles ahead by the decode kernel (0 = off); KVARN_DECODE_PREFETCH overrides.
 # Defaults (prefetch 1, ahead 2): the fastest in the H200 probe and A/B of 2026-11-30 (docs/gpu.md)
-DECODE_PREFETCH = int(os.environ.get("KVARN_DECODE_PREFETCH", "1"))
+DECODE_PREFETCH = int(kernel_env("KVARN_DECODE_PREFETCH"))
 # Record-loop loads run ahead of their tile (0 off, 1 ids, 2 ids + K scales); KVARN_DECODE_AHEAD overrides
-DECODE_AHEAD = int(os.environ.get("KVARN_DECODE_AHEAD", "2"))
+DECODE_AHEAD = int(kernel_env("KVARN_DECODE_AHEAD"))
 # Rows per chunk of a pool tile in the decode kernel's pass 2 (0 = the whole tile): below G only the chunks holding
 # valid rows run, so a partly filled tail costs its rows. KVARN_DECODE_POOL_BN overrides
-DECODE_POOL_BN = int(os.environ.get("KVARN_DECODE_POOL_BN", "64"))
+DECODE_POOL_BN = int(kernel_env("KVARN_DECODE_POOL_BN"))
 # Pool tiles at the ends of a decode program's range (sink, tail) skip the record pass; KVARN_DECODE_TRIM=0: they run
 # it masked, as before 2026-12-01
-DECODE_TRIM = os.environ.get("KVARN_DECODE_TRIM", "1") != "0"
+DECODE_TRIM = kernel_env("KVARN_DECODE_TRIM") == "1"
 # Rotations in the decode kernel as two 16-wide products (H_D = H_m (x) H_16) instead of one [D, D] operand;
 # KVARN_DECODE_ROTF=0: the [D, D] operand
-DECODE_ROTF = os.environ.get("KVARN_DECODE_ROTF", "1") != "0"
+DECODE_ROTF = kernel_env("KVARN_DECODE_ROTF") == "1"
 # Warps per flush program (one [G, D] tile); 0 = by launch size and tile size (flush.flush_tiles).
 # KVARN_FLUSH_WARPS overrides, for A/B runs.
-FLUSH_WARPS = int(os.environ.get("KVARN_FLUSH_WARPS", "0"))
+FLUSH_WARPS = int(kernel_env("KVARN_FLUSH_WARPS"))
 POOL_DTYPES = (torch.float16, torch.bfloat16)
 ACT_DTYPES = (torch.float16, torch.bfloat16)
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import os
 
-from kvarn.config import NUMERICS, SINK_MODES, KvarnConfig, check_dense_min, check_mq_group
+from kvarn.config import (KERNEL_ENV_CHOICES, NUMERICS, SINK_MODES, KvarnConfig, check_dense_min, check_mq_group,
+                          kernel_env)
 
 
 DEFAULT_MAX_NUM_SEQS = 256
@@ -54,11 +55,12 @@ def env_problems() -> list[str]:
         val = os.environ.get(var)
         if val and val not in valid:
             out.append(f"{var} must be one of {', '.join(valid)} (got {val!r})")
-    for var, check in (("KVARN_MQ_GROUP", check_mq_group), ("KVARN_DENSE_MIN", check_dense_min)):
+    for var, check in (("KVARN_MQ_GROUP", check_mq_group), ("KVARN_DENSE_MIN", check_dense_min),
+                       *((v, lambda _, v=v: kernel_env(v)) for v in KERNEL_ENV_CHOICES)):
         val = os.environ.get(var)
         if val:
             try:
-                check(val)  # the same rule the workers' routing applies when it reads the variable
+                check(val)  # the same rule the workers' routing / kernels apply when they read the variable
             except ValueError as e:
                 out.append(str(e))
     return out
