@@ -60,7 +60,7 @@ def _signs_cached(d: int, dtype: torch.dtype, device: str) -> torch.Tensor:
     return (hadamard_matrix(d, torch.float64) * math.sqrt(d)).round().to(dtype=dtype, device=torch.device(device))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _factor_signs_cached(d: int, device: str) -> torch.Tensor:
     m = d // 16
     h16 = (hadamard_matrix(16, torch.float64) * 4).round()
