@@ -171,11 +171,11 @@ KERNEL_ENV_CHOICES = {
 }
 
 
-def kernel_env(var: str) -> str:
-    """The value of kernel switch ``var`` (its default when unset or empty); ValueError naming the valid
-    values otherwise. The one rule for the front end's check and the kernels' read."""
+def kernel_env(var: str, value: str | None = None) -> str:
+    """The value of kernel switch ``var`` (``value``, else the environment's; the default when unset or empty);
+    ValueError naming the valid values otherwise. The one rule for the front end's check and the kernels' read."""
     valid = KERNEL_ENV_CHOICES[var]
-    val = os.environ.get(var) or valid[0]
+    val = (os.environ.get(var) if value is None else value) or valid[0]
     if val not in valid:
         raise ValueError(f"{var} must be one of {', '.join(valid)} (default first), got {val!r}")
     return val

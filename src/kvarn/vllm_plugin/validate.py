@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 
 from kvarn.config import (KERNEL_ENV_CHOICES, NUMERICS, SINK_MODES, KvarnConfig, check_dense_min, check_mq_group,
@@ -56,7 +57,7 @@ def env_problems() -> list[str]:
         if val and val not in valid:
             out.append(f"{var} must be one of {', '.join(valid)} (got {val!r})")
     for var, check in (("KVARN_MQ_GROUP", check_mq_group), ("KVARN_DENSE_MIN", check_dense_min),
-                       *((v, lambda _, v=v: kernel_env(v)) for v in KERNEL_ENV_CHOICES)):
+                       *((v, functools.partial(kernel_env, v)) for v in KERNEL_ENV_CHOICES)):
         val = os.environ.get(var)
         if val:
             try:
