@@ -173,7 +173,7 @@ def test_validate_accepts_plain_decoder_and_qwen2_unused_window():
 @pytest.mark.parametrize("var,val", [("KVARN_SINK", "int8"), ("KVARN_NUMERICS", "best"), ("KVARN_MQ_GROUP", "3"),
                                      ("KVARN_MQ_GROUP", "04"), ("KVARN_DENSE_MIN", "1"), ("KVARN_DENSE_MIN", "many"),
                                      ("KVARN_DECODE_POOL_BN", "48"), ("KVARN_DECODE_TRIM", "yes"),
-                                     ("KVARN_FLUSH_WARPS", "3")])
+                                     ("KVARN_DECODE_WARPS", "3"), ("KVARN_FLUSH_WARPS", "3")])
 def test_validate_refuses_bad_kvarn_settings(monkeypatch, var, val):
     from kvarn.vllm_plugin.builder import kvarn_config
     from kvarn.vllm_plugin.validate import KvarnConfigError, validate_vllm_config

@@ -11,7 +11,7 @@ kernel as vLLM runs it (sink and tail tiles in the fp16 pool) against variants, 
   maxnreg=None   compiler's register choice (fewer programs per SM)
   q_rows=16|8|4  the 4 query heads of a KV head padded to 16 / 8 / 4 rows (4 = the default since
                  2026-11-29; Triton pads the MMA itself)
-  num_warps=2, maxnreg=96|80   more, smaller programs per SM
+  num_warps=2|4 (maxnreg follows: 168 | 128), maxnreg=96|80   fewer or more, smaller programs per SM
   bf16_pool      the same kernel reading a bf16 paged cache (the byte-bound reference)
   prefetch=0|1|2|4   records requested into L2 that many tiles ahead (2026-11-30: 1 is 1.05-1.11x faster)
   rotf=0|1       rotations of q and the output as two 16-wide products (1) or one [D, D] operand (0)

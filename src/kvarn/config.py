@@ -167,6 +167,7 @@ KERNEL_ENV_CHOICES = {
     "KVARN_DECODE_POOL_BN": ("64", "0", "16", "32", "128"),  # rows per pool-tile chunk (0: whole tiles)
     "KVARN_DECODE_TRIM": ("1", "0"),  # pool tiles at the ends of a range skip the record pass
     "KVARN_DECODE_ROTF": ("1", "0"),  # rotations as two 16-wide products (0: one [D, D] operand)
+    "KVARN_DECODE_WARPS": ("0", "2", "4"),  # warps per decode program (0: by launch size, 2 or 4)
     "KVARN_FLUSH_WARPS": ("0", "1", "2", "4", "8", "16"),  # warps per flush program (0: by launch and tile size)
 }
 

@@ -73,16 +73,18 @@ CASES = [  # hq, hk, d, preset, q dtype, pool dtype, lens
 ]
 
 
-@pytest.mark.parametrize("splits,block_n,q_rows,prefetch,ahead,pool_bn,trim",
-                         [(None, None, 4, None, None, None, None), (1, None, 4, 0, 0, None, None),
-                          (1, None, 4, 1, 1, None, False), (3, 32, 4, 2, 2, None, None),
-                          (None, None, 16, 1, 1, None, True), (2, None, 4, 0, 2, None, False),
-                          (None, None, 4, None, None, 32, None), (3, None, 4, 1, 2, 64, True)])
+@pytest.mark.parametrize("splits,block_n,q_rows,prefetch,ahead,pool_bn,trim,warps",
+                         [(None, None, 4, None, None, None, None, None), (1, None, 4, 0, 0, None, None, None),
+                          (1, None, 4, 1, 1, None, False, None), (3, 32, 4, 2, 2, None, None, None),
+                          (None, None, 16, 1, 1, None, True, None), (2, None, 4, 0, 2, None, False, None),
+                          (None, None, 4, None, None, 32, None, None), (3, None, 4, 1, 2, 64, True, None),
+                          (1, None, 4, None, None, None, None, 2), (3, None, 4, None, None, 32, None, 2)])
 @pytest.mark.parametrize("hq,hk,d,preset,qdt,pdt,lens", CASES)
 def test_decode_matches_reference(dev, hq, hk, d, preset, qdt, pdt, lens, splits, block_n, q_rows, prefetch, ahead,
-                                  pool_bn, trim):
+                                  pool_bn, trim, warps):
     """pool_bn: pool tiles read in chunks of that many rows, only the chunks holding valid rows (ragged tails);
-    trim: pool tiles at the ends of a split's range skip the record pass (None: the default, on)."""
+    trim: pool tiles at the ends of a split's range skip the record pass (None: the default, on); warps: warps per
+    program (None: by launch size, 4 at these small launches; 2: the large-batch setting, 168 registers)."""
     from kvarn.kernels import kvarn_decode_attention
     cfg = KvarnConfig.from_name(preset, d)
     gen = torch.Generator().manual_seed(torch.seed() % 2**31)
@@ -93,7 +95,7 @@ def test_decode_matches_reference(dev, hq, hk, d, preset, qdt, pdt, lens, splits
     out = kvarn_decode_attention(q.to(dev), cache.to(dev), pk.to(dev), pv.to(dev), b2s.to(dev), table.to(dev),
                                  seq.to(dev), scale, cfg, num_splits=splits, block_n=block_n, min_q_rows=q_rows,
                                  prefetch=prefetch, ahead=ahead, pool_block_n=pool_bn,
-                                 trim=trim).cpu()
+                                 trim=trim, num_warps=warps).cpu()
     assert out.dtype == qdt and out.shape == q.shape
     assert torch.isfinite(out).all()
     for r, L in enumerate(lens):
@@ -131,14 +133,15 @@ def test_factored_rotation_matches_full_operand(dev, hq, hk, d, preset, qdt, pdt
         assert (fact[r] - full[r]).norm() / full[r].norm() < (8e-3 if qdt == torch.bfloat16 else 1e-3)
 
 
-@pytest.mark.parametrize("hq,hk,d,preset,qdt,pdt,lens,splits,ahead,pool_bn", [
-    (8, 2, 128, "k4v2_g128", torch.bfloat16, torch.float16, [1, 127, 128, 700, 513], None, None, None),
-    (8, 2, 128, "k4v2_g128", torch.float16, torch.float16, [129, 700, 513], 3, 0, None),
-    (8, 1, 128, "k4v2_g64", torch.bfloat16, torch.bfloat16, [65, 64 * 7, 300], 1, 1, None),
-    (6, 2, 256, "k4v4_g128", torch.float16, torch.float16, [129, 600], None, None, None),
-    (8, 2, 128, "k4v2_g128", torch.float16, torch.float16, [129, 700, 513, 300], 3, None, 32),
+@pytest.mark.parametrize("hq,hk,d,preset,qdt,pdt,lens,splits,ahead,pool_bn,warps", [
+    (8, 2, 128, "k4v2_g128", torch.bfloat16, torch.float16, [1, 127, 128, 700, 513], None, None, None, None),
+    (8, 2, 128, "k4v2_g128", torch.float16, torch.float16, [129, 700, 513], 3, 0, None, 2),
+    (8, 1, 128, "k4v2_g64", torch.bfloat16, torch.bfloat16, [65, 64 * 7, 300], 1, 1, None, None),
+    (6, 2, 256, "k4v4_g128", torch.float16, torch.float16, [129, 600], None, None, None, None),
+    (8, 2, 128, "k4v2_g128", torch.float16, torch.float16, [129, 700, 513, 300], 3, None, 32, 2),
 ])
-def test_token_sink_rows_match_reference(dev, hq, hk, d, preset, qdt, pdt, lens, splits, ahead, pool_bn):
+def test_token_sink_rows_match_reference(dev, hq, hk, d, preset, qdt, pdt, lens, splits, ahead, pool_bn,
+                                         warps):
     """KVARN_SINK=token: position 0 of a record first block comes from its fp16 sink row (map -2 - flat row),
     the record's own row 0 is never read; split-K, ahead/no-ahead, GQA 4-8, head_dim 128/256."""
     from kvarn.kernels import kvarn_decode_attention
@@ -149,7 +152,8 @@ def test_token_sink_rows_match_reference(dev, hq, hk, d, preset, qdt, pdt, lens,
     q = (torch.randn(len(lens), hq, d, generator=gen) * 1.5).to(qdt)
     seq = torch.tensor(lens, dtype=torch.int32)
     out = kvarn_decode_attention(q.to(dev), cache.to(dev), pk.to(dev), pv.to(dev), b2s.to(dev), table.to(dev),
-                                 seq.to(dev), d**-0.5, cfg, num_splits=splits, ahead=ahead, pool_block_n=pool_bn).cpu()
+                                 seq.to(dev), d**-0.5, cfg, num_splits=splits, ahead=ahead, pool_block_n=pool_bn,
+                                 num_warps=warps).cpu()
     assert torch.isfinite(out).all()
     for r, L in enumerate(lens):
         kc, vc = gather_kv(table[r], L, cache, pk, pv, b2s, cfg)
@@ -279,6 +283,16 @@ def test_auto_splits_policy():
             assert 1 <= s <= tiles and -(-tiles // tps) == s  # no empty split
 
 
+def test_decode_warps_policy():
+    """Pure function. 2 warps from 10 programs per SM on (the H200 probe of 2026-12-01: faster from B*Hk = 1,536
+    at 132 SMs, equal at 1,280, 18% slower at 1,024); an override wins."""
+    from kvarn.kernels import choose_decode_warps
+    assert choose_decode_warps(768 * 8, 132) == 2 and choose_decode_warps(192 * 8, 132) == 2
+    assert choose_decode_warps(160 * 8, 132) == 4 and choose_decode_warps(128 * 8, 132) == 4
+    assert choose_decode_warps(16 * 8 * 4, 132) == 4  # small batch, split-K
+    assert choose_decode_warps(768 * 8, 132, override=4) == 4 and choose_decode_warps(8, 132, override=2) == 2
+
+
 def test_decode_rejects_bad_input(dev):
     from kvarn.kernels import kvarn_decode_attention
     cfg = KvarnConfig.from_name("k4v2_g128", 128)
@@ -304,3 +318,6 @@ def test_decode_rejects_bad_input(dev):
     with pytest.raises(ValueError, match="pool_block_n"):
         kvarn_decode_attention(q, cache, pool, pool, b2s, torch.zeros(1, 2, dtype=torch.int32, device=dev),
                                torch.ones(1, dtype=torch.int32, device=dev), 0.1, cfg, pool_block_n=48)
+    with pytest.raises(ValueError, match="num_warps"):
+        kvarn_decode_attention(q, cache, pool, pool, b2s, torch.zeros(1, 2, dtype=torch.int32, device=dev),
+                               torch.ones(1, dtype=torch.int32, device=dev), 0.1, cfg, num_warps=3)

@@ -10,17 +10,22 @@ Each launcher validates shapes/dtypes/strides and raises ValueError listing what
 Every kernel is checked against kvarn.reference in tests/gpu/test_kernels_*.py.
 """
 
-from kvarn.kernels.decode_attention import choose_num_splits, kvarn_decode_attention
+from kvarn.kernels.decode_attention import (
+    choose_decode_warps,
+    choose_num_splits,
+    kvarn_decode_attention,
+)
 from kvarn.kernels.flush import encode_tiles_triton, flush_tiles, flush_tiles_layers
 from kvarn.kernels.prefill import kvarn_multiquery_attention
 from kvarn.kernels.rotate_append import rotate_append
 
 __all__ = [
-    "kvarn_decode_attention",
-    "kvarn_multiquery_attention",
+    "choose_decode_warps",
     "choose_num_splits",
+    "encode_tiles_triton",
     "flush_tiles",
     "flush_tiles_layers",
-    "encode_tiles_triton",
+    "kvarn_decode_attention",
+    "kvarn_multiquery_attention",
     "rotate_append",
 ]

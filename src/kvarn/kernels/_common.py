@@ -38,6 +38,9 @@ DECODE_TRIM = kernel_env("KVARN_DECODE_TRIM") == "1"
 # Rotations in the decode kernel as two 16-wide products (H_D = H_m (x) H_16) instead of one [D, D] operand;
 # KVARN_DECODE_ROTF=0: the [D, D] operand
 DECODE_ROTF = kernel_env("KVARN_DECODE_ROTF") == "1"
+# Warps per decode program: 0 = by launch size (kernels.decode_attention.choose_decode_warps), else 2 or 4 always;
+# KVARN_DECODE_WARPS overrides
+DECODE_WARPS = int(kernel_env("KVARN_DECODE_WARPS"))
 # Warps per flush program (one [G, D] tile); 0 = by launch size and tile size (flush.flush_tiles).
 # KVARN_FLUSH_WARPS overrides, for A/B runs.
 FLUSH_WARPS = int(kernel_env("KVARN_FLUSH_WARPS"))

@@ -20,7 +20,7 @@ import triton
 
 from kvarn.config import TOKENS_PER_PROGRAM_CHOICES, KvarnConfig
 from kvarn.kernels._common import (ACT_DTYPES, DECODE_AHEAD, DECODE_ASM, DECODE_POOL_BN, DECODE_PREFETCH,
-                                   DECODE_ROTF, DECODE_TRIM, INTERPRET, LOG2E, check, check_cache, hadamard,
+                                   DECODE_ROTF, DECODE_TRIM, DECODE_WARPS, INTERPRET, LOG2E, check, check_cache, hadamard,
                                    hadamard_factor_signs, hadamard_signs, layout_constexprs, num_sms,
                                    prefetch_lanes)
 from kvarn.kernels.decode_kernel import _combine_kernel, _kvarn_decode_kernel
@@ -65,12 +65,35 @@ def choose_num_splits(batch: int, num_kv_heads: int, max_blocks: int, sms: int, 
     return min(s for s, c in costs.items() if c <= low * (1 + tie))
 
 
+# Registers per thread of a record-reading program by its warps: 4 programs of 4 warps per SM at 128, 6 of 2 at 168.
+DECODE_REGS = {2: 168, 4: 128}
+# 2-warp programs once a single-stage launch holds at least this many programs per SM (below, 4 warps).
+WARPS2_MIN_PER_SM = 10
+
+
+def choose_decode_warps(programs: int, sms: int, override: int = 0) -> int:
+    """Warps per program of a record-reading decode launch of ``programs`` = B*Hk*S programs (static shapes:
+    CUDA-graph safe); ``override`` 2 or 4 (``KVARN_DECODE_WARPS``) wins, 0 = by launch size.
+
+    2 warps at 168 registers (6 programs per SM) once the launch holds >= 10 programs per SM, else 4 warps at 128
+    (4 per SM). A 2-warp program runs the same tile math with half the threads: each warp covers twice the MMA
+    columns, and the online softmax's row max and sum cross one warp boundary instead of three. Ragged tails,
+    fp16 sink, us per layer call on the H200 (2026-12-01, ``results/h200-warps-2026-12-01n``), 4 -> 2 warps:
+    768 x 1,152 503.1 -> 480.9, 768 x 2,048 807.7 -> 772.8, 384 x 2,048 421.5 -> 401.5, 192 x 2,048 221.7 ->
+    211.4, 1,024 x 1,152 661.0 -> 627.2; equal at 160 x 2,048 (199.9 / 199.5) and 256 x 2,048; slower where the
+    launch is under ~8 programs per SM (128 x 2,048 152.8 -> 180.8, 32 x 8,192 142.1 -> 161.3). 1 warp, 8 warps,
+    and 2 warps at 96 / 144 / 232 registers were slower at every large shape."""
+    if override:
+        return override
+    return 2 if programs >= WARPS2_MIN_PER_SM * sms else 4
+
+
 def kvarn_decode_attention(
     q: torch.Tensor, kv_cache: torch.Tensor, pool_k: torch.Tensor, pool_v: torch.Tensor,
     block_to_slot: torch.Tensor, block_table: torch.Tensor, seq_lens: torch.Tensor, scale: float,
-    cfg: KvarnConfig, num_splits: int | None = None, block_n: int | None = None, num_warps: int = 4,
+    cfg: KvarnConfig, num_splits: int | None = None, block_n: int | None = None, num_warps: int | None = None,
     pool_scale: tuple[float, float] = (1.0, 1.0), out: torch.Tensor | None = None,
-    num_stages: int | None = None, maxnreg: int | None = 128, all_pool: bool = False, min_q_rows: int = 4,
+    num_stages: int | None = None, maxnreg: int | None | str = "auto", all_pool: bool = False, min_q_rows: int = 4,
     prefetch: int | None = None, ahead: int | None = None, tokens_per_program: int = 1,
     pool_block_n: int | None = None, trim: bool | None = None, rotate_factored: bool | None = None,
 ) -> torch.Tensor:
@@ -81,8 +104,10 @@ def kvarn_decode_attention(
     seq_lens int32 [B] (>= 1, including the current token, already in the cache).
     num_splits None = automatic (split-K when B*Hk leaves SMs idle and the table is long).
     Tuning (defaults = fastest in the H200 sweep): block_n = G (tokens per step; also sets pool_block_n when
-    that is None), num_warps 4,
-    num_stages 1 (records) / 2 (all_pool), maxnreg 128 (records; None = compiler's choice),
+    that is None), num_warps None = ``choose_decode_warps`` for single-token record launches (2 or 4;
+    ``KVARN_DECODE_WARPS`` overrides), else 4,
+    num_stages 1 (records) / 2 (all_pool), maxnreg "auto" = ``DECODE_REGS[num_warps]`` (records; None = the
+    compiler's choice),
     min_q_rows 4 (query rows per program: the Hq/Hk heads padded to max(min_q_rows, next pow2); Triton
     pads the MMA itself, so the fp32 score/softmax/accumulator work runs on 4 rows, not 16: 1.15-1.21x
     at every shape probed on the H200, 2026-11-29, against the old padding to 16).
@@ -152,6 +177,12 @@ def kvarn_decode_attention(
     num_splits = max(1, min(int(num_splits), max_blocks))
     tps = -(-max_blocks // num_splits)
     num_splits = -(-max_blocks // tps)
+    if num_warps is None:
+        num_warps = 4 if all_pool or tpr > 1 else choose_decode_warps(groups * hk * num_splits, num_sms(q.device),
+                                                                       DECODE_WARPS)
+    check(num_warps in (1, 2, 4, 8), f"num_warps must be one of 1, 2, 4, 8, got {num_warps}")
+    if maxnreg == "auto":
+        maxnreg = DECODE_REGS.get(num_warps)
 
     out_dtype = q.dtype
     if out is not None:
