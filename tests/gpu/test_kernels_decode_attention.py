@@ -113,7 +113,9 @@ def test_decode_matches_reference(dev, hq, hk, d, preset, qdt, pdt, lens, splits
 def test_factored_rotation_matches_full_operand(dev, hq, hk, d, preset, qdt, pdt, lens, splits):
     """The in-kernel rotations as two 16-wide products (H_D = H_m (x) H_16, the default) against one [D, D]
     operand, single-stage and split-K (the combine kernel rotates there): both match the reference, and each other
-    to fp32 rounding before the output cast."""
+    to fp32 rounding before the output cast (1e-3); 1.2e-2 with bf16 q or a bf16 pool, whose probabilities enter the
+    MMA as bf16: the two rotations' last-bit differences in the scores can flip p's rounding (2^-9), and a 2-token
+    request averages nothing out (worst of 80 draws of the bf16-pool case in the interpreter: 4.7e-3)."""
     from kvarn.kernels import kvarn_decode_attention
     cfg = KvarnConfig.from_name(preset, d)
     gen = torch.Generator().manual_seed(torch.seed() % 2**31)
@@ -130,7 +132,8 @@ def test_factored_rotation_matches_full_operand(dev, hq, hk, d, preset, qdt, pdt
         tol = 2.5e-2 if pdt == torch.bfloat16 else (6e-3 if qdt == torch.float16 else 1.2e-2)
         for out in (fact, full):
             assert (out[r] - ref).norm() / ref.norm() < tol, f"request {r} (len {L})"
-        assert (fact[r] - full[r]).norm() / full[r].norm() < (8e-3 if qdt == torch.bfloat16 else 1e-3)
+        close = 1.2e-2 if torch.bfloat16 in (qdt, pdt) else 1e-3
+        assert (fact[r] - full[r]).norm() / full[r].norm() < close, f"request {r} (len {L})"
 
 
 @pytest.mark.parametrize("hq,hk,d,preset,qdt,pdt,lens,splits,ahead,pool_bn,warps", [
