@@ -303,24 +303,12 @@ def test_decode_rejects_bad_input(dev):
     pool = torch.zeros(2, 128, 2, 128, dtype=torch.float16, device=dev)
     b2s = torch.full((4,), -1, dtype=torch.int32, device=dev)
     q = torch.zeros(1, 6, 128, dtype=torch.float16, device=dev)  # 6 % 4 != 0 is fine, 6 % 2 ok; use bad table
+    table = torch.zeros(1, 2, dtype=torch.int32, device=dev)
+    lens = torch.ones(1, dtype=torch.int32, device=dev)
     with pytest.raises(ValueError, match="block_table"):
-        kvarn_decode_attention(q, cache, pool, pool, b2s, torch.zeros(1, 2, dtype=torch.int64, device=dev),
-                               torch.ones(1, dtype=torch.int32, device=dev), 0.1, cfg)
+        kvarn_decode_attention(q, cache, pool, pool, b2s, table.long(), lens, 0.1, cfg)
     with pytest.raises(ValueError, match="kv_cache"):
-        kvarn_decode_attention(q, cache[:, :, :-2], pool, pool, b2s, torch.zeros(1, 2, dtype=torch.int32, device=dev),
-                               torch.ones(1, dtype=torch.int32, device=dev), 0.1, cfg)
-    with pytest.raises(ValueError, match="min_q_rows"):
-        kvarn_decode_attention(q, cache, pool, pool, b2s, torch.zeros(1, 2, dtype=torch.int32, device=dev),
-                               torch.ones(1, dtype=torch.int32, device=dev), 0.1, cfg, min_q_rows=3)
-    with pytest.raises(ValueError, match="prefetch"):
-        kvarn_decode_attention(q, cache, pool, pool, b2s, torch.zeros(1, 2, dtype=torch.int32, device=dev),
-                               torch.ones(1, dtype=torch.int32, device=dev), 0.1, cfg, prefetch=7)
-    with pytest.raises(ValueError, match="ahead"):
-        kvarn_decode_attention(q, cache, pool, pool, b2s, torch.zeros(1, 2, dtype=torch.int32, device=dev),
-                               torch.ones(1, dtype=torch.int32, device=dev), 0.1, cfg, ahead=3)
-    with pytest.raises(ValueError, match="pool_block_n"):
-        kvarn_decode_attention(q, cache, pool, pool, b2s, torch.zeros(1, 2, dtype=torch.int32, device=dev),
-                               torch.ones(1, dtype=torch.int32, device=dev), 0.1, cfg, pool_block_n=48)
-    with pytest.raises(ValueError, match="num_warps"):
-        kvarn_decode_attention(q, cache, pool, pool, b2s, torch.zeros(1, 2, dtype=torch.int32, device=dev),
-                               torch.ones(1, dtype=torch.int32, device=dev), 0.1, cfg, num_warps=3)
+        kvarn_decode_attention(q, cache[:, :, :-2], pool, pool, b2s, table, lens, 0.1, cfg)
+    for name, bad in (("min_q_rows", 3), ("prefetch", 7), ("ahead", 3), ("pool_block_n", 48), ("num_warps", 3)):
+        with pytest.raises(ValueError, match=name):  # the error names the bad setting
+            kvarn_decode_attention(q, cache, pool, pool, b2s, table, lens, 0.1, cfg, **{name: bad})
