@@ -4,7 +4,8 @@ instruction counts of ``_kvarn_decode_kernel`` compiled for sm_90 at the Qwen3-8
 Needs a Triton wheel that ships ptxas and cuobjdump (the dev box's Triton 3.9 does; the H200 runs 3.6, whose
 code differs in detail, so compare variants here, time them there).
 
-    python benchmarks/gpu/sass_decode_count.py                      # the launcher's defaults
+    python benchmarks/gpu/sass_decode_count.py                      # the launcher's defaults (4 warps)
+    python benchmarks/gpu/sass_decode_count.py num_warps=2          # its large-launch setting (168 registers)
     python benchmarks/gpu/sass_decode_count.py maxnreg=None QP=16   # variants (launch options or kernel
                                                                      # constexprs), one line each
 """
@@ -21,6 +22,7 @@ from triton.compiler import ASTSource
 from kvarn.config import KvarnConfig
 from kvarn.kernels._common import (DECODE_AHEAD, DECODE_POOL_BN, DECODE_PREFETCH, DECODE_ROTF, DECODE_TRIM,
                                    layout_constexprs, prefetch_lanes)
+from kvarn.kernels.decode_attention import DECODE_REGS
 from kvarn.kernels.decode_kernel import _kvarn_decode_kernel
 
 PTRS = {"q_ptr": "*bf16", "sgn_ptr": "*bf16", "sgo_ptr": "*bf16", "kv_ptr": "*u8", "kvh_ptr": "*fp16",
@@ -37,9 +39,11 @@ def compile_decode(opts: dict) -> dict:
                  ROT=True, ASM=True, PREF=DECODE_PREFETCH, AHD=DECODE_AHEAD, TS=False,  # the launcher's defaults
                  TRIM=DECODE_TRIM, RF=DECODE_ROTF,
                  PL=prefetch_lanes(cfg), **layout_constexprs(cfg))
-    launch = dict(num_warps=4, num_stages=1, maxnreg=128)
+    launch = dict(num_warps=4, num_stages=1, maxnreg="auto")  # the small-launch default; num_warps=2: large
     for key, v in opts.items():
         (launch if key in launch else const)[key] = v
+    if launch["maxnreg"] == "auto":  # as the launcher: the registers that go with the warps
+        launch["maxnreg"] = DECODE_REGS.get(launch["num_warps"])
     if launch["maxnreg"] is None:
         launch.pop("maxnreg")
     sig = {}
