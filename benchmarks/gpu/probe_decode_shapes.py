@@ -17,6 +17,7 @@ kernel as vLLM runs it (sink and tail tiles in the fp16 pool) against variants, 
   rotf=0|1       rotations of q and the output as two 16-wide products (1) or one [D, D] operand (0)
   trim=0|1       pool tiles at the ends of the range skip the record pass (1) or run it masked (0)
   pool_bn=32|64  pool tiles in chunks of that many rows, only the chunks holding valid rows
+  swap=0|1       the record pass transposed (tokens on the MMA's M axis, query rows on N)
   ahead=1|2      the record loop's block ids / pool-map entries (1) and K scale vectors (2) loaded a tile early
   KEY=V+KEY=V    any mix of the launcher's tuning arguments, e.g. ahead=2+prefetch=1
   --qsink        the sink tile a record (KVARN_SINK=quantized): only the tail in the pool
@@ -61,14 +62,16 @@ def variant_kwargs(name: str) -> dict:
         return variant_kwargs(name.partition(":")[2]) if ":" in name else {}
     if name in VARIANTS:
         return VARIANTS[name]
-    keys = {"ahead", "prefetch", "maxnreg", "num_stages", "num_warps", "block_n", "q_rows", "pool_bn", "trim", "rotf"}
+    keys = {"ahead", "prefetch", "maxnreg", "num_stages", "num_warps", "block_n", "q_rows", "pool_bn", "trim", "rotf",
+            "swap"}
     kw = {}
     for part in name.split("+"):
         k, _, v = part.partition("=")
         if k not in keys or not v:
             raise SystemExit(f"unknown variant {name!r}: use one of {', '.join(VARIANTS)} or KEY=VALUE joined by "
                              f"'+' with KEY in {', '.join(sorted(keys))}")
-        kw[{"q_rows": "min_q_rows", "pool_bn": "pool_block_n", "rotf": "rotate_factored"}.get(k, k)] = (
+        alias = {"q_rows": "min_q_rows", "pool_bn": "pool_block_n", "rotf": "rotate_factored", "swap": "swap_ab"}
+        kw[alias.get(k, k)] = (
             None if v == "None" else int(v))
     return kw
 

@@ -5,7 +5,8 @@ Needs a Triton wheel that ships ptxas and cuobjdump (the dev box's Triton 3.9 do
 code differs in detail, so compare variants here, time them there).
 
     python benchmarks/gpu/sass_decode_count.py                      # the launcher's defaults (4 warps)
-    python benchmarks/gpu/sass_decode_count.py num_warps=2          # its large-launch setting (168 registers)
+    python benchmarks/gpu/sass_decode_count.py num_warps=2          # its large-launch setting (168 registers,
+                                                                     # transposed record pass; SW=0: not)
     python benchmarks/gpu/sass_decode_count.py maxnreg=None QP=16   # variants (launch options or kernel
                                                                      # constexprs), one line each
 """
@@ -20,9 +21,9 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from kvarn.config import KvarnConfig
-from kvarn.kernels._common import (DECODE_AHEAD, DECODE_POOL_BN, DECODE_PREFETCH, DECODE_ROTF, DECODE_TRIM,
+from kvarn.kernels._common import (DECODE_AHEAD, DECODE_POOL_BN, DECODE_PREFETCH, DECODE_ROTF, DECODE_SWAP, DECODE_TRIM,
                                    layout_constexprs, prefetch_lanes)
-from kvarn.kernels.decode_attention import DECODE_REGS
+from kvarn.kernels.decode_attention import DECODE_REGS, choose_decode_swap
 from kvarn.kernels.decode_kernel import _kvarn_decode_kernel
 
 PTRS = {"q_ptr": "*bf16", "sgn_ptr": "*bf16", "sgo_ptr": "*bf16", "kv_ptr": "*u8", "kvh_ptr": "*fp16",
@@ -44,6 +45,7 @@ def compile_decode(opts: dict) -> dict:
         (launch if key in launch else const)[key] = v
     if launch["maxnreg"] == "auto":  # as the launcher: the registers that go with the warps
         launch["maxnreg"] = DECODE_REGS.get(launch["num_warps"])
+    const.setdefault("SW", choose_decode_swap(launch["num_warps"], DECODE_SWAP))  # and the transposed pass
     if launch["maxnreg"] is None:
         launch.pop("maxnreg")
     sig = {}

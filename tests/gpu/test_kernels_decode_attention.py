@@ -73,18 +73,21 @@ CASES = [  # hq, hk, d, preset, q dtype, pool dtype, lens
 ]
 
 
-@pytest.mark.parametrize("splits,block_n,q_rows,prefetch,ahead,pool_bn,trim,warps",
-                         [(None, None, 4, None, None, None, None, None), (1, None, 4, 0, 0, None, None, None),
-                          (1, None, 4, 1, 1, None, False, None), (3, 32, 4, 2, 2, None, None, None),
-                          (None, None, 16, 1, 1, None, True, None), (2, None, 4, 0, 2, None, False, None),
-                          (None, None, 4, None, None, 32, None, None), (3, None, 4, 1, 2, 64, True, None),
-                          (1, None, 4, None, None, None, None, 2), (3, None, 4, None, None, 32, None, 2)])
+@pytest.mark.parametrize("splits,block_n,q_rows,prefetch,ahead,pool_bn,trim,warps,swap",
+                         [(None, None, 4, None, None, None, None, None, None),
+                          (1, None, 4, 0, 0, None, None, None, None), (1, None, 4, 1, 1, None, False, None, None),
+                          (3, 32, 4, 2, 2, None, None, None, None), (None, None, 16, 1, 1, None, True, None, None),
+                          (2, None, 4, 0, 2, None, False, None, None),
+                          (None, None, 4, None, None, 32, None, None, None), (3, None, 4, 1, 2, 64, True, None, None), (1, None, 4, None, None, None, None, 2, None),
+                          (3, None, 4, None, None, 32, None, 2, None), (1, None, 4, 0, 0, None, False, 2, False),
+                          (3, None, 16, 1, 2, 64, None, 4, True)])
 @pytest.mark.parametrize("hq,hk,d,preset,qdt,pdt,lens", CASES)
 def test_decode_matches_reference(dev, hq, hk, d, preset, qdt, pdt, lens, splits, block_n, q_rows, prefetch, ahead,
-                                  pool_bn, trim, warps):
+                                  pool_bn, trim, warps, swap):
     """pool_bn: pool tiles read in chunks of that many rows, only the chunks holding valid rows (ragged tails);
     trim: pool tiles at the ends of a split's range skip the record pass (None: the default, on); warps: warps per
-    program (None: by launch size, 4 at these small launches; 2: the large-batch setting, 168 registers)."""
+    program (None: by launch size, 4 at these small launches; 2: the large-batch setting, 168 registers); swap: the
+    record pass transposed (None: with 2 warps)."""
     from kvarn.kernels import kvarn_decode_attention
     cfg = KvarnConfig.from_name(preset, d)
     gen = torch.Generator().manual_seed(torch.seed() % 2**31)
@@ -95,7 +98,7 @@ def test_decode_matches_reference(dev, hq, hk, d, preset, qdt, pdt, lens, splits
     out = kvarn_decode_attention(q.to(dev), cache.to(dev), pk.to(dev), pv.to(dev), b2s.to(dev), table.to(dev),
                                  seq.to(dev), scale, cfg, num_splits=splits, block_n=block_n, min_q_rows=q_rows,
                                  prefetch=prefetch, ahead=ahead, pool_block_n=pool_bn,
-                                 trim=trim, num_warps=warps).cpu()
+                                 trim=trim, num_warps=warps, swap_ab=swap).cpu()
     assert out.dtype == qdt and out.shape == q.shape
     assert torch.isfinite(out).all()
     for r, L in enumerate(lens):
@@ -217,15 +220,18 @@ def test_multiquery_matches_reference(dev):
             assert err < 1.2e-2, f"token {t} (request {r}, position {pos}): rel err {err:.2e}"
 
 
-@pytest.mark.parametrize("hq,hk,d,preset,tpr", [
-    (8, 2, 128, "k4v2_g64", 4),   # 4 heads per KV head x 4 tokens: 16 rows
-    (4, 4, 64, "k4v2_g64", 4),    # MHA: 4 rows
-    (8, 1, 128, "k4v2_g128", 2),  # GQA 8 x 2 tokens
-    (6, 2, 256, "k4v4_g128", 4),  # head_dim 256 (rotated outside the kernel), 3 heads padded
+@pytest.mark.parametrize("hq,hk,d,preset,tpr,swap", [
+    (8, 2, 128, "k4v2_g64", 4, None),   # 4 heads per KV head x 4 tokens: 16 rows
+    (4, 4, 64, "k4v2_g64", 4, True),    # MHA: 4 rows
+    (8, 1, 128, "k4v2_g128", 2, None),  # GQA 8 x 2 tokens
+    (8, 1, 128, "k4v2_g128", 2, True),
+    (6, 2, 256, "k4v4_g128", 4, None),  # head_dim 256 (rotated outside the kernel), 3 heads padded
+    (14, 2, 64, "k2v2_g128", 2, True),  # 2-bit keys: four token planes, 7 heads padded
 ])
-def test_grouped_rows_match_reference(dev, hq, hk, d, preset, tpr):
+def test_grouped_rows_match_reference(dev, hq, hk, d, preset, tpr, swap):
     """tokens_per_program: several tokens of one request per program, each row with its own causal length
-    (groups across a tile boundary, partial groups with padding rows, which stay unwritten)."""
+    (groups across a tile boundary, partial groups with padding rows, which stay unwritten); swap: the record pass
+    transposed (per-row causal masks as [tokens, rows])."""
     from kvarn.kernels import kvarn_decode_attention
     cfg = KvarnConfig.from_name(preset, d)
     g = cfg.group
@@ -246,7 +252,7 @@ def test_grouped_rows_match_reference(dev, hq, hk, d, preset, tpr):
     gtable = table[torch.tensor(groups)].contiguous()
     out = torch.full(q.shape, float("nan"), dtype=q.dtype, device=dev) if d <= 128 else None
     res = kvarn_decode_attention(q.to(dev), cache.to(dev), pk.to(dev), pv.to(dev), b2s.to(dev), gtable.to(dev),
-                                 lengths.to(dev), d**-0.5, cfg, out=out, tokens_per_program=tpr).cpu()
+                                 lengths.to(dev), d**-0.5, cfg, out=out, tokens_per_program=tpr, swap_ab=swap).cpu()
     for row, p in enumerate(pos_rows):
         if p < 0:
             if out is not None:
@@ -294,6 +300,14 @@ def test_decode_warps_policy():
     assert choose_decode_warps(160 * 8, 132) == 4 and choose_decode_warps(128 * 8, 132) == 4
     assert choose_decode_warps(16 * 8 * 4, 132) == 4  # small batch, split-K
     assert choose_decode_warps(768 * 8, 132, override=4) == 4 and choose_decode_warps(8, 132, override=2) == 2
+
+
+def test_decode_swap_policy():
+    """Pure function. The transposed record pass goes with 2-warp programs (faster there on the H200, slower at 4
+    warps: 2026-12-01); KVARN_DECODE_SWAP=1/0 wins."""
+    from kvarn.kernels import choose_decode_swap
+    assert choose_decode_swap(2) and not choose_decode_swap(4)
+    assert choose_decode_swap(4, "1") and not choose_decode_swap(2, "0")
 
 
 def test_decode_rejects_bad_input(dev):

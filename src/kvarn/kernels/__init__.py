@@ -11,6 +11,7 @@ Every kernel is checked against kvarn.reference in tests/gpu/test_kernels_*.py.
 """
 
 from kvarn.kernels.decode_attention import (
+    choose_decode_swap,
     choose_decode_warps,
     choose_num_splits,
     kvarn_decode_attention,
@@ -20,6 +21,7 @@ from kvarn.kernels.prefill import kvarn_multiquery_attention
 from kvarn.kernels.rotate_append import rotate_append
 
 __all__ = [
+    "choose_decode_swap",
     "choose_decode_warps",
     "choose_num_splits",
     "encode_tiles_triton",

@@ -38,6 +38,9 @@ DECODE_TRIM = kernel_env("KVARN_DECODE_TRIM") == "1"
 # Rotations in the decode kernel as two 16-wide products (H_D = H_m (x) H_16) instead of one [D, D] operand;
 # KVARN_DECODE_ROTF=0: the [D, D] operand
 DECODE_ROTF = kernel_env("KVARN_DECODE_ROTF") == "1"
+# The decode kernel's record pass transposed (tokens on the MMA's M axis, the few query rows on N): "auto" = with
+# 2-warp programs (decode_attention.choose_decode_swap), "1" / "0" always / never; KVARN_DECODE_SWAP overrides
+DECODE_SWAP = kernel_env("KVARN_DECODE_SWAP")
 # Warps per decode program: 0 = by launch size (kernels.decode_attention.choose_decode_warps), else 2 or 4 always;
 # KVARN_DECODE_WARPS overrides
 DECODE_WARPS = int(kernel_env("KVARN_DECODE_WARPS"))

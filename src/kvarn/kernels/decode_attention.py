@@ -20,9 +20,9 @@ import triton
 
 from kvarn.config import TOKENS_PER_PROGRAM_CHOICES, KvarnConfig
 from kvarn.kernels._common import (ACT_DTYPES, DECODE_AHEAD, DECODE_ASM, DECODE_POOL_BN, DECODE_PREFETCH,
-                                   DECODE_ROTF, DECODE_TRIM, DECODE_WARPS, INTERPRET, LOG2E, check, check_cache,
-                                   hadamard, hadamard_factor_signs, hadamard_signs, layout_constexprs, num_sms,
-                                   prefetch_lanes)
+                                   DECODE_ROTF, DECODE_SWAP, DECODE_TRIM, DECODE_WARPS, INTERPRET, LOG2E, check,
+                                   check_cache, hadamard, hadamard_factor_signs, hadamard_signs, layout_constexprs,
+                                   num_sms, prefetch_lanes)
 from kvarn.kernels.decode_kernel import _combine_kernel, _kvarn_decode_kernel
 
 
@@ -88,6 +88,21 @@ def choose_decode_warps(programs: int, sms: int, override: int = 0) -> int:
     return 2 if programs >= WARPS2_MIN_PER_SM * sms else 4
 
 
+def choose_decode_swap(num_warps: int, override: str = "auto") -> bool:
+    """Whether the record pass runs transposed (S^T = K^T q^T, O^T = V^T P^T: the tile's tokens on the MMA's M
+    axis, the Hq/Hk query rows on its N axis, padded to 8 instead of 16); ``override`` "1" / "0"
+    (``KVARN_DECODE_SWAP``) wins, "auto" = with 2-warp programs.
+
+    Offline sm_90 SASS per record tile and warp: 1,665 -> 1,436 instructions at 2 warps (half the HMMAs, 202 -> 51
+    register moves that rebuilt the padded q operand), 1,057 -> 982 at 4 warps (with spills at 128 registers).
+    H200, ragged tails, us per layer call (2026-12-01, ``results/h200-swap-2026-12-01o``): 2 warps 768 x 1,152
+    481.6 -> 450.1, 768 x 2,048 774.6 -> 709.7, 384 x 2,048 404.4 -> 373.8, 192 x 2,048 212.4 -> 199.7; 4 warps
+    slower (128 x 8,192 521.6 -> 565.6, 32 x 8,192 143.3 -> 157.7, 16 x 2,560 37.6 -> 40.3)."""
+    if override != "auto":
+        return override == "1"
+    return num_warps == 2
+
+
 def kvarn_decode_attention(
     q: torch.Tensor, kv_cache: torch.Tensor, pool_k: torch.Tensor, pool_v: torch.Tensor,
     block_to_slot: torch.Tensor, block_table: torch.Tensor, seq_lens: torch.Tensor, scale: float,
@@ -96,6 +111,7 @@ def kvarn_decode_attention(
     num_stages: int | None = None, maxnreg: int | None | str = "auto", all_pool: bool = False, min_q_rows: int = 4,
     prefetch: int | None = None, ahead: int | None = None, tokens_per_program: int = 1,
     pool_block_n: int | None = None, trim: bool | None = None, rotate_factored: bool | None = None,
+    swap_ab: bool | None = None,
 ) -> torch.Tensor:
     """Decode attention of one layer: q [B, Hq, D] (original frame, bf16/fp16) -> [B, Hq, D] in q.dtype.
 
@@ -126,6 +142,9 @@ def kvarn_decode_attention(
     fp16 sink first, the filling tail last) skips the record pass instead of running it masked.
     rotate_factored (None = ``KVARN_DECODE_ROTF``, default on): the in-kernel rotations of q and the output as two
     16-wide products (H_D = H_m (x) H_16) instead of one [D, D] operand per program.
+    swap_ab (None = ``KVARN_DECODE_SWAP``, default: with 2-warp programs, ``choose_decode_swap``): the record pass
+    transposed, S^T = K^T q^T and O^T = V^T P^T, so the tile's tokens fill the MMA's M axis and the Hq/Hk query
+    rows its N axis (8 wide, not 16).
     all_pool=True: every block is a pool slot (fp16/bf16/fp8
     cache without records, the benchmark baselines); fp8 pools require it.
     tokens_per_program T > 1 (chunked-prefill continuations): q [P*T, Hq, D] holds P groups of T query
@@ -208,6 +227,7 @@ def kvarn_decode_attention(
                   IUP=INTERPRET, ALL_POOL=bool(all_pool), TPR=tpr, ROT=rot, ASM=DECODE_ASM, num_warps=num_warps,
                   PREF=prefetch if DECODE_ASM else 0, PL=prefetch_lanes(cfg),
                   AHD=ahead, TS=cfg.token_sink, TRIM=DECODE_TRIM if trim is None else bool(trim), RF=rf,
+                  SW=choose_decode_swap(num_warps, DECODE_SWAP) if swap_ab is None else bool(swap_ab),
                   **layout_constexprs(cfg))
     # records: compute-bound, no software pipelining; pool-only: 2 stages (H200 sweep, docs/gpu.md)
     common["num_stages"] = num_stages if num_stages is not None else (2 if all_pool and d <= 128 else 1)

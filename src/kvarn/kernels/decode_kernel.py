@@ -50,7 +50,9 @@ from kvarn.kernels.decode_record import (
     _prefetch_l2,
     _rec_addr,
     _rec_scores,
+    _rec_scores_t,
     _rec_values,
+    _rec_values_t,
     _row_mask,
 )
 
@@ -62,6 +64,15 @@ def _softmax_update(s, m_i, l_i):
     alpha = tl.exp2(m_i - m_new)
     p = tl.exp2(s - m_new[:, None])
     return p, alpha, m_new, l_i * alpha + tl.sum(p, 1)
+
+
+@triton.jit
+def _add_vec(a, w, SW: tl.constexpr):
+    """a [QP, E] + w [E] on every row (SW: a is [E, QP], w added to every column)."""
+    if SW:
+        return a + w[:, None]
+    else:
+        return a + w[None, :]
 
 
 @triton.jit
@@ -150,7 +161,7 @@ def _kvarn_decode_kernel(
     HK: tl.constexpr, QPK: tl.constexpr, QP: tl.constexpr, BN: tl.constexpr, PBN: tl.constexpr, SPLIT: tl.constexpr,
     POOL_BF16: tl.constexpr, UPCAST: tl.constexpr, IUP: tl.constexpr, ALL_POOL: tl.constexpr, TPR: tl.constexpr,
     ROT: tl.constexpr, ASM: tl.constexpr, PREF: tl.constexpr, PL: tl.constexpr, AHD: tl.constexpr, TS: tl.constexpr,
-    TRIM: tl.constexpr, RF: tl.constexpr,
+    TRIM: tl.constexpr, RF: tl.constexpr, SW: tl.constexpr,
     D: tl.constexpr, G: tl.constexpr, KB: tl.constexpr, VB: tl.constexpr, R: tl.constexpr,
     K_CODES: tl.constexpr, K_RS: tl.constexpr, K_RZ: tl.constexpr, K_CS: tl.constexpr,
     V_CODES: tl.constexpr, V_CS: tl.constexpr, V_RS: tl.constexpr, V_RZ: tl.constexpr,
@@ -205,10 +216,16 @@ def _kvarn_decode_kernel(
         VPB: tl.constexpr = 8 // VB
         jk = tl.arange(0, G // KPB)
         ev = tl.arange(0, D // VPB)
-        a0 = tl.zeros([QP, D // VPB], tl.float32)  # channel plane p = channels VPB*e + p
-        a1 = tl.zeros([QP, D // VPB], tl.float32)
-        a2 = tl.zeros([QP, D // VPB], tl.float32)
-        a3 = tl.zeros([QP, D // VPB], tl.float32)
+        if SW:  # transposed record pass: accumulators [D/VPB, QP]
+            a0 = tl.zeros([D // VPB, QP], tl.float32)
+            a1 = tl.zeros([D // VPB, QP], tl.float32)
+            a2 = tl.zeros([D // VPB, QP], tl.float32)
+            a3 = tl.zeros([D // VPB, QP], tl.float32)
+        else:
+            a0 = tl.zeros([QP, D // VPB], tl.float32)  # channel plane p = channels VPB*e + p
+            a1 = tl.zeros([QP, D // VPB], tl.float32)
+            a2 = tl.zeros([QP, D // VPB], tl.float32)
+            a3 = tl.zeros([QP, D // VPB], tl.float32)
         if TS:  # sink "token": a first block that is a record keeps position 0 as an fp16 pool row (map <= -2);
             # the split holding tile 0 starts its softmax state from that row (p = 1), pass 1 masks n = 0 there
             e0 = tl.load(b2s_ptr + tl.load(bt_row).to(tl.int64))
@@ -220,11 +237,14 @@ def _kvarn_decode_kernel(
             m_i = tl.where(srow >= 0, s_0, m_i)
             l_i = tl.where(srow >= 0, 1.0, l_i)
             vm0 = (ev * 0 + srow) >= 0
-            a0 += tl.load(pv_ptr + sbase + VPB * ev, mask=vm0, other=0.0).to(tl.float32)[None, :] * pool_v_scale
-            a1 += tl.load(pv_ptr + sbase + VPB * ev + 1, mask=vm0, other=0.0).to(tl.float32)[None, :] * pool_v_scale
+            a0 = _add_vec(a0, tl.load(pv_ptr + sbase + VPB * ev, mask=vm0, other=0.0).to(tl.float32) * pool_v_scale, SW)
+            a1 = _add_vec(a1, tl.load(pv_ptr + sbase + VPB * ev + 1, mask=vm0, other=0.0).to(tl.float32) * pool_v_scale,
+                          SW)
             if VPB == 4:
-                a2 += tl.load(pv_ptr + sbase + VPB * ev + 2, mask=vm0, other=0.0).to(tl.float32)[None, :] * pool_v_scale
-                a3 += tl.load(pv_ptr + sbase + VPB * ev + 3, mask=vm0, other=0.0).to(tl.float32)[None, :] * pool_v_scale
+                a2 = _add_vec(a2, tl.load(pv_ptr + sbase + VPB * ev + 2, mask=vm0, other=0.0).to(tl.float32)
+                              * pool_v_scale, SW)
+                a3 = _add_vec(a3, tl.load(pv_ptr + sbase + VPB * ev + 3, mask=vm0, other=0.0).to(tl.float32)
+                              * pool_v_scale, SW)
         # pass 1: the tiles of the range through the record math, branch-free; a pool tile's loads are masked
         # off and its scores dropped. TRIM: a pool tile at either end of the range (the fp16 sink first, the
         # filling tail last) is left out of pass 1 altogether (pass 2 reads it), so only pool tiles in the
@@ -237,6 +257,8 @@ def _kvarn_decode_kernel(
             r0 = t0 + ((e_lo >= 0) & (t0 < t1)).to(tl.int32)
             r1 = t1 - ((e_hi >= 0) & (t1 - 1 >= r0)).to(tl.int32)
         q_un = q * (1.0 / qa)[:, None]  # rows scaled to max |q| = 1
+        if SW:
+            q_unt = tl.trans(q_un)  # [D, QP]
         ksb = kvh_ptr + K_RS // 2 + d
         NL: tl.constexpr = (R + 127) // 128
         # PREF > 0: the record PREF tiles ahead is requested into L2 at the top of each tile (its block id
@@ -277,22 +299,42 @@ def _kvarn_decode_kernel(
             if AHD < 2:
                 ks = tl.load(ksb + hb, mask=md, other=0.0).to(tl.float32)
                 kz = tl.load(kvh_ptr + hb + K_RZ // 2 + d, mask=md, other=0.0).to(tl.float32)
-            s0, s1, s2, s3, n0, n1, n2, n3, mx = _rec_scores(q_un, qa, ks, kz, kv_ptr, kvh_ptr, rb, hb, n_valid, lo,
-                                                             nlo, md, d, jk, K_CODES, K_CS, KB, KPB, G, D, ASM, ROWS,
-                                                             TS)
-            m_new = tl.maximum(m_i, mx)
-            alpha = tl.exp2(m_i - m_new)
-            m_i = m_new
-            ps, v0, v1, v2, v3 = _rec_values(s0, s1, s2, s3, n0, n1, n2, n3, n_valid, lo, nlo, m_new, kv_ptr, kvh_ptr,
-                                             rb, hb, me, ev, V_CODES, V_CS, V_RS, V_RZ, G, VB, VPB, KPB, QP, D, ASM,
-                                             ROWS, TS)
-            l_i = l_i * alpha + ps
-            a0 = a0 * alpha[:, None] + v0
-            a1 = a1 * alpha[:, None] + v1
-            if VPB == 4:
-                a2 = a2 * alpha[:, None] + v2
-                a3 = a3 * alpha[:, None] + v3
-        acc = _interleave(a0, a1, a2, a3, VPB, QP, D)
+            if SW:
+                s0, s1, s2, s3, n0, n1, n2, n3, mx = _rec_scores_t(q_unt, qa, ks, kz, kv_ptr, kvh_ptr, rb, hb, n_valid,
+                                                                   lo, nlo, md, d, jk, K_CODES, K_CS, KB, KPB, G, D,
+                                                                   ASM, ROWS, TS)
+                m_new = tl.maximum(m_i, mx)
+                alpha = tl.exp2(m_i - m_new)
+                m_i = m_new
+                ps, v0, v1, v2, v3 = _rec_values_t(s0, s1, s2, s3, n0, n1, n2, n3, n_valid, lo, nlo, m_new, kv_ptr,
+                                                   kvh_ptr, rb, hb, me, ev, V_CODES, V_CS, V_RS, V_RZ, G, VB, VPB, KPB,
+                                                   QP, D, ASM, ROWS, TS)
+                l_i = l_i * alpha + ps
+                a0 = a0 * alpha[None, :] + v0
+                a1 = a1 * alpha[None, :] + v1
+                if VPB == 4:
+                    a2 = a2 * alpha[None, :] + v2
+                    a3 = a3 * alpha[None, :] + v3
+            else:
+                s0, s1, s2, s3, n0, n1, n2, n3, mx = _rec_scores(q_un, qa, ks, kz, kv_ptr, kvh_ptr, rb, hb, n_valid, lo,
+                                                                 nlo, md, d, jk, K_CODES, K_CS, KB, KPB, G, D, ASM,
+                                                                 ROWS, TS)
+                m_new = tl.maximum(m_i, mx)
+                alpha = tl.exp2(m_i - m_new)
+                m_i = m_new
+                ps, v0, v1, v2, v3 = _rec_values(s0, s1, s2, s3, n0, n1, n2, n3, n_valid, lo, nlo, m_new, kv_ptr,
+                                                 kvh_ptr, rb, hb, me, ev, V_CODES, V_CS, V_RS, V_RZ, G, VB, VPB, KPB,
+                                                 QP, D, ASM, ROWS, TS)
+                l_i = l_i * alpha + ps
+                a0 = a0 * alpha[:, None] + v0
+                a1 = a1 * alpha[:, None] + v1
+                if VPB == 4:
+                    a2 = a2 * alpha[:, None] + v2
+                    a3 = a3 * alpha[:, None] + v3
+        if SW:
+            acc = _interleave(tl.trans(a0), tl.trans(a1), tl.trans(a2), tl.trans(a3), VPB, QP, D)
+        else:
+            acc = _interleave(a0, a1, a2, a3, VPB, QP, D)
         # pass 2: pool tiles, located 32 block ids at a time
         TC: tl.constexpr = 32
         tc = tl.arange(0, TC)

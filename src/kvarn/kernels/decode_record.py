@@ -172,3 +172,115 @@ def _rec_values(s0, s1, s2, s3, n0, n1, n2, n3, n_valid, lo, nlo, m_new, kv_ptr,
         c2 = (t2v + pzc) * tl.load(vcb + 2, mask=me, other=0.0).to(tl.float32)[None, :]
         c3 = (t3v + pzc) * tl.load(vcb + 3, mask=me, other=0.0).to(tl.float32)[None, :]
     return ps, c0, c1, c2, c3
+
+
+# ---- transposed form (SW): the tile's tokens are the MMA's M axis, the query rows its N axis ----
+
+
+@triton.jit
+def _row_mask_t(n, n_valid, lo, ROWS: tl.constexpr, nlo=0, TS: tl.constexpr = False):
+    """_row_mask transposed: [N, QP]."""
+    if ROWS:
+        m = n[:, None] < (n_valid + lo)[None, :]
+    else:
+        m = (n < n_valid)[:, None]
+    if TS:
+        m = m & (n >= nlo)[:, None]
+    return m
+
+
+@triton.jit
+def _k_plane_t(qk_t, kbt, qz, qa, kcs_ptr, n_valid, lo, nlo, P: tl.constexpr, KB: tl.constexpr, KM: tl.constexpr,
+               KPB: tl.constexpr, G: tl.constexpr, ASM: tl.constexpr, ROWS: tl.constexpr, TS: tl.constexpr):
+    """_k_plane transposed: kbt uint8 [G/KPB, D], qk_t fp16 [D, QP] -> (s [G/KPB, QP], n [G/KPB])."""
+    n = P * (G // KPB) + tl.arange(0, G // KPB)
+    s = tl.dot(_codes_f16(kbt, KB * P, KM, ASM), qk_t, tl.zeros([G // KPB, qk_t.shape[1]], tl.float32))
+    kcs = tl.load(kcs_ptr + n, mask=n < n_valid, other=0.0).to(tl.float32)
+    return tl.where(_row_mask_t(n, n_valid, lo, ROWS, nlo, TS), ((s + qz[None, :]) * qa[None, :]) * kcs[:, None],
+                    -1e30), n
+
+
+@triton.jit
+def _rec_scores_t(q_unt, qa, ks, kz, kv_ptr, kvh_ptr, rb, hb, n_valid, lo, nlo, md, d, jk,
+                  K_CODES: tl.constexpr, K_CS: tl.constexpr, KB: tl.constexpr, KPB: tl.constexpr,
+                  G: tl.constexpr, D: tl.constexpr, ASM: tl.constexpr, ROWS: tl.constexpr, TS: tl.constexpr):
+    """_rec_scores transposed: q_unt [D, QP] -> s0..s3 [G/KPB, QP], n0..n3, the tile's row max [QP]."""
+    KM: tl.constexpr = (1 << KB) - 1
+    qk_t = (q_unt * ks[:, None]).to(tl.float16)
+    qz = tl.sum(q_unt * kz[:, None] - 1024.0 * qk_t.to(tl.float32), 0)
+    kbt = tl.load(kv_ptr + rb + K_CODES + jk[:, None] * D + d[None, :], mask=md[None, :], other=0)  # [G/KPB, D]
+    kcb = kvh_ptr + hb + K_CS // 2
+    s0, n0 = _k_plane_t(qk_t, kbt, qz, qa, kcb, n_valid, lo, nlo, 0, KB, KM, KPB, G, ASM, ROWS, TS)
+    s1, n1 = _k_plane_t(qk_t, kbt, qz, qa, kcb, n_valid, lo, nlo, 1, KB, KM, KPB, G, ASM, ROWS, TS)
+    s2 = s0
+    s3 = s1
+    n2 = n0
+    n3 = n1
+    sm = tl.maximum(s0, s1)
+    if KPB == 4:
+        s2, n2 = _k_plane_t(qk_t, kbt, qz, qa, kcb, n_valid, lo, nlo, 2, KB, KM, KPB, G, ASM, ROWS, TS)
+        s3, n3 = _k_plane_t(qk_t, kbt, qz, qa, kcb, n_valid, lo, nlo, 3, KB, KM, KPB, G, ASM, ROWS, TS)
+        sm = tl.maximum(sm, tl.maximum(s2, s3))
+    return s0, s1, s2, s3, n0, n1, n2, n3, tl.max(sm, 0)
+
+
+@triton.jit
+def _p_plane_t(s, n, n_valid, lo, nlo, m_new, rec_h_ptr, V_RS: tl.constexpr, V_RZ: tl.constexpr, ROWS: tl.constexpr,
+               TS: tl.constexpr):
+    """_p_plane transposed: s [N, QP] -> (p, p*vs fp16, p*vz - 1024 p*vs), all [N, QP]."""
+    nm = n < n_valid
+    p = tl.where(_row_mask_t(n, n_valid, lo, ROWS, nlo, TS), tl.exp2(s - m_new[None, :]), 0.0)
+    vs = tl.load(rec_h_ptr + V_RS // 2 + n, mask=nm, other=0.0).to(tl.float32)
+    vz = tl.load(rec_h_ptr + V_RZ // 2 + n, mask=nm, other=0.0).to(tl.float32)
+    pv = (p * vs[:, None]).to(tl.float16)
+    return p, pv, p * vz[:, None] - 1024.0 * pv.to(tl.float32)
+
+
+@triton.jit
+def _v_planes_t(pv, vbt, t0, t1, t2, t3, VB: tl.constexpr, VM: tl.constexpr, VPB: tl.constexpr, ASM: tl.constexpr):
+    """_v_planes transposed: codes of vbt uint8 [D/VPB, N] . pv [N, QP] into t_p [D/VPB, QP]."""
+    t0 = tl.dot(_codes_f16(vbt, 0, VM, ASM), pv, t0)
+    t1 = tl.dot(_codes_f16(vbt, VB, VM, ASM), pv, t1)
+    if VPB == 4:
+        t2 = tl.dot(_codes_f16(vbt, 4, VM, ASM), pv, t2)
+        t3 = tl.dot(_codes_f16(vbt, 6, VM, ASM), pv, t3)
+    return t0, t1, t2, t3
+
+
+@triton.jit
+def _rec_values_t(s0, s1, s2, s3, n0, n1, n2, n3, n_valid, lo, nlo, m_new, kv_ptr, kvh_ptr, rb, hb, me, ev,
+                  V_CODES: tl.constexpr, V_CS: tl.constexpr, V_RS: tl.constexpr, V_RZ: tl.constexpr, G: tl.constexpr,
+                  VB: tl.constexpr, VPB: tl.constexpr, KPB: tl.constexpr, QP: tl.constexpr, D: tl.constexpr,
+                  ASM: tl.constexpr, ROWS: tl.constexpr, TS: tl.constexpr):
+    """_rec_values transposed: -> (sum of p [QP], c0..c3 [D/VPB, QP])."""
+    VM: tl.constexpr = (1 << VB) - 1
+    p0, pv0, z0 = _p_plane_t(s0, n0, n_valid, lo, nlo, m_new, kvh_ptr + hb, V_RS, V_RZ, ROWS, TS)
+    p1, pv1, z1 = _p_plane_t(s1, n1, n_valid, lo, nlo, m_new, kvh_ptr + hb, V_RS, V_RZ, ROWS, TS)
+    psum = p0 + p1
+    zsum = z0 + z1
+    vbase = kv_ptr + rb + V_CODES + ev[:, None] * G  # V bytes of token n: vbase + n
+    zv = tl.zeros([D // VPB, QP], tl.float32)
+    vb0 = tl.load(vbase + n0[None, :], mask=me[:, None], other=0)
+    vb1 = tl.load(vbase + n1[None, :], mask=me[:, None], other=0)
+    t0v, t1v, t2v, t3v = _v_planes_t(pv0, vb0, zv, zv, zv, zv, VB, VM, VPB, ASM)
+    t0v, t1v, t2v, t3v = _v_planes_t(pv1, vb1, t0v, t1v, t2v, t3v, VB, VM, VPB, ASM)
+    if KPB == 4:
+        p2, pv2, z2 = _p_plane_t(s2, n2, n_valid, lo, nlo, m_new, kvh_ptr + hb, V_RS, V_RZ, ROWS, TS)
+        p3, pv3, z3 = _p_plane_t(s3, n3, n_valid, lo, nlo, m_new, kvh_ptr + hb, V_RS, V_RZ, ROWS, TS)
+        psum += p2 + p3
+        zsum += z2 + z3
+        vb2 = tl.load(vbase + n2[None, :], mask=me[:, None], other=0)
+        vb3 = tl.load(vbase + n3[None, :], mask=me[:, None], other=0)
+        t0v, t1v, t2v, t3v = _v_planes_t(pv2, vb2, t0v, t1v, t2v, t3v, VB, VM, VPB, ASM)
+        t0v, t1v, t2v, t3v = _v_planes_t(pv3, vb3, t0v, t1v, t2v, t3v, VB, VM, VPB, ASM)
+    ps = tl.sum(psum, 0)
+    pzc = tl.sum(zsum, 0)[None, :]
+    vcb = kvh_ptr + hb + V_CS // 2 + VPB * ev
+    c0 = (t0v + pzc) * tl.load(vcb, mask=me, other=0.0).to(tl.float32)[:, None]
+    c1 = (t1v + pzc) * tl.load(vcb + 1, mask=me, other=0.0).to(tl.float32)[:, None]
+    c2 = c0
+    c3 = c1
+    if VPB == 4:
+        c2 = (t2v + pzc) * tl.load(vcb + 2, mask=me, other=0.0).to(tl.float32)[:, None]
+        c3 = (t3v + pzc) * tl.load(vcb + 3, mask=me, other=0.0).to(tl.float32)[:, None]
+    return ps, c0, c1, c2, c3
