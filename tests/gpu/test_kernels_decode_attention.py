@@ -78,7 +78,8 @@ CASES = [  # hq, hk, d, preset, q dtype, pool dtype, lens
                           (1, None, 4, 0, 0, None, None, None, None), (1, None, 4, 1, 1, None, False, None, None),
                           (3, 32, 4, 2, 2, None, None, None, None), (None, None, 16, 1, 1, None, True, None, None),
                           (2, None, 4, 0, 2, None, False, None, None),
-                          (None, None, 4, None, None, 32, None, None, None), (3, None, 4, 1, 2, 64, True, None, None), (1, None, 4, None, None, None, None, 2, None),
+                          (None, None, 4, None, None, 32, None, None, None), (3, None, 4, 1, 2, 64, True, None, None),
+                          (1, None, 4, None, None, None, None, 2, None),
                           (3, None, 4, None, None, 32, None, 2, None), (1, None, 4, 0, 0, None, False, 2, False),
                           (3, None, 16, 1, 2, 64, None, 4, True)])
 @pytest.mark.parametrize("hq,hk,d,preset,qdt,pdt,lens", CASES)
