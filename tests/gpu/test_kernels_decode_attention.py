@@ -294,11 +294,11 @@ def test_auto_splits_policy():
 
 
 def test_decode_warps_policy():
-    """Pure function. 2 warps from 10 programs per SM on (the H200 probe of 2026-12-01: faster from B*Hk = 1,536
-    at 132 SMs, equal at 1,280, 18% slower at 1,024); an override wins."""
+    """Pure function. 2 warps from 9 programs per SM on (the H200 probes of 2026-12-01: with the transposed record
+    pass faster from B*Hk = 1,280 at 132 SMs, 9% slower at 1,024); an override wins."""
     from kvarn.kernels import choose_decode_warps
     assert choose_decode_warps(768 * 8, 132) == 2 and choose_decode_warps(192 * 8, 132) == 2
-    assert choose_decode_warps(160 * 8, 132) == 4 and choose_decode_warps(128 * 8, 132) == 4
+    assert choose_decode_warps(160 * 8, 132) == 2 and choose_decode_warps(128 * 8, 132) == 4
     assert choose_decode_warps(16 * 8 * 4, 132) == 4  # small batch, split-K
     assert choose_decode_warps(768 * 8, 132, override=4) == 4 and choose_decode_warps(8, 132, override=2) == 2
 

@@ -67,22 +67,25 @@ def choose_num_splits(batch: int, num_kv_heads: int, max_blocks: int, sms: int, 
 
 # Registers per thread of a record-reading program by its warps: 4 programs of 4 warps per SM at 128, 6 of 2 at 168.
 DECODE_REGS = {2: 168, 4: 128}
-# 2-warp programs once a single-stage launch holds at least this many programs per SM (below, 4 warps).
-WARPS2_MIN_PER_SM = 10
+# 2-warp programs (transposed record pass) once a launch holds at least this many programs per SM (below, 4 warps):
+# with the transposed pass 160 x 2,048 (9.7 per SM on 132 SMs) is 7% faster at 2 warps, 128 x 2,048 (7.8) 9% slower
+WARPS2_MIN_PER_SM = 9
 
 
 def choose_decode_warps(programs: int, sms: int, override: int = 0) -> int:
     """Warps per program of a record-reading decode launch of ``programs`` = B*Hk*S programs (static shapes:
     CUDA-graph safe); ``override`` 2 or 4 (``KVARN_DECODE_WARPS``) wins, 0 = by launch size.
 
-    2 warps at 168 registers (6 programs per SM) once the launch holds >= 10 programs per SM, else 4 warps at 128
-    (4 per SM). A 2-warp program runs the same tile math with half the threads: each warp covers twice the MMA
-    columns, and a record tile costs 3,330 warp-instructions instead of 4,228 (offline sm_90 SASS). Ragged tails,
+    2 warps at 168 registers (6 programs per SM) once the launch holds >= 9 programs per SM, else 4 warps at 128
+    (4 per SM); 2-warp programs run the transposed record pass (``choose_decode_swap``). A 2-warp program runs the
+    same tile math with half the threads: each warp covers twice the MMA columns, and a record tile costs 3,330 warp-instructions instead of 4,228 (offline sm_90 SASS). Ragged tails,
     fp16 sink, us per layer call on the H200 (2026-12-01, ``results/h200-warps-2026-12-01n``), 4 -> 2 warps:
     768 x 1,152 503.1 -> 480.9, 768 x 2,048 807.7 -> 772.8, 384 x 2,048 421.5 -> 401.5, 192 x 2,048 221.7 ->
     211.4, 1,024 x 1,152 661.0 -> 627.2; equal at 160 x 2,048 (199.9 / 199.5) and 256 x 2,048; slower where the
     launch is under ~8 programs per SM (128 x 2,048 152.8 -> 180.8, 32 x 8,192 142.1 -> 161.3). 1 warp, 8 warps,
-    and 2 warps at 96 / 144 / 232 registers were slower at every large shape."""
+    and 2 warps at 96 / 144 / 232 registers were slower at every large shape. With the transposed pass (same
+    probe, ``results/h200-swap-2026-12-01o``) 2 warps also win at 160 x 2,048 (202.0 -> 187.7 us) and still lose
+    at 128 x 2,048 (154.6 -> 169.2) and 128 x 4,096 (276.3 -> 297.6): the threshold moved from 10 to 9 per SM."""
     if override:
         return override
     return 2 if programs >= WARPS2_MIN_PER_SM * sms else 4
