@@ -79,7 +79,8 @@ def choose_decode_warps(programs: int, sms: int, override: int = 0) -> int:
     2 warps at 168 registers (6 programs per SM) once the launch holds >= 9 programs per SM, else 4 warps at 128
     (4 per SM); 2-warp programs run the transposed record pass (``choose_decode_swap``). A 2-warp program runs the
     same tile math with half the threads: each warp covers twice the MMA columns, and a record tile costs 3,330
-    warp-instructions instead of 4,228 (offline sm_90 SASS, before the transposed pass). Ragged tails, fp16 sink, us per layer call on the H200 (2026-12-01, ``results/h200-warps-2026-12-01n``), 4 -> 2 warps:
+    warp-instructions instead of 4,228 (offline sm_90 SASS, before the transposed pass). Ragged tails, fp16 sink,
+    us per layer call on the H200 (2026-12-01, ``results/h200-warps-2026-12-01n``), 4 -> 2 warps:
     768 x 1,152 503.1 -> 480.9, 768 x 2,048 807.7 -> 772.8, 384 x 2,048 421.5 -> 401.5, 192 x 2,048 221.7 ->
     211.4, 1,024 x 1,152 661.0 -> 627.2; equal at 160 x 2,048 (199.9 / 199.5) and 256 x 2,048; slower where the
     launch is under ~8 programs per SM (128 x 2,048 152.8 -> 180.8, 32 x 8,192 142.1 -> 161.3). 1 warp, 8 warps,
