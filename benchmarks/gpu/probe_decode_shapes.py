@@ -18,6 +18,7 @@ kernel as vLLM runs it (sink and tail tiles in the fp16 pool) against variants, 
   trim=0|1       pool tiles at the ends of the range skip the record pass (1) or run it masked (0)
   pool_bn=32|64  pool tiles in chunks of that many rows, only the chunks holding valid rows
   swap=0|1       the record pass transposed (tokens on the MMA's M axis, query rows on N)
+  splits=S       split-K factor (default: choose_num_splits)
   ahead=1|2      the record loop's block ids / pool-map entries (1) and K scale vectors (2) loaded a tile early
   KEY=V+KEY=V    any mix of the launcher's tuning arguments, e.g. ahead=2+prefetch=1
   --qsink        the sink tile a record (KVARN_SINK=quantized): only the tail in the pool
@@ -63,14 +64,15 @@ def variant_kwargs(name: str) -> dict:
     if name in VARIANTS:
         return VARIANTS[name]
     keys = {"ahead", "prefetch", "maxnreg", "num_stages", "num_warps", "block_n", "q_rows", "pool_bn", "trim", "rotf",
-            "swap"}
+            "swap", "splits"}
     kw = {}
     for part in name.split("+"):
         k, _, v = part.partition("=")
         if k not in keys or not v:
             raise SystemExit(f"unknown variant {name!r}: use one of {', '.join(VARIANTS)} or KEY=VALUE joined by "
                              f"'+' with KEY in {', '.join(sorted(keys))}")
-        alias = {"q_rows": "min_q_rows", "pool_bn": "pool_block_n", "rotf": "rotate_factored", "swap": "swap_ab"}
+        alias = {"q_rows": "min_q_rows", "pool_bn": "pool_block_n", "rotf": "rotate_factored", "swap": "swap_ab",
+                 "splits": "num_splits"}
         kw[alias.get(k, k)] = (
             None if v == "None" else int(v))
     return kw

@@ -303,6 +303,20 @@ def test_decode_warps_policy():
     assert choose_decode_warps(768 * 8, 132, override=4) == 4 and choose_decode_warps(8, 132, override=2) == 2
 
 
+def test_two_warp_splits_policy():
+    """Pure function. Where the 4-warp wave model leaves a batch of >= 256 programs under the 2-warp threshold, the
+    split that reaches it, with the S measured best on the H200 (2026-12-01); small batches, full launches and
+    splits of < 8 tiles keep the wave model's choice."""
+    from kvarn.kernels.decode_attention import choose_num_splits, splits_for_two_warps
+    measured = {(128, 64): 2, (128, 256): 2, (140, 64): 2, (100, 32): 2, (64, 64): 3, (64, 256): 3, (32, 64): 6,
+                (32, 256): 6, (32, 1024): 6, (128, 16): 2}
+    for (b, tiles), want in measured.items():
+        assert splits_for_two_warps(b, 8, tiles, 132, choose_num_splits(b, 8, tiles, 132)) == want, (b, tiles)
+    assert splits_for_two_warps(768, 8, 17, 132, 1) == 1  # already 2 warps
+    assert splits_for_two_warps(16, 8, 64, 132, 4) == 4  # B*Hk < 256
+    assert splits_for_two_warps(128, 8, 9, 132, 1) == 1  # 2 splits would hold < 8 tiles each
+
+
 def test_decode_swap_policy():
     """Pure function. The transposed record pass goes with 2-warp programs (faster there on the H200, slower at 4
     warps: 2026-12-01); KVARN_DECODE_SWAP=1/0 wins."""

@@ -92,6 +92,34 @@ def choose_decode_warps(programs: int, sms: int, override: int = 0) -> int:
     return 2 if programs >= WARPS2_MIN_PER_SM * sms else 4
 
 
+def splits_for_two_warps(batch: int, num_kv_heads: int, max_blocks: int, sms: int, splits: int,
+                         combine_cost: float = 0.5, split_cost: float = 0.05, gain: float = 0.12) -> int:
+    """Split-K factor of a single-token record launch given the 4-warp wave model's ``splits`` (choose_num_splits).
+    When B*Hk*S programs stay under the 2-warp threshold (WARPS2_MIN_PER_SM per SM) although B*Hk >= 256: the
+    smallest S that reaches it (2-warp programs, transposed record pass), or one more where that saves ``gain``
+    (12%) of the tile times in the same wave model with 6 programs per SM (a launch ending in a part-filled wave
+    wastes it), as long as each split keeps >= 8 of the table's tiles; otherwise ``splits``. The 4-warp model ties
+    S = 1 and 2 there, but 2-warp programs fit 6 per SM, not 4. H200, uniform contexts, fp16 sink, us per layer
+    call, 4-warp choice -> this choice (2026-12-01 08:21-08:27, ``results/h200-swap-2026-12-01o/``): 128 x 8,192
+    525.2 -> 463.6 (S = 2), 128 x 32,768 1,995.1 -> 1,716.8 (S = 2), 140 x 8,192 645.9 -> 505.8 (S = 2), 100 x 4,096
+    250.3 -> 234.5 (S = 2), 64 x 8,192 270.8 -> 240.4 (S = 3), 64 x 32,768 1,013.5 -> 856.7 (S = 3), 32 x 8,192
+    143.4 -> 134.0 (S = 6; the smallest, 5, 147.6), 32 x 32,768 515.0 -> 442.8 (S = 6), 32 x 131,072 1,980.6 ->
+    1,685.7 (S = 6). Contexts much shorter than the table pay for the splits: 64 x 1,152 in a 256-tile table 57.8
+    -> 64.6 (S = 3), 128 x 1,152 103.5 -> 109.3 (S = 2) (vLLM's tables are as wide as max_model_len)."""
+    base = batch * num_kv_heads
+    need = -(-WARPS2_MIN_PER_SM * sms // base)
+    if base * splits >= WARPS2_MIN_PER_SM * sms or base < 256 or need <= splits or max_blocks < 8 * need:
+        return splits
+
+    def cost(s: int) -> float:
+        return -(-(base * s) // (6 * sms)) * -(-max_blocks // s) + combine_cost + split_cost * s
+
+    nxt = need + 1
+    if max_blocks >= 8 * nxt and -(-max_blocks // -(-max_blocks // nxt)) == nxt and cost(nxt) < (1 - gain) * cost(need):
+        return nxt
+    return need
+
+
 def choose_decode_swap(num_warps: int, override: str = "auto") -> bool:
     """Whether the record pass runs transposed (S^T = K^T q^T, O^T = V^T P^T: the tile's tokens on the MMA's M
     axis, the Hq/Hk query rows on its N axis, padded to 8 instead of 16); ``override`` "1" / "0"
@@ -122,7 +150,8 @@ def kvarn_decode_attention(
     kv_cache uint8 [NB, Hk, R]; pool_k/pool_v [slots, G, Hk, D] rotated rows (fp16/bf16, or fp8
     with ``pool_scale``); block_to_slot int32 [NB] (-1 = record); block_table int32 [B, M];
     seq_lens int32 [B] (>= 1, including the current token, already in the cache).
-    num_splits None = automatic (split-K when B*Hk leaves SMs idle and the table is long).
+    num_splits None = automatic (split-K when B*Hk leaves SMs idle and the table is long: ``choose_num_splits``;
+    with num_warps None, then ``splits_for_two_warps``, which splits a mid-sized batch into 2-warp programs).
     Tuning (defaults = fastest in the H200 sweep): block_n = G (tokens per step; also sets pool_block_n when
     that is None), num_warps None = ``choose_decode_warps`` for single-token record launches (2 or 4;
     ``KVARN_DECODE_WARPS`` overrides), else 4,
@@ -197,6 +226,8 @@ def kvarn_decode_attention(
         num_splits = 1
     elif num_splits is None:
         num_splits = choose_num_splits(bsz, hk, max_blocks, num_sms(q.device))
+        if num_warps is None and not all_pool and not DECODE_WARPS:  # 2-warp programs where splits reach them
+            num_splits = splits_for_two_warps(bsz, hk, max_blocks, num_sms(q.device), num_splits)
     num_splits = max(1, min(int(num_splits), max_blocks))
     tps = -(-max_blocks // num_splits)
     num_splits = -(-max_blocks // tps)
