@@ -1,10 +1,11 @@
 """The launcher's split-K choice with ``splits_for_two_warps`` against the wave model's alone (Qwen3-8B layer).
 
   python benchmarks/gpu/check_warps2_splits.py --json out.json
-Per (batch, context[, table width]): the wave model's S (choose_num_splits; the warps then follow the launch
-size) and the launcher's default (more splits where they reach the 2-warp threshold), each timed as the median
-us of a CUDA-graph replay, L2 flushed, on one state; ``speedup`` = wave model's time / default's. The wide rows
-pad the block table to 256 tiles (max_model_len 32K) while the contexts stay short, as vLLM's static tables do.
+Per (batch, context[, table width]): the wave model's S (choose_num_splits) and the launcher's default (more
+splits where they reach the 2-warp threshold), the warps following the launch size in both, each timed as the
+median us of a CUDA-graph replay, L2 flushed, on one state; ``speedup`` = wave model's time / default's. The
+wide rows pad the block table to 256 tiles (max_model_len 32K) while the contexts stay short, as vLLM's static
+tables do.
 """
 
 from __future__ import annotations
@@ -15,10 +16,9 @@ import sys
 
 import torch
 
-from bench_decode import kvarn_state
-from gpu_timing import graph_ms
+from check_split_policy import timed_rows
 from kvarn.config import KvarnConfig
-from kvarn.kernels import choose_decode_warps, choose_num_splits, kvarn_decode_attention
+from kvarn.kernels import choose_num_splits
 from kvarn.kernels.decode_attention import splits_for_two_warps
 
 FULL = [(128, 2048), (128, 8192), (128, 32768), (64, 8192), (64, 32768), (100, 4096), (48, 16384), (140, 8192),
@@ -33,30 +33,9 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     cfg = KvarnConfig.from_name("kvarn_k4v2_g128", head_dim=128)
     sms, hk = torch.cuda.get_device_properties(0).multi_processor_count, 8
-    rows = []
-    for bsz, ctx, width in [(b, c, None) for b, c in FULL] + [(b, c, a.width) for b, c in WIDE]:
-        st, _ = kvarn_state(bsz, ctx, hk, cfg)
-        tiles = st["block_table"].shape[1]
-        if width:
-            table = st["block_table"]
-            st["block_table"] = torch.zeros(bsz, width, dtype=torch.int32, device="cuda")
-            st["block_table"][:, :tiles] = table
-            tiles = width
-        q = torch.randn(bsz, 32, 128, device="cuda", dtype=torch.bfloat16)
-        seq = torch.full((bsz,), ctx, dtype=torch.int32, device="cuda")
-        s_wave = choose_num_splits(bsz, hk, tiles, sms)
-        s_def = splits_for_two_warps(bsz, hk, tiles, sms, s_wave)
-        row = {"batch": bsz, "context": ctx, "table_width": tiles,
-               "wave_model": {"splits": s_wave, "warps": choose_decode_warps(bsz * hk * s_wave, sms)},
-               "default": {"splits": s_def, "warps": choose_decode_warps(bsz * hk * s_def, sms)}}
-        for name, kw in (("wave_model", dict(num_splits=s_wave)), ("default", {})):
-            us = 1e3 * graph_ms(lambda: kvarn_decode_attention(q, seq_lens=seq, scale=0.088, cfg=cfg, **kw, **st))
-            row.setdefault(name, {})["us"] = round(us, 2)
-        row["speedup"] = round(row["wave_model"]["us"] / row["default"]["us"], 3)
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-        del st
-        torch.cuda.empty_cache()
+    rules = (("wave_model", lambda b, t: choose_num_splits(b, hk, t, sms)),
+             ("default", lambda b, t: splits_for_two_warps(b, hk, t, sms, choose_num_splits(b, hk, t, sms))))
+    rows = timed_rows(FULL, cfg, hk, rules, "speedup") + timed_rows(WIDE, cfg, hk, rules, "speedup", width=a.width)
     if a.json:
         with open(a.json, "w") as f:
             json.dump(rows, f, indent=1)

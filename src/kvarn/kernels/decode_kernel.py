@@ -47,13 +47,12 @@ import triton.language as tl
 
 from kvarn.kernels._common import dot_bf16_safe
 from kvarn.kernels.decode_record import (
+    _per_row,
     _prefetch_l2,
     _rec_addr,
-    _rec_scores,
-    _rec_scores_t,
-    _rec_values,
-    _rec_values_t,
     _row_mask,
+    _tile_scores,
+    _tile_values,
 )
 
 
@@ -257,8 +256,9 @@ def _kvarn_decode_kernel(
             r0 = t0 + ((e_lo >= 0) & (t0 < t1)).to(tl.int32)
             r1 = t1 - ((e_hi >= 0) & (t1 - 1 >= r0)).to(tl.int32)
         q_un = q * (1.0 / qa)[:, None]  # rows scaled to max |q| = 1
+        q_k = q_un
         if SW:
-            q_unt = tl.trans(q_un)  # [D, QP]
+            q_k = tl.trans(q_un)  # [D, QP]
         ksb = kvh_ptr + K_RS // 2 + d
         NL: tl.constexpr = (R + 127) // 128
         # PREF > 0: the record PREF tiles ahead is requested into L2 at the top of each tile (its block id
@@ -299,38 +299,21 @@ def _kvarn_decode_kernel(
             if AHD < 2:
                 ks = tl.load(ksb + hb, mask=md, other=0.0).to(tl.float32)
                 kz = tl.load(kvh_ptr + hb + K_RZ // 2 + d, mask=md, other=0.0).to(tl.float32)
-            if SW:
-                s0, s1, s2, s3, n0, n1, n2, n3, mx = _rec_scores_t(q_unt, qa, ks, kz, kv_ptr, kvh_ptr, rb, hb, n_valid,
-                                                                   lo, nlo, md, d, jk, K_CODES, K_CS, KB, KPB, G, D,
-                                                                   ASM, ROWS, TS)
-                m_new = tl.maximum(m_i, mx)
-                alpha = tl.exp2(m_i - m_new)
-                m_i = m_new
-                ps, v0, v1, v2, v3 = _rec_values_t(s0, s1, s2, s3, n0, n1, n2, n3, n_valid, lo, nlo, m_new, kv_ptr,
-                                                   kvh_ptr, rb, hb, me, ev, V_CODES, V_CS, V_RS, V_RZ, G, VB, VPB, KPB,
-                                                   QP, D, ASM, ROWS, TS)
-                l_i = l_i * alpha + ps
-                a0 = a0 * alpha[None, :] + v0
-                a1 = a1 * alpha[None, :] + v1
-                if VPB == 4:
-                    a2 = a2 * alpha[None, :] + v2
-                    a3 = a3 * alpha[None, :] + v3
-            else:
-                s0, s1, s2, s3, n0, n1, n2, n3, mx = _rec_scores(q_un, qa, ks, kz, kv_ptr, kvh_ptr, rb, hb, n_valid, lo,
-                                                                 nlo, md, d, jk, K_CODES, K_CS, KB, KPB, G, D, ASM,
-                                                                 ROWS, TS)
-                m_new = tl.maximum(m_i, mx)
-                alpha = tl.exp2(m_i - m_new)
-                m_i = m_new
-                ps, v0, v1, v2, v3 = _rec_values(s0, s1, s2, s3, n0, n1, n2, n3, n_valid, lo, nlo, m_new, kv_ptr,
-                                                 kvh_ptr, rb, hb, me, ev, V_CODES, V_CS, V_RS, V_RZ, G, VB, VPB, KPB,
-                                                 QP, D, ASM, ROWS, TS)
-                l_i = l_i * alpha + ps
-                a0 = a0 * alpha[:, None] + v0
-                a1 = a1 * alpha[:, None] + v1
-                if VPB == 4:
-                    a2 = a2 * alpha[:, None] + v2
-                    a3 = a3 * alpha[:, None] + v3
+            s0, s1, s2, s3, n0, n1, n2, n3, mx = _tile_scores(q_k, qa, ks, kz, kv_ptr, kvh_ptr, rb, hb, n_valid, lo,
+                                                              nlo, md, d, jk, K_CODES, K_CS, KB, KPB, G, D, ASM, ROWS,
+                                                              TS, SW)
+            m_new = tl.maximum(m_i, mx)
+            alpha = tl.exp2(m_i - m_new)
+            m_i = m_new
+            ps, v0, v1, v2, v3 = _tile_values(s0, s1, s2, s3, n0, n1, n2, n3, n_valid, lo, nlo, m_new, kv_ptr, kvh_ptr,
+                                              rb, hb, me, ev, V_CODES, V_CS, V_RS, V_RZ, G, VB, VPB, KPB, QP, D, ASM,
+                                              ROWS, TS, SW)
+            l_i = l_i * alpha + ps
+            a0 = a0 * _per_row(alpha, SW) + v0
+            a1 = a1 * _per_row(alpha, SW) + v1
+            if VPB == 4:
+                a2 = a2 * _per_row(alpha, SW) + v2
+                a3 = a3 * _per_row(alpha, SW) + v3
         if SW:
             acc = _interleave(tl.trans(a0), tl.trans(a1), tl.trans(a2), tl.trans(a3), VPB, QP, D)
         else:

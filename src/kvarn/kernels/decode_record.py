@@ -284,3 +284,43 @@ def _rec_values_t(s0, s1, s2, s3, n0, n1, n2, n3, n_valid, lo, nlo, m_new, kv_pt
         c2 = (t2v + pzc) * tl.load(vcb + 2, mask=me, other=0.0).to(tl.float32)[:, None]
         c3 = (t3v + pzc) * tl.load(vcb + 3, mask=me, other=0.0).to(tl.float32)[:, None]
     return ps, c0, c1, c2, c3
+
+
+# ---- either orientation (the kernel's loop calls these) ----
+
+
+@triton.jit
+def _tile_scores(q_k, qa, ks, kz, kv_ptr, kvh_ptr, rb, hb, n_valid, lo, nlo, md, d, jk,
+                 K_CODES: tl.constexpr, K_CS: tl.constexpr, KB: tl.constexpr, KPB: tl.constexpr,
+                 G: tl.constexpr, D: tl.constexpr, ASM: tl.constexpr, ROWS: tl.constexpr, TS: tl.constexpr,
+                 SW: tl.constexpr):
+    """_rec_scores, or _rec_scores_t when SW (q_k then [D, QP])."""
+    if SW:
+        return _rec_scores_t(q_k, qa, ks, kz, kv_ptr, kvh_ptr, rb, hb, n_valid, lo, nlo, md, d, jk, K_CODES, K_CS,
+                             KB, KPB, G, D, ASM, ROWS, TS)
+    else:
+        return _rec_scores(q_k, qa, ks, kz, kv_ptr, kvh_ptr, rb, hb, n_valid, lo, nlo, md, d, jk, K_CODES, K_CS,
+                           KB, KPB, G, D, ASM, ROWS, TS)
+
+
+@triton.jit
+def _tile_values(s0, s1, s2, s3, n0, n1, n2, n3, n_valid, lo, nlo, m_new, kv_ptr, kvh_ptr, rb, hb, me, ev,
+                 V_CODES: tl.constexpr, V_CS: tl.constexpr, V_RS: tl.constexpr, V_RZ: tl.constexpr, G: tl.constexpr,
+                 VB: tl.constexpr, VPB: tl.constexpr, KPB: tl.constexpr, QP: tl.constexpr, D: tl.constexpr,
+                 ASM: tl.constexpr, ROWS: tl.constexpr, TS: tl.constexpr, SW: tl.constexpr):
+    """_rec_values, or _rec_values_t when SW."""
+    if SW:
+        return _rec_values_t(s0, s1, s2, s3, n0, n1, n2, n3, n_valid, lo, nlo, m_new, kv_ptr, kvh_ptr, rb, hb, me, ev,
+                             V_CODES, V_CS, V_RS, V_RZ, G, VB, VPB, KPB, QP, D, ASM, ROWS, TS)
+    else:
+        return _rec_values(s0, s1, s2, s3, n0, n1, n2, n3, n_valid, lo, nlo, m_new, kv_ptr, kvh_ptr, rb, hb, me, ev,
+                           V_CODES, V_CS, V_RS, V_RZ, G, VB, VPB, KPB, QP, D, ASM, ROWS, TS)
+
+
+@triton.jit
+def _per_row(v, SW: tl.constexpr):
+    """A per-query-row vector [QP] broadcast over an accumulator: [QP, 1], or [1, QP] when SW."""
+    if SW:
+        return v[None, :]
+    else:
+        return v[:, None]
