@@ -1,7 +1,11 @@
 """Triton helpers of the decode kernel's record pass (decode_kernel.py): one packed tile, never materialized.
 
-A record tile of ``G`` tokens of one (block, KV head) is read in three steps, each a helper here so the kernel's
-loop can run one tile (NT=1) or two independent tiles (NT=2) per iteration:
+A record tile of ``G`` tokens of one (block, KV head) is read in three steps, each a helper here. The ``_t``
+helpers are the same math transposed (SW, the kernel's 2-warp programs): scores [G/KPB, QP] = K^T q^T and
+accumulators [D/VPB, QP] = V^T P^T, so the tile's tokens (channels) fill the MMA's M axis and the few query rows
+its 8-wide N axis; ``_tile_scores``/``_tile_values`` pick the orientation. (Written once with broadcast helpers,
+the two orientations compile to a reordered 2-warp build, 1,070 of its 3,095 sm_90 instructions moved: kept
+apart until that build is timed.)
 
 * ``_rec_addr``: where the record is and which of its tokens count (a pool tile: nothing);
 * ``_rec_scores``: q [QP, D] against the K codes, per token plane p (tokens p*(G/KPB) + j):
