@@ -65,16 +65,15 @@ def variant_kwargs(name: str) -> dict:
         return VARIANTS[name]
     keys = {"ahead", "prefetch", "maxnreg", "num_stages", "num_warps", "block_n", "q_rows", "pool_bn", "trim", "rotf",
             "swap", "splits"}
+    alias = {"q_rows": "min_q_rows", "pool_bn": "pool_block_n", "rotf": "rotate_factored", "swap": "swap_ab",
+             "splits": "num_splits"}
     kw = {}
     for part in name.split("+"):
         k, _, v = part.partition("=")
         if k not in keys or not v:
             raise SystemExit(f"unknown variant {name!r}: use one of {', '.join(VARIANTS)} or KEY=VALUE joined by "
                              f"'+' with KEY in {', '.join(sorted(keys))}")
-        alias = {"q_rows": "min_q_rows", "pool_bn": "pool_block_n", "rotf": "rotate_factored", "swap": "swap_ab",
-                 "splits": "num_splits"}
-        kw[alias.get(k, k)] = (
-            None if v == "None" else int(v))
+        kw[alias.get(k, k)] = None if v == "None" else int(v)
     return kw
 
 

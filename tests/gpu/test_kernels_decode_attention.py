@@ -305,8 +305,8 @@ def test_decode_warps_policy():
 
 def test_two_warp_splits_policy():
     """Pure function. Where the 4-warp wave model leaves a batch of >= 256 programs under the 2-warp threshold, the
-    split that reaches it, with the S measured best on the H200 (2026-12-01); small batches, full launches and
-    splits of < 8 tiles keep the wave model's choice."""
+    split that reaches it: at these (batch, tiles) the S whose time the H200 probes of 2026-12-01 recorded (faster
+    than the 4-warp choice); small batches, full launches and splits of < 8 tiles keep the wave model's choice."""
     from kvarn.kernels.decode_attention import choose_num_splits, splits_for_two_warps
     measured = {(128, 64): 2, (128, 256): 2, (140, 64): 2, (100, 32): 2, (64, 64): 3, (64, 256): 3, (32, 64): 6,
                 (32, 256): 6, (32, 1024): 6, (128, 16): 2}

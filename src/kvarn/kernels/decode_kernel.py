@@ -47,6 +47,8 @@ import triton.language as tl
 
 from kvarn.kernels._common import dot_bf16_safe
 from kvarn.kernels.decode_record import (
+    _acc_zeros,
+    _per_col,
     _per_row,
     _prefetch_l2,
     _rec_addr,
@@ -66,12 +68,9 @@ def _softmax_update(s, m_i, l_i):
 
 
 @triton.jit
-def _add_vec(a, w, SW: tl.constexpr):
-    """a [QP, E] + w [E] on every row (SW: a is [E, QP], w added to every column)."""
-    if SW:
-        return a + w[:, None]
-    else:
-        return a + w[None, :]
+def _add_per_col(a, w, SW: tl.constexpr):
+    """a [QP, E] + w [E] on every row (a [E, QP] when SW; decode_record._per_col)."""
+    return a + _per_col(w, SW)
 
 
 @triton.jit
@@ -215,16 +214,10 @@ def _kvarn_decode_kernel(
         VPB: tl.constexpr = 8 // VB
         jk = tl.arange(0, G // KPB)
         ev = tl.arange(0, D // VPB)
-        if SW:  # transposed record pass: accumulators [D/VPB, QP]
-            a0 = tl.zeros([D // VPB, QP], tl.float32)
-            a1 = tl.zeros([D // VPB, QP], tl.float32)
-            a2 = tl.zeros([D // VPB, QP], tl.float32)
-            a3 = tl.zeros([D // VPB, QP], tl.float32)
-        else:
-            a0 = tl.zeros([QP, D // VPB], tl.float32)  # channel plane p = channels VPB*e + p
-            a1 = tl.zeros([QP, D // VPB], tl.float32)
-            a2 = tl.zeros([QP, D // VPB], tl.float32)
-            a3 = tl.zeros([QP, D // VPB], tl.float32)
+        a0 = _acc_zeros(QP, D // VPB, SW)  # channel plane p = channels VPB*e + p ([D/VPB, QP] when SW)
+        a1 = _acc_zeros(QP, D // VPB, SW)
+        a2 = _acc_zeros(QP, D // VPB, SW)
+        a3 = _acc_zeros(QP, D // VPB, SW)
         if TS:  # sink "token": a first block that is a record keeps position 0 as an fp16 pool row (map <= -2);
             # the split holding tile 0 starts its softmax state from that row (p = 1), pass 1 masks n = 0 there
             e0 = tl.load(b2s_ptr + tl.load(bt_row).to(tl.int64))
@@ -236,14 +229,15 @@ def _kvarn_decode_kernel(
             m_i = tl.where(srow >= 0, s_0, m_i)
             l_i = tl.where(srow >= 0, 1.0, l_i)
             vm0 = (ev * 0 + srow) >= 0
-            a0 = _add_vec(a0, tl.load(pv_ptr + sbase + VPB * ev, mask=vm0, other=0.0).to(tl.float32) * pool_v_scale, SW)
-            a1 = _add_vec(a1, tl.load(pv_ptr + sbase + VPB * ev + 1, mask=vm0, other=0.0).to(tl.float32) * pool_v_scale,
-                          SW)
+            a0 = _add_per_col(a0, tl.load(pv_ptr + sbase + VPB * ev, mask=vm0, other=0.0).to(tl.float32)
+                              * pool_v_scale, SW)
+            a1 = _add_per_col(a1, tl.load(pv_ptr + sbase + VPB * ev + 1, mask=vm0, other=0.0).to(tl.float32)
+                              * pool_v_scale, SW)
             if VPB == 4:
-                a2 = _add_vec(a2, tl.load(pv_ptr + sbase + VPB * ev + 2, mask=vm0, other=0.0).to(tl.float32)
-                              * pool_v_scale, SW)
-                a3 = _add_vec(a3, tl.load(pv_ptr + sbase + VPB * ev + 3, mask=vm0, other=0.0).to(tl.float32)
-                              * pool_v_scale, SW)
+                a2 = _add_per_col(a2, tl.load(pv_ptr + sbase + VPB * ev + 2, mask=vm0, other=0.0).to(tl.float32)
+                                  * pool_v_scale, SW)
+                a3 = _add_per_col(a3, tl.load(pv_ptr + sbase + VPB * ev + 3, mask=vm0, other=0.0).to(tl.float32)
+                                  * pool_v_scale, SW)
         # pass 1: the tiles of the range through the record math, branch-free; a pool tile's loads are masked
         # off and its scores dropped. TRIM: a pool tile at either end of the range (the fp16 sink first, the
         # filling tail last) is left out of pass 1 altogether (pass 2 reads it), so only pool tiles in the

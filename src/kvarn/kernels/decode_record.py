@@ -328,3 +328,21 @@ def _per_row(v, SW: tl.constexpr):
         return v[None, :]
     else:
         return v[:, None]
+
+
+@triton.jit
+def _per_col(v, SW: tl.constexpr):
+    """A per-channel vector [E] broadcast over an accumulator: [1, E], or [E, 1] when SW."""
+    if SW:
+        return v[:, None]
+    else:
+        return v[None, :]
+
+
+@triton.jit
+def _acc_zeros(QP: tl.constexpr, E: tl.constexpr, SW: tl.constexpr):
+    """A zero channel-plane accumulator: [QP, E], or [E, QP] when SW."""
+    if SW:
+        return tl.zeros([E, QP], tl.float32)
+    else:
+        return tl.zeros([QP, E], tl.float32)
