@@ -65,8 +65,10 @@ def choose_num_splits(batch: int, num_kv_heads: int, max_blocks: int, sms: int, 
     return min(s for s, c in costs.items() if c <= low * (1 + tie))
 
 
-# Registers per thread of a record-reading program by its warps: 4 programs of 4 warps per SM at 128, 6 of 2 at 168.
+# Registers per thread of a record-reading program by its warps, and the programs that then fit one SM
+# (65,536 registers: 4 programs of 4 warps at 128, 6 of 2 at 168); the wave models count with the latter.
 DECODE_REGS = {2: 168, 4: 128}
+DECODE_PROGRAMS_PER_SM = {w: 65536 // (r * 32 * w) for w, r in DECODE_REGS.items()}
 # 2-warp programs (transposed record pass) once a launch holds at least this many programs per SM (below, 4 warps):
 # with the transposed pass 160 x 2,048 (9.7 per SM on 132 SMs) is 7% faster at 2 warps, 128 x 2,048 (7.8) 9% slower
 WARPS2_MIN_PER_SM = 9
@@ -112,7 +114,7 @@ def splits_for_two_warps(batch: int, num_kv_heads: int, max_blocks: int, sms: in
         return splits
 
     def cost(s: int) -> float:
-        return -(-(base * s) // (6 * sms)) * -(-max_blocks // s) + combine_cost + split_cost * s
+        return -(-(base * s) // (DECODE_PROGRAMS_PER_SM[2] * sms)) * -(-max_blocks // s) + combine_cost + split_cost * s
 
     nxt = need + 1
     if max_blocks >= 8 * nxt and -(-max_blocks // -(-max_blocks // nxt)) == nxt and cost(nxt) < (1 - gain) * cost(need):
