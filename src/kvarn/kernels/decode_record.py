@@ -346,3 +346,67 @@ def _acc_zeros(QP: tl.constexpr, E: tl.constexpr, SW: tl.constexpr):
         return tl.zeros([E, QP], tl.float32)
     else:
         return tl.zeros([QP, E], tl.float32)
+
+
+# ---- transposed form, every load of a tile issued first (SW == 2; experiment) ----
+
+
+@triton.jit
+def _rec_tile_te(q_unt, qa, ks, kz, m_i, kv_ptr, kvh_ptr, rb, hb, n_valid, lo, nlo, md, me, d, jk, ev,
+                 K_CODES: tl.constexpr, K_CS: tl.constexpr, V_CODES: tl.constexpr, V_CS: tl.constexpr,
+                 V_RS: tl.constexpr, V_RZ: tl.constexpr, KB: tl.constexpr, VB: tl.constexpr, KPB: tl.constexpr,
+                 VPB: tl.constexpr, G: tl.constexpr, D: tl.constexpr, QP: tl.constexpr, ASM: tl.constexpr,
+                 ROWS: tl.constexpr, TS: tl.constexpr):
+    """One record tile, transposed (_rec_scores_t + _rec_values_t), with all of its loads (K and V code bytes,
+    token and channel scales) issued before any of its math, so their latencies overlap instead of each
+    phase waiting on its own loads. 4-bit keys (KPB == 2). -> (m_new, alpha, sum of p [QP], c0..c3)."""
+    tl.static_assert(KPB == 2)
+    KM: tl.constexpr = (1 << KB) - 1
+    VM: tl.constexpr = (1 << VB) - 1
+    N: tl.constexpr = G // KPB
+    n0 = jk
+    n1 = N + jk
+    m0 = n0 < n_valid
+    m1 = n1 < n_valid
+    kbt = tl.load(kv_ptr + rb + K_CODES + jk[:, None] * D + d[None, :], mask=md[None, :], other=0)  # [N, D]
+    vbase = kv_ptr + rb + V_CODES + ev[:, None] * G
+    vb0 = tl.load(vbase + n0[None, :], mask=me[:, None], other=0)  # [D/VPB, N]
+    vb1 = tl.load(vbase + n1[None, :], mask=me[:, None], other=0)
+    hp = kvh_ptr + hb
+    kc0 = tl.load(hp + K_CS // 2 + n0, mask=m0, other=0.0).to(tl.float32)
+    kc1 = tl.load(hp + K_CS // 2 + n1, mask=m1, other=0.0).to(tl.float32)
+    vs0 = tl.load(hp + V_RS // 2 + n0, mask=m0, other=0.0).to(tl.float32)
+    vs1 = tl.load(hp + V_RS // 2 + n1, mask=m1, other=0.0).to(tl.float32)
+    vz0 = tl.load(hp + V_RZ // 2 + n0, mask=m0, other=0.0).to(tl.float32)
+    vz1 = tl.load(hp + V_RZ // 2 + n1, mask=m1, other=0.0).to(tl.float32)
+    vcb = hp + V_CS // 2 + VPB * ev
+    vc0 = tl.load(vcb, mask=me, other=0.0).to(tl.float32)
+    vc1 = tl.load(vcb + 1, mask=me, other=0.0).to(tl.float32)
+    vc2 = vc0
+    vc3 = vc1
+    if VPB == 4:
+        vc2 = tl.load(vcb + 2, mask=me, other=0.0).to(tl.float32)
+        vc3 = tl.load(vcb + 3, mask=me, other=0.0).to(tl.float32)
+    # scores per token plane (as _k_plane_t)
+    qk_t = (q_unt * ks[:, None]).to(tl.float16)
+    qz = tl.sum(q_unt * kz[:, None] - 1024.0 * qk_t.to(tl.float32), 0)
+    zs = tl.zeros([N, QP], tl.float32)
+    s0 = tl.dot(_codes_f16(kbt, 0, KM, ASM), qk_t, zs)
+    s1 = tl.dot(_codes_f16(kbt, KB, KM, ASM), qk_t, zs)
+    s0 = tl.where(_row_mask_t(n0, n_valid, lo, ROWS, nlo, TS), ((s0 + qz[None, :]) * qa[None, :]) * kc0[:, None], -1e30)
+    s1 = tl.where(_row_mask_t(n1, n_valid, lo, ROWS, nlo, TS), ((s1 + qz[None, :]) * qa[None, :]) * kc1[:, None], -1e30)
+    m_new = tl.maximum(m_i, tl.max(tl.maximum(s0, s1), 0))
+    alpha = tl.exp2(m_i - m_new)
+    # probabilities and the V side (as _p_plane_t, _rec_values_t)
+    p0 = tl.where(_row_mask_t(n0, n_valid, lo, ROWS, nlo, TS), tl.exp2(s0 - m_new[None, :]), 0.0)
+    p1 = tl.where(_row_mask_t(n1, n_valid, lo, ROWS, nlo, TS), tl.exp2(s1 - m_new[None, :]), 0.0)
+    pv0 = (p0 * vs0[:, None]).to(tl.float16)
+    pv1 = (p1 * vs1[:, None]).to(tl.float16)
+    zsum = p0 * vz0[:, None] - 1024.0 * pv0.to(tl.float32) + p1 * vz1[:, None] - 1024.0 * pv1.to(tl.float32)
+    zv = tl.zeros([D // VPB, QP], tl.float32)
+    t0, t1, t2, t3 = _v_planes_t(pv0, vb0, zv, zv, zv, zv, VB, VM, VPB, ASM)
+    t0, t1, t2, t3 = _v_planes_t(pv1, vb1, t0, t1, t2, t3, VB, VM, VPB, ASM)
+    ps = tl.sum(p0 + p1, 0)
+    pzc = tl.sum(zsum, 0)[None, :]
+    return m_new, alpha, ps, (t0 + pzc) * vc0[:, None], (t1 + pzc) * vc1[:, None], (t2 + pzc) * vc2[:, None], \
+        (t3 + pzc) * vc3[:, None]
