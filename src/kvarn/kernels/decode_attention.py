@@ -257,9 +257,6 @@ def kvarn_decode_attention(
         q_mult = 1.0
         o = torch.empty(bsz, hq, d, dtype=torch.float32, device=q.device)
     rf = rot and (DECODE_ROTF if rotate_factored is None else bool(rotate_factored))
-    sw = int(choose_decode_swap(num_warps, DECODE_SWAP)) if swap_ab is None else int(swap_ab)
-    if sw == 2 and cfg.key_bits != 4:  # the early-load tile (SW 2) is written for 4-bit keys
-        sw = 1
     sgn = hadamard_factor_signs(d, q.device) if rf else hadamard_signs(d, torch.bfloat16, q.device)
     kvh = kv_cache.view(torch.float16) if not fp8 else kv_cache
     bf16_pool = pool_k.dtype == torch.bfloat16
@@ -267,7 +264,7 @@ def kvarn_decode_attention(
                   IUP=INTERPRET, ALL_POOL=bool(all_pool), TPR=tpr, ROT=rot, ASM=DECODE_ASM, num_warps=num_warps,
                   PREF=prefetch if DECODE_ASM else 0, PL=prefetch_lanes(cfg),
                   AHD=ahead, TS=cfg.token_sink, TRIM=DECODE_TRIM if trim is None else bool(trim), RF=rf,
-                  SW=sw,
+                  SW=choose_decode_swap(num_warps, DECODE_SWAP) if swap_ab is None else bool(swap_ab),
                   **layout_constexprs(cfg))
     # records: compute-bound, no software pipelining; pool-only: 2 stages (H200 sweep, docs/gpu.md)
     common["num_stages"] = num_stages if num_stages is not None else (2 if all_pool and d <= 128 else 1)

@@ -52,7 +52,6 @@ from kvarn.kernels.decode_record import (
     _per_row,
     _prefetch_l2,
     _rec_addr,
-    _rec_tile_te,
     _row_mask,
     _tile_scores,
     _tile_values,
@@ -294,21 +293,15 @@ def _kvarn_decode_kernel(
             if AHD < 2:
                 ks = tl.load(ksb + hb, mask=md, other=0.0).to(tl.float32)
                 kz = tl.load(kvh_ptr + hb + K_RZ // 2 + d, mask=md, other=0.0).to(tl.float32)
-            if SW == 2:
-                m_new, alpha, ps, v0, v1, v2, v3 = _rec_tile_te(q_k, qa, ks, kz, m_i, kv_ptr, kvh_ptr, rb, hb, n_valid,
-                                                                lo, nlo, md, me, d, jk, ev, K_CODES, K_CS, V_CODES,
-                                                                V_CS, V_RS, V_RZ, KB, VB, KPB, VPB, G, D, QP, ASM,
-                                                                ROWS, TS)
-            else:
-                s0, s1, s2, s3, n0, n1, n2, n3, mx = _tile_scores(q_k, qa, ks, kz, kv_ptr, kvh_ptr, rb, hb, n_valid,
-                                                                  lo, nlo, md, d, jk, K_CODES, K_CS, KB, KPB, G, D, ASM,
-                                                                  ROWS, TS, SW)
-                m_new = tl.maximum(m_i, mx)
-                alpha = tl.exp2(m_i - m_new)
-                ps, v0, v1, v2, v3 = _tile_values(s0, s1, s2, s3, n0, n1, n2, n3, n_valid, lo, nlo, m_new, kv_ptr,
-                                                  kvh_ptr, rb, hb, me, ev, V_CODES, V_CS, V_RS, V_RZ, G, VB, VPB, KPB,
-                                                  QP, D, ASM, ROWS, TS, SW)
+            s0, s1, s2, s3, n0, n1, n2, n3, mx = _tile_scores(q_k, qa, ks, kz, kv_ptr, kvh_ptr, rb, hb, n_valid, lo,
+                                                              nlo, md, d, jk, K_CODES, K_CS, KB, KPB, G, D, ASM, ROWS,
+                                                              TS, SW)
+            m_new = tl.maximum(m_i, mx)
+            alpha = tl.exp2(m_i - m_new)
             m_i = m_new
+            ps, v0, v1, v2, v3 = _tile_values(s0, s1, s2, s3, n0, n1, n2, n3, n_valid, lo, nlo, m_new, kv_ptr, kvh_ptr,
+                                              rb, hb, me, ev, V_CODES, V_CS, V_RS, V_RZ, G, VB, VPB, KPB, QP, D, ASM,
+                                              ROWS, TS, SW)
             l_i = l_i * alpha + ps
             a0 = a0 * _per_row(alpha, SW) + v0
             a1 = a1 * _per_row(alpha, SW) + v1
