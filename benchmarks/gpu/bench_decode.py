@@ -28,7 +28,7 @@ import torch
 
 from gpu_timing import copy_rate_gbs, device_info, graph_ms
 from kvarn.config import KvarnConfig
-from kvarn.kernels import choose_num_splits, kvarn_decode_attention
+from kvarn.kernels import decode_launch_shape, kvarn_decode_attention
 
 
 def kvarn_state(bsz, ctx, hk, cfg, fp16_sink=True):
@@ -92,12 +92,13 @@ def run_point(bsz, ctx, args, cfg, copy_gbs, formats, kp=None, pp=None):
 
     if {"kvarn", "kvarn_s1"} & formats and bsz * ctx * hk * cfg.bytes_per_token < budget:
         st, nbytes = kvarn_state(bsz, ctx, hk, cfg)
-        splits = choose_num_splits(bsz, hk, ctx // cfg.group, torch.cuda.get_device_properties(0).multi_processor_count)
+        splits, warps = decode_launch_shape(bsz, hk, ctx // cfg.group,
+                                            torch.cuda.get_device_properties(0).multi_processor_count)
         if "kvarn" in formats:
             out = kvarn_decode_attention(q, seq_lens=seq, scale=scale, cfg=cfg, **st, **kp)
             assert torch.isfinite(out).all()
             record("kvarn", graph_ms(lambda: kvarn_decode_attention(q, seq_lens=seq, scale=scale, cfg=cfg, **st, **kp)),
-                   nbytes, {"splits": splits})
+                   nbytes, {"splits": splits, "warps": warps})
         if "kvarn_s1" in formats and splits > 1:
             record("kvarn_s1", graph_ms(lambda: kvarn_decode_attention(q, seq_lens=seq, scale=scale, cfg=cfg,
                                                                        num_splits=1, **st, **kp)), nbytes)

@@ -317,6 +317,22 @@ def test_two_warp_splits_policy():
     assert splits_for_two_warps(128, 8, 9, 132, 1) == 1  # 2 splits would hold < 8 tiles each
 
 
+def test_decode_launch_shape():
+    """Pure function. The (splits, warps) the launcher runs, which bench_decode.py records: benchmark (a)'s B >= 32
+    shapes on 132 SMs (S = 6 / 2 / 1 at 2 warps), small launches at 4 warps with the wave model's S, token groups
+    unsplit, a given S clipped to the splits that leave no split empty, given warps or all-pool skip the 2-warp rule."""
+    from kvarn.kernels import choose_num_splits, decode_launch_shape
+    assert decode_launch_shape(32, 8, 64, 132) == (6, 2)
+    assert decode_launch_shape(128, 8, 64, 132) == (2, 2)
+    assert decode_launch_shape(256, 8, 64, 132) == (1, 2)
+    assert decode_launch_shape(768, 8, 9, 132) == (1, 2)
+    assert decode_launch_shape(8, 8, 256, 132) == (choose_num_splits(8, 8, 256, 132), 4)
+    assert decode_launch_shape(16, 8, 64, 132, tpr=2) == (1, 4)
+    assert decode_launch_shape(4, 8, 9, 132, num_splits=7) == (5, 4)  # 2 tiles per split: 5 splits hold them all
+    assert decode_launch_shape(128, 8, 64, 132, num_warps=4) == (choose_num_splits(128, 8, 64, 132), 4)
+    assert decode_launch_shape(128, 8, 64, 132, all_pool=True) == (choose_num_splits(128, 8, 64, 132), 4)
+
+
 def test_decode_swap_policy():
     """Pure function. The transposed record pass goes with 2-warp programs (faster there on the H200, slower at 4
     warps: 2026-12-01); KVARN_DECODE_SWAP=1/0 wins."""

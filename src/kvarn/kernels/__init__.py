@@ -14,6 +14,7 @@ from kvarn.kernels.decode_attention import (
     choose_decode_swap,
     choose_decode_warps,
     choose_num_splits,
+    decode_launch_shape,
     kvarn_decode_attention,
 )
 from kvarn.kernels.flush import encode_tiles_triton, flush_tiles, flush_tiles_layers
@@ -24,6 +25,7 @@ __all__ = [
     "choose_decode_swap",
     "choose_decode_warps",
     "choose_num_splits",
+    "decode_launch_shape",
     "encode_tiles_triton",
     "flush_tiles",
     "flush_tiles_layers",

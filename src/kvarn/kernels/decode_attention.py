@@ -137,6 +137,27 @@ def choose_decode_swap(num_warps: int, override: str = "auto") -> bool:
     return num_warps == 2
 
 
+def decode_launch_shape(groups: int, num_kv_heads: int, max_blocks: int, sms: int, num_splits: int | None = None,
+                        num_warps: int | None = None, all_pool: bool = False, tpr: int = 1) -> tuple[int, int]:
+    """(split-K factor S, warps per program) of a decode launch as ``kvarn_decode_attention`` runs it: ``groups``
+    programs per KV head and split (the batch, or its token groups when ``tpr`` > 1), a ``max_blocks``-wide block
+    table, ``sms`` SMs; None = chosen (choose_num_splits, then splits_for_two_warps, then choose_decode_warps), a
+    value = kept (S clipped to 1..max_blocks and to the splits that ceil-divided tiles per split leave non-empty).
+    Benchmarks record this, so a reported S is the one that ran."""
+    if tpr > 1:
+        num_splits = 1
+    elif num_splits is None:
+        num_splits = choose_num_splits(groups, num_kv_heads, max_blocks, sms)
+        if num_warps is None and not all_pool and not DECODE_WARPS:  # 2-warp programs where splits reach them
+            num_splits = splits_for_two_warps(groups, num_kv_heads, max_blocks, sms, num_splits)
+    num_splits = max(1, min(int(num_splits), max_blocks))
+    num_splits = -(-max_blocks // -(-max_blocks // num_splits))
+    if num_warps is None:
+        num_warps = 4 if all_pool or tpr > 1 else choose_decode_warps(groups * num_kv_heads * num_splits, sms,
+                                                                       DECODE_WARPS)
+    return num_splits, num_warps
+
+
 def kvarn_decode_attention(
     q: torch.Tensor, kv_cache: torch.Tensor, pool_k: torch.Tensor, pool_v: torch.Tensor,
     block_to_slot: torch.Tensor, block_table: torch.Tensor, seq_lens: torch.Tensor, scale: float,
@@ -224,18 +245,8 @@ def kvarn_decode_attention(
     ahead = DECODE_AHEAD if ahead is None else ahead
     check(ahead in (0, 1, 2), f"ahead must be 0 (off), 1 (ids) or 2 (ids and K scales), got {ahead}")
     max_blocks = block_table.shape[1]
-    if tpr > 1:
-        num_splits = 1
-    elif num_splits is None:
-        num_splits = choose_num_splits(bsz, hk, max_blocks, num_sms(q.device))
-        if num_warps is None and not all_pool and not DECODE_WARPS:  # 2-warp programs where splits reach them
-            num_splits = splits_for_two_warps(bsz, hk, max_blocks, num_sms(q.device), num_splits)
-    num_splits = max(1, min(int(num_splits), max_blocks))
-    tps = -(-max_blocks // num_splits)
-    num_splits = -(-max_blocks // tps)
-    if num_warps is None:
-        num_warps = 4 if all_pool or tpr > 1 else choose_decode_warps(groups * hk * num_splits, num_sms(q.device),
-                                                                       DECODE_WARPS)
+    num_splits, num_warps = decode_launch_shape(groups, hk, max_blocks, num_sms(q.device), num_splits, num_warps,
+                                                all_pool, tpr)
     check(num_warps in (1, 2, 4, 8), f"num_warps must be one of 1, 2, 4, 8, got {num_warps}")
     if maxnreg == "auto":
         maxnreg = DECODE_REGS.get(num_warps)
