@@ -317,6 +317,56 @@ def test_two_warp_splits_policy():
     assert splits_for_two_warps(128, 8, 9, 132, 1) == 1  # 2 splits would hold < 8 tiles each
 
 
+@pytest.mark.parametrize("sink,splits,lens", [
+    ("fp16", None, [1, 127, 128, 700, 513, 1600, 129]),
+    ("fp16", 1, [700, 513, 1024]),
+    ("fp16", 3, [2000, 129, 385, 900]),
+    ("token", None, [1, 128, 700, 1600]),
+    ("token", 2, [129, 900, 1300]),
+])
+def test_gluon_record_pass_matches_reference(dev, sink, splits, lens):
+    """KVARN_DECODE_GLUON (experimental): the Gluon record pass (cp.async staging) + the Triton pool pass into one
+    more partial + the split-K combine, against the reference: kvarn_k4v2_g128, head_dim 128, GQA 4, ragged
+    lengths, sink/tail and one unflushed middle block in the pool, poisoned slots, either sink mode, automatic and
+    given splits. Skipped where Gluon cannot run (CPU, Triton's interpreter)."""
+    from kvarn.kernels import kvarn_decode_attention
+    from kvarn.kernels.decode_gluon import gluon_applies
+    cfg = KvarnConfig.from_name("k4v2_g128", 128, sink=sink)
+    if not gluon_applies(cfg, 4, 1, False, torch.device(dev)):
+        pytest.skip("the Gluon record pass needs a CUDA device and Triton's Gluon")
+    hq, hk = 8, 2
+    gen = torch.Generator().manual_seed(torch.seed() % 2**31)
+    cache, pk, pv, b2s, table = build_cache(lens, hk, cfg, torch.float16, gen)
+    q = (torch.randn(len(lens), hq, 128, generator=gen) * 1.5).to(torch.bfloat16)
+    seq = torch.tensor(lens, dtype=torch.int32)
+    out = kvarn_decode_attention(q.to(dev), cache.to(dev), pk.to(dev), pv.to(dev), b2s.to(dev), table.to(dev),
+                                 seq.to(dev), 128**-0.5, cfg, num_splits=splits, gluon=True).cpu()
+    assert out.dtype == q.dtype and torch.isfinite(out).all()
+    for r, L in enumerate(lens):
+        kc, vc = gather_kv(table[r], L, cache, pk, pv, b2s, cfg)
+        ref = rotate(gqa_attention(rotate(q[r:r + 1]), kc, vc, 128**-0.5, q_offset=L - 1))[0]
+        err = (out[r].float() - ref).norm() / ref.norm()
+        assert err < 1.2e-2, f"request {r} (len {L}): rel err {err:.2e}"
+
+
+def test_gluon_applies_policy():
+    """Pure function. The Gluon record pass serves kvarn_k4v2_g128 at head_dim 128 (either sink), GQA 4, one token
+    per request, on a CUDA device outside Triton's interpreter; every other launch stays with the Triton kernel."""
+    from kvarn.kernels._common import INTERPRET
+    from kvarn.kernels.decode_gluon import GLUON, gluon_applies
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    k4v2 = KvarnConfig.from_name("k4v2_g128", 128)
+    if GLUON and not INTERPRET:
+        assert gluon_applies(k4v2, 4, 1, False, cuda)
+        assert gluon_applies(KvarnConfig.from_name("k4v2_g128", 128, sink="token"), 4, 1, False, cuda)
+    assert not gluon_applies(k4v2, 4, 1, False, cpu)
+    assert not gluon_applies(k4v2, 8, 1, False, cuda) and not gluon_applies(k4v2, 4, 2, False, cuda)
+    assert not gluon_applies(k4v2, 4, 1, True, cuda)
+    for other in (KvarnConfig.from_name("k4v4_g128", 128), KvarnConfig.from_name("k4v2_g64", 128),
+                  KvarnConfig.from_name("k4v2_g128", 64)):
+        assert not gluon_applies(other, 4, 1, False, cuda)
+
+
 def test_decode_launch_shape():
     """Pure function. The (splits, warps) the launcher runs, which bench_decode.py records: benchmark (a)'s B >= 32
     shapes on 132 SMs (S = 6 / 2 / 1 at 2 warps), small launches at 4 warps with the wave model's S, token groups

@@ -20,9 +20,11 @@ import triton
 
 from kvarn.config import TOKENS_PER_PROGRAM_CHOICES, KvarnConfig
 from kvarn.kernels._common import (ACT_DTYPES, DECODE_AHEAD, DECODE_ASM, DECODE_POOL_BN, DECODE_PREFETCH,
-                                   DECODE_ROTF, DECODE_SWAP, DECODE_TRIM, DECODE_WARPS, INTERPRET, LOG2E, check,
+                                   DECODE_GLUON, DECODE_ROTF, DECODE_SWAP, DECODE_TRIM, DECODE_WARPS, INTERPRET,
+                                   LOG2E, check,
                                    check_cache, hadamard, hadamard_factor_signs, hadamard_signs, layout_constexprs,
                                    num_sms, prefetch_lanes)
+from kvarn.kernels.decode_gluon import gluon_applies, gluon_record_partials
 from kvarn.kernels.decode_kernel import _combine_kernel, _kvarn_decode_kernel
 
 
@@ -166,7 +168,7 @@ def kvarn_decode_attention(
     num_stages: int | None = None, maxnreg: int | None | str = "auto", all_pool: bool = False, min_q_rows: int = 4,
     prefetch: int | None = None, ahead: int | None = None, tokens_per_program: int = 1,
     pool_block_n: int | None = None, trim: bool | None = None, rotate_factored: bool | None = None,
-    swap_ab: bool | None = None,
+    swap_ab: bool | None = None, gluon: bool | None = None,
 ) -> torch.Tensor:
     """Decode attention of one layer: q [B, Hq, D] (original frame, bf16/fp16) -> [B, Hq, D] in q.dtype.
 
@@ -198,6 +200,9 @@ def kvarn_decode_attention(
     fp16 sink first, the filling tail last) skips the record pass instead of running it masked.
     rotate_factored (None = ``KVARN_DECODE_ROTF``, default on): the in-kernel rotations of q and the output as two
     16-wide products (H_D = H_m (x) H_16) instead of one [D, D] operand per program.
+    gluon (None = ``KVARN_DECODE_GLUON``, default off; experimental): where ``decode_gluon.gluon_applies``, the
+    record tiles are read by the Gluon kernel (cp.async staging a tile ahead), the fp16 pool tiles by this
+    kernel's pool pass into one more split partial, and the split-K combine merges them (three launches).
     swap_ab (None = ``KVARN_DECODE_SWAP``, default: with 2-warp programs, ``choose_decode_swap``): the record pass
     transposed, S^T = K^T q^T and O^T = V^T P^T, so the tile's tokens fill the MMA's M axis and the Hq/Hk query
     rows its N axis (8 wide, not 16).
@@ -285,6 +290,19 @@ def kvarn_decode_attention(
     strides = (q_in.stride(0), q_in.stride(1), kv_cache.stride(0), pool_k.stride(0), pool_k.stride(1),
                pool_k.stride(2), block_table.stride(0))
     scales = (q_mult, 1.0 / math.sqrt(d), float(pool_scale[0]), float(pool_scale[1]))
+    if (DECODE_GLUON if gluon is None else gluon) and gluon_applies(cfg, qpk, tpr, all_pool, q.device):
+        qs = torch.matmul(q.float(), hadamard(d, torch.float32, q.device)).mul_(scale * LOG2E)
+        part = torch.empty(bsz, hq, num_splits + 1, d, dtype=torch.float32, device=q.device)
+        ml = torch.empty(bsz, hq, num_splits + 1, 2, dtype=torch.float32, device=q.device)
+        gluon_record_partials(qs, kv_cache, block_to_slot, block_table, seq_lens, part, ml, num_splits,
+                              cfg.token_sink)
+        pool = dict(common, num_warps=4, SW=False, maxnreg=DECODE_REGS[4])  # pass 2 only, into slot S
+        _kvarn_decode_kernel[(bsz * hk, 1)](
+            *args, part[:, :, num_splits:], ml[:, :, num_splits:], *strides, part.stride(0), part.stride(1),
+            part.stride(2), *scales, SPLIT=True, NOREC=True, **pool)
+        _combine_kernel[(bsz * hk,)](part, ml, sgn, o, num_splits + 1, o.stride(0), o.stride(1), 1.0 / math.sqrt(d),
+                                     HK=hk, QPK=qpk, QP=qp, D=d, ROT=rot, IUP=INTERPRET, RF=rf, num_warps=4)
+        return o
     if num_splits == 1:
         _kvarn_decode_kernel[(groups * hk, 1)](
             *args, o, o, *strides, o.stride(0), o.stride(1), 0, *scales, SPLIT=False, **common)

@@ -163,6 +163,7 @@ def _kvarn_decode_kernel(
     D: tl.constexpr, G: tl.constexpr, KB: tl.constexpr, VB: tl.constexpr, R: tl.constexpr,
     K_CODES: tl.constexpr, K_RS: tl.constexpr, K_RZ: tl.constexpr, K_CS: tl.constexpr,
     V_CODES: tl.constexpr, V_CS: tl.constexpr, V_RS: tl.constexpr, V_RZ: tl.constexpr,
+    NOREC: tl.constexpr = False,
 ):
     pid = tl.program_id(0)
     sid = tl.program_id(1)
@@ -249,6 +250,8 @@ def _kvarn_decode_kernel(
             e_hi = tl.load(b2s_ptr + tl.load(bt_row + tl.maximum(t1 - 1, 0)).to(tl.int64))
             r0 = t0 + ((e_lo >= 0) & (t0 < t1)).to(tl.int32)
             r1 = t1 - ((e_hi >= 0) & (t1 - 1 >= r0)).to(tl.int32)
+        if NOREC:  # the Gluon record pass read the records: only pass 2 (and the token sink's row) here
+            r1 = r0
         q_un = q * (1.0 / qa)[:, None]  # rows scaled to max |q| = 1
         q_k = q_un
         if SW:
