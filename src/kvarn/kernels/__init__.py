@@ -4,6 +4,7 @@
   flush            balance + RTN + pack complete pool tiles into uint8 records (bit layout of kvarn.config);
                    flush_tiles_layers: all layers' tiles of a step in one launch
   decode_attention fused paged decode over packed tiles + pool rows (GQA, online softmax, split-K)
+  decode_gluon     the record pass in Gluon (cp.async staging a tile ahead; experimental, KVARN_DECODE_GLUON=1)
   prefill          multi-query (chunked-prefill continuation, spec verify) as per-token decode rows
 
 Each launcher validates shapes/dtypes/strides and raises ValueError listing what it expects.
