@@ -11,7 +11,7 @@ channel plane c:
     o[i, 4e + c] += vc[4e + c] * ( sum_n codes_V[e, n] (p[n, i] vs[n]) + sum_n p vz - 1024 sum_n p vs )
 
 (codes enter the MMAs as fp16 1024 + code, as ``decode_record._codes_f16``). The spike of this kernel
-(``benchmarks/gpu/gluon_records.py`` at commit 978c5d6, all-record caches) ran 1.43-1.52x faster than the Triton
+(``benchmarks/gpu/gluon_records.py`` at commit 978c5d6, all-record caches) ran 1.43-1.50x faster than the Triton
 kernel on the H200 (256 x 8,192: 868.2 -> 597.4 us per layer call, 71% of the copy rate).
 
 Scope: kvarn_k4v2_g128 records, head_dim 128, 4 query heads per KV head, one token per request (no grouped rows).
