@@ -24,14 +24,22 @@ ml [B, Hq, S + 1, 2] (max, sum) at slots 0..S-1.
 """
 from __future__ import annotations
 
-try:  # Gluon ships with Triton >= 3.5 (the H200's 3.6 has every module used here)
-    from triton.experimental import gluon
-    from triton.experimental.gluon import language as gl
-    from triton.experimental.gluon.language.nvidia.ampere import async_copy as cp
-    from triton.experimental.gluon.language.nvidia.ampere import mma_v2
-    GLUON = True
-except Exception:  # noqa: BLE001 - any Triton without these modules runs the Triton kernel alone
-    GLUON = False
+import triton
+
+# Gluon's API is experimental and moves between Triton releases (3.9 replaced async_copy_global_to_shared by
+# async_load): this kernel is written for, and compiled and timed with, Triton 3.6 (torch 2.11, vLLM 0.26's CUDA
+# stack). Other versions run the Triton kernel alone.
+GLUON_TRITON_VERSIONS = ("3.6.",)
+GLUON = False
+if triton.__version__.startswith(GLUON_TRITON_VERSIONS):
+    try:
+        from triton.experimental import gluon
+        from triton.experimental.gluon import language as gl
+        from triton.experimental.gluon.language.nvidia.ampere import async_copy as cp
+        from triton.experimental.gluon.language.nvidia.ampere import mma_v2
+        GLUON = True
+    except ImportError:
+        GLUON = False
 
 # the record regions this kernel assumes (kvarn.config.KvarnConfig.offsets of kvarn_k4v2_g128 at head_dim 128)
 GLUON_LAYOUT = {"D": 128, "G": 128, "KB": 4, "VB": 2, "R": 13824, "K_CODES": 0, "K_RS": 8192, "K_RZ": 8448,

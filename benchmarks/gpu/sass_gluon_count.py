@@ -1,0 +1,55 @@
+"""Offline SASS census of the Gluon record kernel (kernels/decode_gluon.py) for sm_90: shared memory, registers,
+spill instructions, and the record loop's instruction count and memory operations. No GPU needed, but the kernel
+is written for Triton 3.6's Gluon API (the H200's version), so run it with that Triton, e.g.
+
+    pip install --no-deps --target /tmp/t36 triton==3.6.0
+    cd benchmarks/gpu && PYTHONPATH=/tmp/t36:../../src python3 sass_gluon_count.py [TS=1] [maxnreg=144]
+"""
+from __future__ import annotations
+
+import collections
+import os
+import subprocess
+import sys
+import tempfile
+
+import triton
+from sass_layout_probe import sass_instructions
+from triton.backends.compiler import GPUTarget
+
+from kvarn.kernels import decode_gluon as g
+
+
+def census(opts: dict) -> dict:
+    if not g.GLUON:
+        raise SystemExit(f"Triton {triton.__version__}: the Gluon kernel needs one of {g.GLUON_TRITON_VERSIONS}")
+    from triton.experimental.gluon._runtime import GluonASTSource
+    k = g._gluon_record_kernel
+    lay = g.GLUON_LAYOUT
+    const = {"HK": 8, "NW": 2, "TS": int(opts.pop("TS", 0)), "R": lay["R"], "K_RS": lay["K_RS"],
+             "V_CODES": lay["V_CODES"], "V_CS": lay["V_CS"]}
+    sig = {n: ("constexpr" if n in const else "*fp32" if n in ("qs_ptr", "part_ptr", "ml_ptr") else "*u8"
+               if n == "kv_ptr" else "*i32" if n.endswith("_ptr") else "i32") for n in k.arg_names}
+    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(k.arg_names)
+             if n.endswith("_ptr") or n in ("stride_kvb", "stride_btb")}
+    src = GluonASTSource(fn=k, signature=sig, constexprs={(k.arg_names.index(n),): v for n, v in const.items()},
+                         attrs=attrs)
+    ck = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=2, **opts))
+    ins = sass_instructions(ck, "sass_gluon_count")
+    ops = collections.Counter(op.split(".")[0] for _, op, _ in ins)
+    lo, hi = next((tgt, a) for a, op, tgt in ins if tgt is not None and tgt < a)  # the record loop
+    body = [op for a, op, _ in ins if lo <= a <= hi]
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin/cuobjdump")
+    res = subprocess.run([tool, "-res-usage", os.path.join(tempfile.gettempdir(), "sass_gluon_count.cubin")], capture_output=True,
+                         text=True, check=False).stdout
+    regs = next((w.split(":")[1] for w in res.split() if w.startswith("REG:")), "?")
+    mem = collections.Counter(op for op in body if op.startswith(("LDG", "LDS", "STS", "LDSM", "BAR")))
+    loop = {"instructions": len(body), "hmma": sum(op.startswith("HMMA") for op in body), "mem": dict(mem)}
+    return {"smem": ck.metadata.shared, "regs": regs, "spill_ops": ops.get("LDL", 0) + ops.get("STL", 0),
+            "record_loop": loop}
+
+
+if __name__ == "__main__":
+    for v in sys.argv[1:] or ["default"]:
+        opts = {} if v == "default" else {kv.split("=")[0]: int(kv.split("=")[1]) for kv in v.split(",")}
+        print(v, census(opts), flush=True)
