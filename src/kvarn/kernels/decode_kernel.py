@@ -33,8 +33,9 @@ Two passes over the range, so neither carries the other's state:
    directly; found 32 block ids at a time, so pass 2 costs ~nothing where there are none. Each is read
    in PBN-row chunks, only those holding valid rows (a partly filled tail costs its rows).
 
-ALL_POOL=True compiles only a branch-free, software-pipelined pool pass (every block is a pool
-slot): the benchmark's bf16/fp8 baselines. Scores are in the log2 domain. ROT=True: q arrives in
+NOREC=True skips pass 1 (the Gluon record pass, decode_gluon.py, read the records): pass 2 and the token sink's
+row only, written as one split partial. ALL_POOL=True compiles only a branch-free, software-pipelined pool
+pass (every block is a pool slot): the benchmark's bf16/fp8 baselines. Scores are in the log2 domain. ROT=True: q arrives in
 the model's frame and is rotated here (q H * q_mult, q_mult = scale * log2 e); the normalized
 output is rotated back (o H) and stored in o_ptr's dtype. ROT=False (head_dim 256): q arrives
 rotated and scaled in fp32 and the output stays in the rotated frame (the launcher rotates it).
