@@ -64,6 +64,16 @@ def build_cache(lens, hk, cfg, pool_dtype, gen):
     return cache, pool_k, pool_v, b2s, table
 
 
+def assert_rows_match(out, q, lens, table, cache, pk, pv, b2s, cfg, scale, tol):
+    """Each request's output row set against the reference at its last position (gather_kv + fp32 GQA attention
+    in the rotated frame): relative L2 error below tol."""
+    for r, L in enumerate(lens):
+        kc, vc = gather_kv(table[r], L, cache, pk, pv, b2s, cfg)
+        ref = rotate(gqa_attention(rotate(q[r:r + 1]), kc, vc, scale, q_offset=L - 1))[0]
+        err = (out[r].float() - ref).norm() / ref.norm()
+        assert err < tol, f"request {r} (len {L}): rel err {err:.2e}"
+
+
 CASES = [  # hq, hk, d, preset, q dtype, pool dtype, lens
     (8, 2, 128, "k4v2_g128", torch.bfloat16, torch.float16, [1, 127, 128, 700, 513]),
     (8, 1, 128, "k4v2_g64", torch.float16, torch.float16, [65, 64 * 7, 300]),
@@ -102,12 +112,8 @@ def test_decode_matches_reference(dev, hq, hk, d, preset, qdt, pdt, lens, splits
                                  trim=trim, num_warps=warps, swap_ab=swap).cpu()
     assert out.dtype == qdt and out.shape == q.shape
     assert torch.isfinite(out).all()
-    for r, L in enumerate(lens):
-        kc, vc = gather_kv(table[r], L, cache, pk, pv, b2s, cfg)
-        ref = rotate(gqa_attention(rotate(q[r:r + 1]), kc, vc, scale, q_offset=L - 1))[0]
-        err = (out[r].float() - ref).norm() / ref.norm()
-        tol = 2.5e-2 if pdt == torch.bfloat16 else (6e-3 if qdt == torch.float16 else 1.2e-2)
-        assert err < tol, f"request {r} (len {L}): rel err {err:.2e}"
+    tol = 2.5e-2 if pdt == torch.bfloat16 else (6e-3 if qdt == torch.float16 else 1.2e-2)
+    assert_rows_match(out, q, lens, table, cache, pk, pv, b2s, cfg, scale, tol)
 
 
 @pytest.mark.parametrize("hq,hk,d,preset,qdt,pdt,lens,splits", [
@@ -162,12 +168,8 @@ def test_token_sink_rows_match_reference(dev, hq, hk, d, preset, qdt, pdt, lens,
                                  seq.to(dev), d**-0.5, cfg, num_splits=splits, ahead=ahead, pool_block_n=pool_bn,
                                  num_warps=warps).cpu()
     assert torch.isfinite(out).all()
-    for r, L in enumerate(lens):
-        kc, vc = gather_kv(table[r], L, cache, pk, pv, b2s, cfg)
-        ref = rotate(gqa_attention(rotate(q[r:r + 1]), kc, vc, d**-0.5, q_offset=L - 1))[0]
-        err = (out[r].float() - ref).norm() / ref.norm()
-        tol = 2.5e-2 if pdt == torch.bfloat16 else (6e-3 if qdt == torch.float16 else 1.2e-2)
-        assert err < tol, f"request {r} (len {L}): rel err {err:.2e}"
+    tol = 2.5e-2 if pdt == torch.bfloat16 else (6e-3 if qdt == torch.float16 else 1.2e-2)
+    assert_rows_match(out, q, lens, table, cache, pk, pv, b2s, cfg, d**-0.5, tol)
 
 
 @pytest.mark.parametrize("pdt,d,splits", [(torch.bfloat16, 128, None), (torch.float16, 64, 2)])
@@ -192,11 +194,8 @@ def test_decode_all_pool_path(dev, pdt, d, splits):
     seq = torch.tensor(lens, dtype=torch.int32)
     out = kvarn_decode_attention(q.to(dev), cache.to(dev), pk.to(dev), pv.to(dev), b2s.to(dev), table.to(dev),
                                  seq.to(dev), d**-0.5, cfg, num_splits=splits, all_pool=True).cpu()
-    for r, L in enumerate(lens):
-        kc, vc = gather_kv(table[r], L, cache, pk, pv, b2s, cfg)
-        ref = rotate(gqa_attention(rotate(q[r:r + 1]), kc, vc, d**-0.5, q_offset=L - 1))[0]
-        err = (out[r].float() - ref).norm() / ref.norm()
-        assert err < (2.5e-2 if pdt == torch.bfloat16 else 1.2e-2), f"request {r}: rel err {err:.2e}"
+    assert_rows_match(out, q, lens, table, cache, pk, pv, b2s, cfg, d**-0.5,
+                      2.5e-2 if pdt == torch.bfloat16 else 1.2e-2)
 
 
 def test_multiquery_matches_reference(dev):
@@ -342,11 +341,7 @@ def test_gluon_record_pass_matches_reference(dev, sink, splits, lens):
     out = kvarn_decode_attention(q.to(dev), cache.to(dev), pk.to(dev), pv.to(dev), b2s.to(dev), table.to(dev),
                                  seq.to(dev), 128**-0.5, cfg, num_splits=splits, gluon=True).cpu()
     assert out.dtype == q.dtype and torch.isfinite(out).all()
-    for r, L in enumerate(lens):
-        kc, vc = gather_kv(table[r], L, cache, pk, pv, b2s, cfg)
-        ref = rotate(gqa_attention(rotate(q[r:r + 1]), kc, vc, 128**-0.5, q_offset=L - 1))[0]
-        err = (out[r].float() - ref).norm() / ref.norm()
-        assert err < 1.2e-2, f"request {r} (len {L}): rel err {err:.2e}"
+    assert_rows_match(out, q, lens, table, cache, pk, pv, b2s, cfg, 128**-0.5, 1.2e-2)
 
 
 def test_gluon_applies_policy():

@@ -19,11 +19,10 @@ import torch
 import triton
 
 from kvarn.config import TOKENS_PER_PROGRAM_CHOICES, KvarnConfig
-from kvarn.kernels._common import (ACT_DTYPES, DECODE_AHEAD, DECODE_ASM, DECODE_POOL_BN, DECODE_PREFETCH,
-                                   DECODE_GLUON, DECODE_ROTF, DECODE_SWAP, DECODE_TRIM, DECODE_WARPS, INTERPRET,
-                                   LOG2E, check,
-                                   check_cache, hadamard, hadamard_factor_signs, hadamard_signs, layout_constexprs,
-                                   num_sms, prefetch_lanes)
+from kvarn.kernels._common import (ACT_DTYPES, DECODE_AHEAD, DECODE_ASM, DECODE_GLUON, DECODE_POOL_BN,
+                                   DECODE_PREFETCH, DECODE_ROTF, DECODE_SWAP, DECODE_TRIM, DECODE_WARPS, INTERPRET,
+                                   LOG2E, check, check_cache, hadamard, hadamard_factor_signs, hadamard_signs,
+                                   layout_constexprs, num_sms, prefetch_lanes)
 from kvarn.kernels.decode_gluon import gluon_applies, gluon_record_partials
 from kvarn.kernels.decode_kernel import _combine_kernel, _kvarn_decode_kernel
 

@@ -24,7 +24,10 @@ ml [B, Hq, S + 1, 2] (max, sum) at slots 0..S-1.
 """
 from __future__ import annotations
 
+import torch
 import triton
+
+from kvarn.kernels._common import INTERPRET, check, layout_constexprs
 
 # Gluon's API is experimental and moves between Triton releases (3.9 replaced async_copy_global_to_shared by
 # async_load): this kernel is written for, and compiled and timed with, Triton 3.6 (torch 2.11, vLLM 0.26's CUDA
@@ -231,7 +234,6 @@ def gluon_applies(cfg, q_heads_per_kv: int, tokens_per_program: int, all_pool: b
     """Whether the Gluon record pass can serve a launch: Gluon importable, a CUDA device (not Triton's
     interpreter), records laid out as GLUON_LAYOUT (kvarn_k4v2_g128 at head_dim 128, either sink), 4 query heads
     per KV head, one token per request, and records at all (not the bf16/fp8 all-pool baselines)."""
-    from kvarn.kernels._common import INTERPRET, layout_constexprs
     if not GLUON or INTERPRET or device.type != "cuda" or all_pool or tokens_per_program != 1 or q_heads_per_kv != 4:
         return False
     lay = layout_constexprs(cfg)
@@ -242,9 +244,6 @@ def gluon_record_partials(qs, kv_cache, block_to_slot, block_table, seq_lens, pa
                           token_sink: bool) -> None:
     """Record pass into split slots 0..S-1: qs fp32 [B, 4*Hk, 128] contiguous (rotated, * scale * log2 e);
     kv_cache uint8 [NB, Hk, 13824]; part fp32 [B, Hq, > S, 128] and ml fp32 [B, Hq, > S, 2], both contiguous."""
-    import torch
-
-    from kvarn.kernels._common import check
     bsz, hq, d = qs.shape
     hk = kv_cache.shape[1]
     check(qs.dtype == torch.float32 and qs.is_contiguous() and d == 128 and hq == 4 * hk,
