@@ -19,6 +19,7 @@ kernel as vLLM runs it (sink and tail tiles in the fp16 pool) against variants, 
   pool_bn=32|64  pool tiles in chunks of that many rows, only the chunks holding valid rows
   swap=0|1       the record pass transposed (tokens on the MMA's M axis, query rows on N)
   splits=S       split-K factor (default: choose_num_splits)
+  gluon=0|1      the record pass by the Triton kernel (0) or the Gluon kernel (1, the default where it applies)
   ahead=1|2      the record loop's block ids / pool-map entries (1) and K scale vectors (2) loaded a tile early
   KEY=V+KEY=V    any mix of the launcher's tuning arguments, e.g. ahead=2+prefetch=1
   --qsink        the sink tile a record (KVARN_SINK=quantized): only the tail in the pool
@@ -64,7 +65,7 @@ def variant_kwargs(name: str) -> dict:
     if name in VARIANTS:
         return VARIANTS[name]
     keys = {"ahead", "prefetch", "maxnreg", "num_stages", "num_warps", "block_n", "q_rows", "pool_bn", "trim", "rotf",
-            "swap", "splits"}
+            "swap", "splits", "gluon"}
     alias = {"q_rows": "min_q_rows", "pool_bn": "pool_block_n", "rotf": "rotate_factored", "swap": "swap_ab",
              "splits": "num_splits"}
     kw = {}

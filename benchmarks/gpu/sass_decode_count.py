@@ -28,7 +28,7 @@ from kvarn.kernels.decode_kernel import _kvarn_decode_kernel
 
 PTRS = {"q_ptr": "*bf16", "sgn_ptr": "*bf16", "sgo_ptr": "*bf16", "kv_ptr": "*u8", "kvh_ptr": "*fp16",
         "pk_ptr": "*fp16", "pv_ptr": "*fp16", "b2s_ptr": "*i32", "bt_ptr": "*i32", "sl_ptr": "*i32",
-        "o_ptr": "*bf16", "ml_ptr": "*fp32"}
+        "o_ptr": "*bf16", "ml_ptr": "*fp32", "qs_ptr": "*fp32"}
 
 
 def compile_decode(opts: dict) -> dict:

@@ -169,7 +169,7 @@ KERNEL_ENV_CHOICES = {
     "KVARN_DECODE_ROTF": ("1", "0"),  # rotations as two 16-wide products (0: one [D, D] operand)
     "KVARN_DECODE_WARPS": ("0", "2", "4"),  # warps per decode program (0: by launch size, 2 or 4)
     "KVARN_DECODE_SWAP": ("auto", "1", "0"),  # record pass transposed (auto: with 2-warp programs)
-    "KVARN_DECODE_GLUON": ("0", "1"),  # record pass by the Gluon kernel where it applies (1; experimental)
+    "KVARN_DECODE_GLUON": ("1", "0"),  # record pass by the Gluon kernel where it applies (0: the Triton kernel)
     "KVARN_FLUSH_WARPS": ("0", "1", "2", "4", "8", "16"),  # warps per flush program (0: by launch and tile size)
 }
 

@@ -95,7 +95,8 @@ CASES = [  # hq, hk, d, preset, q dtype, pool dtype, lens
 @pytest.mark.parametrize("hq,hk,d,preset,qdt,pdt,lens", CASES)
 def test_decode_matches_reference(dev, hq, hk, d, preset, qdt, pdt, lens, splits, block_n, q_rows, prefetch, ahead,
                                   pool_bn, trim, warps, swap):
-    """pool_bn: pool tiles read in chunks of that many rows, only the chunks holding valid rows (ragged tails);
+    """The Triton kernel (gluon=False: at kvarn_k4v2_g128 / GQA 4 / head_dim 128 the launcher's default on a GPU is
+    the Gluon record pass, test_gluon_record_pass_matches_reference). pool_bn: pool tiles read in chunks of that many rows, only the chunks holding valid rows (ragged tails);
     trim: pool tiles at the ends of a split's range skip the record pass (None: the default, on); warps: warps per
     program (None: by launch size, 4 at these small launches; 2: the large-batch setting, 168 registers); swap: the
     record pass transposed (None: with 2 warps)."""
@@ -109,7 +110,7 @@ def test_decode_matches_reference(dev, hq, hk, d, preset, qdt, pdt, lens, splits
     out = kvarn_decode_attention(q.to(dev), cache.to(dev), pk.to(dev), pv.to(dev), b2s.to(dev), table.to(dev),
                                  seq.to(dev), scale, cfg, num_splits=splits, block_n=block_n, min_q_rows=q_rows,
                                  prefetch=prefetch, ahead=ahead, pool_block_n=pool_bn,
-                                 trim=trim, num_warps=warps, swap_ab=swap).cpu()
+                                 trim=trim, num_warps=warps, swap_ab=swap, gluon=False).cpu()
     assert out.dtype == qdt and out.shape == q.shape
     assert torch.isfinite(out).all()
     tol = 2.5e-2 if pdt == torch.bfloat16 else (6e-3 if qdt == torch.float16 else 1.2e-2)
@@ -133,8 +134,8 @@ def test_factored_rotation_matches_full_operand(dev, hq, hk, d, preset, qdt, pdt
     q = (torch.randn(len(lens), hq, d, generator=gen) * 1.5).to(qdt)
     seq = torch.tensor(lens, dtype=torch.int32)
     args = (q.to(dev), cache.to(dev), pk.to(dev), pv.to(dev), b2s.to(dev), table.to(dev), seq.to(dev), d**-0.5, cfg)
-    fact = kvarn_decode_attention(*args, num_splits=splits, rotate_factored=True).cpu().float()
-    full = kvarn_decode_attention(*args, num_splits=splits, rotate_factored=False).cpu().float()
+    fact = kvarn_decode_attention(*args, num_splits=splits, rotate_factored=True, gluon=False).cpu().float()
+    full = kvarn_decode_attention(*args, num_splits=splits, rotate_factored=False, gluon=False).cpu().float()
     assert torch.isfinite(fact).all() and torch.isfinite(full).all()
     for r, L in enumerate(lens):
         kc, vc = gather_kv(table[r], L, cache, pk, pv, b2s, cfg)
@@ -166,7 +167,7 @@ def test_token_sink_rows_match_reference(dev, hq, hk, d, preset, qdt, pdt, lens,
     seq = torch.tensor(lens, dtype=torch.int32)
     out = kvarn_decode_attention(q.to(dev), cache.to(dev), pk.to(dev), pv.to(dev), b2s.to(dev), table.to(dev),
                                  seq.to(dev), d**-0.5, cfg, num_splits=splits, ahead=ahead, pool_block_n=pool_bn,
-                                 num_warps=warps).cpu()
+                                 num_warps=warps, gluon=False).cpu()
     assert torch.isfinite(out).all()
     tol = 2.5e-2 if pdt == torch.bfloat16 else (6e-3 if qdt == torch.float16 else 1.2e-2)
     assert_rows_match(out, q, lens, table, cache, pk, pv, b2s, cfg, d**-0.5, tol)
@@ -316,18 +317,20 @@ def test_two_warp_splits_policy():
     assert splits_for_two_warps(128, 8, 9, 132, 1) == 1  # 2 splits would hold < 8 tiles each
 
 
-@pytest.mark.parametrize("sink,splits,lens", [
-    ("fp16", None, [1, 127, 128, 700, 513, 1600, 129]),
-    ("fp16", 1, [700, 513, 1024]),
-    ("fp16", 3, [2000, 129, 385, 900]),
-    ("token", None, [1, 128, 700, 1600]),
-    ("token", 2, [129, 900, 1300]),
+@pytest.mark.parametrize("sink,splits,pool_splits,pdt,lens", [
+    ("fp16", None, None, torch.float16, [1, 127, 128, 700, 513, 1600, 129]),
+    ("fp16", 1, 1, torch.bfloat16, [700, 513, 1024]),
+    ("fp16", 3, 2, torch.float16, [2000, 129, 385, 900]),
+    ("fp16", 2, 4, torch.bfloat16, [1, 2000, 257]),
+    ("token", None, None, torch.bfloat16, [1, 128, 700, 1600]),
+    ("token", 2, 1, torch.float16, [129, 900, 1300]),
 ])
-def test_gluon_record_pass_matches_reference(dev, sink, splits, lens):
-    """KVARN_DECODE_GLUON (experimental): the Gluon record pass (cp.async staging) + the Triton pool pass into one
-    more partial + the split-K combine, against the reference: kvarn_k4v2_g128, head_dim 128, GQA 4, ragged
-    lengths, sink/tail and one unflushed middle block in the pool, poisoned slots, either sink mode, automatic and
-    given splits. Skipped where Gluon cannot run (CPU, Triton's interpreter)."""
+def test_gluon_record_pass_matches_reference(dev, sink, splits, pool_splits, pdt, lens):
+    """The launcher's default where it applies (gluon None, KVARN_DECODE_GLUON on; else gluon=True): the Triton pool pass (pool tiles, sink row and the rotated q, into 1, 2 or 4 more
+    partials) + the Gluon record pass (cp.async staging) + the split-K combine, against the reference:
+    kvarn_k4v2_g128, head_dim 128, GQA 4, ragged lengths, sink/tail and one unflushed middle block in the pool,
+    poisoned slots, either sink mode, automatic and given splits. Skipped where Gluon cannot run (CPU, Triton's
+    interpreter)."""
     from kvarn.kernels import kvarn_decode_attention
     from kvarn.kernels.decode_gluon import gluon_applies
     cfg = KvarnConfig.from_name("k4v2_g128", 128, sink=sink)
@@ -335,11 +338,12 @@ def test_gluon_record_pass_matches_reference(dev, sink, splits, lens):
         pytest.skip("the Gluon record pass needs a CUDA device and Triton's Gluon")
     hq, hk = 8, 2
     gen = torch.Generator().manual_seed(torch.seed() % 2**31)
-    cache, pk, pv, b2s, table = build_cache(lens, hk, cfg, torch.float16, gen)
-    q = (torch.randn(len(lens), hq, 128, generator=gen) * 1.5).to(torch.bfloat16)
+    cache, pk, pv, b2s, table = build_cache(lens, hk, cfg, pdt, gen)
+    q = (torch.randn(len(lens), hq, 128, generator=gen) * 1.5).to(pdt)
     seq = torch.tensor(lens, dtype=torch.int32)
     out = kvarn_decode_attention(q.to(dev), cache.to(dev), pk.to(dev), pv.to(dev), b2s.to(dev), table.to(dev),
-                                 seq.to(dev), 128**-0.5, cfg, num_splits=splits, gluon=True).cpu()
+                                 seq.to(dev), 128**-0.5, cfg, num_splits=splits, gluon=None if splits is None else True,
+                                 pool_splits=pool_splits).cpu()
     assert out.dtype == q.dtype and torch.isfinite(out).all()
     assert_rows_match(out, q, lens, table, cache, pk, pv, b2s, cfg, 128**-0.5, 1.2e-2)
 
@@ -360,6 +364,14 @@ def test_gluon_applies_policy():
     for other in (KvarnConfig.from_name("k4v4_g128", 128), KvarnConfig.from_name("k4v2_g64", 128),
                   KvarnConfig.from_name("k4v2_g128", 64)):
         assert not gluon_applies(other, 4, 1, False, cuda)
+
+
+def test_choose_pool_splits():
+    """Pure function. The Gluon path's pool pass runs 2 programs per (request, KV head) below 2 programs per SM
+    (B = 32 at Hk = 8 on 132 SMs: 256 < 264), 1 from there (B = 64, 256, 768)."""
+    from kvarn.kernels import choose_pool_splits
+    assert choose_pool_splits(8, 8, 132) == choose_pool_splits(32, 8, 132) == 2
+    assert choose_pool_splits(33, 8, 132) == choose_pool_splits(64, 8, 132) == choose_pool_splits(768, 8, 132) == 1
 
 
 def test_decode_launch_shape():

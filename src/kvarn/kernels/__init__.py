@@ -4,7 +4,7 @@
   flush            balance + RTN + pack complete pool tiles into uint8 records (bit layout of kvarn.config);
                    flush_tiles_layers: all layers' tiles of a step in one launch
   decode_attention fused paged decode over packed tiles + pool rows (GQA, online softmax, split-K)
-  decode_gluon     the record pass in Gluon (cp.async staging a tile ahead; experimental, KVARN_DECODE_GLUON=1)
+  decode_gluon     the record pass in Gluon (cp.async staging a tile ahead; default where it applies)
   prefill          multi-query (chunked-prefill continuation, spec verify) as per-token decode rows
 
 Each launcher validates shapes/dtypes/strides and raises ValueError listing what it expects.
@@ -15,6 +15,7 @@ from kvarn.kernels.decode_attention import (
     choose_decode_swap,
     choose_decode_warps,
     choose_num_splits,
+    choose_pool_splits,
     decode_launch_shape,
     kvarn_decode_attention,
 )
@@ -26,6 +27,7 @@ __all__ = [
     "choose_decode_swap",
     "choose_decode_warps",
     "choose_num_splits",
+    "choose_pool_splits",
     "decode_launch_shape",
     "encode_tiles_triton",
     "flush_tiles",

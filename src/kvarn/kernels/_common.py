@@ -41,7 +41,7 @@ DECODE_ROTF = kernel_env("KVARN_DECODE_ROTF") == "1"
 # The decode kernel's record pass transposed (tokens on the MMA's M axis, the few query rows on N): "auto" = with
 # 2-warp programs (decode_attention.choose_decode_swap), "1" / "0" always / never; KVARN_DECODE_SWAP overrides
 DECODE_SWAP = kernel_env("KVARN_DECODE_SWAP")
-# The record pass by the Gluon kernel (decode_gluon.py) where it applies: "1"; KVARN_DECODE_GLUON
+# The record pass by the Gluon kernel (decode_gluon.py) where it applies (default); "0": the Triton kernel alone
 DECODE_GLUON = kernel_env("KVARN_DECODE_GLUON") == "1"
 # Warps per decode program: 0 = by launch size (kernels.decode_attention.choose_decode_warps), else 2 or 4 always;
 # KVARN_DECODE_WARPS overrides

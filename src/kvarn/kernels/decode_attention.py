@@ -138,6 +138,15 @@ def choose_decode_swap(num_warps: int, override: str = "auto") -> bool:
     return num_warps == 2
 
 
+def choose_pool_splits(batch: int, num_kv_heads: int, sms: int) -> int:
+    """Programs per (request, KV head) of the Gluon path's pool pass (each takes its share of the request's tiles,
+    so the fp16 sink and the filling tail land in different programs): 2 while B*Hk programs are fewer than 2 per
+    SM, else 1. H200, 2026-12-01 (``results/h200-gluon-2026-12-01q``, us per layer call with 1 / 2 programs):
+    8 x 32,768 124.5 / 116.0, 32 x 8,192 111.7 / 109.1, 64 x 8,192 196.7 / 198.9, 256 x 8,192 731.8 / 725.5,
+    768 x 1,152 455.7 / 481.6."""
+    return 2 if batch * num_kv_heads < 2 * sms else 1
+
+
 def decode_launch_shape(groups: int, num_kv_heads: int, max_blocks: int, sms: int, num_splits: int | None = None,
                         num_warps: int | None = None, all_pool: bool = False, tpr: int = 1) -> tuple[int, int]:
     """(split-K factor S, warps per program) of a decode launch as ``kvarn_decode_attention`` runs it: ``groups``
@@ -167,7 +176,7 @@ def kvarn_decode_attention(
     num_stages: int | None = None, maxnreg: int | None | str = "auto", all_pool: bool = False, min_q_rows: int = 4,
     prefetch: int | None = None, ahead: int | None = None, tokens_per_program: int = 1,
     pool_block_n: int | None = None, trim: bool | None = None, rotate_factored: bool | None = None,
-    swap_ab: bool | None = None, gluon: bool | None = None,
+    swap_ab: bool | None = None, gluon: bool | None = None, pool_splits: int | None = None,
 ) -> torch.Tensor:
     """Decode attention of one layer: q [B, Hq, D] (original frame, bf16/fp16) -> [B, Hq, D] in q.dtype.
 
@@ -199,9 +208,11 @@ def kvarn_decode_attention(
     fp16 sink first, the filling tail last) skips the record pass instead of running it masked.
     rotate_factored (None = ``KVARN_DECODE_ROTF``, default on): the in-kernel rotations of q and the output as two
     16-wide products (H_D = H_m (x) H_16) instead of one [D, D] operand per program.
-    gluon (None = ``KVARN_DECODE_GLUON``, default off; experimental): where ``decode_gluon.gluon_applies``, the
+    gluon (None = ``KVARN_DECODE_GLUON``, default on): where ``decode_gluon.gluon_applies``, the
     record tiles are read by the Gluon kernel (cp.async staging a tile ahead), the fp16 pool tiles by this
-    kernel's pool pass into one more split partial, and the split-K combine merges them (three launches).
+    kernel's pool pass (launched first; it also stores the rotated, scaled q rows the Gluon pass reads) into
+    ``pool_splits`` more split partials, and the split-K combine merges them (three launches). pool_splits None =
+    ``choose_pool_splits``.
     swap_ab (None = ``KVARN_DECODE_SWAP``, default: with 2-warp programs, ``choose_decode_swap``): the record pass
     transposed, S^T = K^T q^T and O^T = V^T P^T, so the tile's tokens fill the MMA's M axis and the Hq/Hk query
     rows its N axis (8 wide, not 16).
@@ -290,16 +301,20 @@ def kvarn_decode_attention(
                pool_k.stride(2), block_table.stride(0))
     scales = (q_mult, 1.0 / math.sqrt(d), float(pool_scale[0]), float(pool_scale[1]))
     if (DECODE_GLUON if gluon is None else gluon) and gluon_applies(cfg, qpk, tpr, all_pool, q.device):
-        qs = torch.matmul(q.float(), hadamard(d, torch.float32, q.device)).mul_(scale * LOG2E)
-        part = torch.empty(bsz, hq, num_splits + 1, d, dtype=torch.float32, device=q.device)
-        ml = torch.empty(bsz, hq, num_splits + 1, 2, dtype=torch.float32, device=q.device)
+        # the Triton kernel's pool pass first (pool tiles and sink row into split slot S, and the rotated, scaled
+        # q rows the Gluon pass reads), then the Gluon record pass into slots 0..S-1, then the split-K combine
+        ps = choose_pool_splits(bsz, hk, num_sms(q.device)) if pool_splits is None else pool_splits
+        check(ps in (1, 2, 4), f"pool_splits must be 1, 2 or 4, got {ps}")
+        qs = torch.empty(bsz, hq, d, dtype=torch.float32, device=q.device)
+        part = torch.empty(bsz, hq, num_splits + ps, d, dtype=torch.float32, device=q.device)
+        ml = torch.empty(bsz, hq, num_splits + ps, 2, dtype=torch.float32, device=q.device)
+        pool = dict(common, num_warps=4, SW=False, maxnreg=DECODE_REGS[4])
+        _kvarn_decode_kernel[(bsz * hk, ps)](
+            *args, part[:, :, num_splits:], ml[:, :, num_splits:], *strides, part.stride(0), part.stride(1),
+            part.stride(2), *scales, SPLIT=True, NOREC=True, qs_ptr=qs, **pool)
         gluon_record_partials(qs, kv_cache, block_to_slot, block_table, seq_lens, part, ml, num_splits,
                               cfg.token_sink)
-        pool = dict(common, num_warps=4, SW=False, maxnreg=DECODE_REGS[4])  # pass 2 only, into slot S
-        _kvarn_decode_kernel[(bsz * hk, 1)](
-            *args, part[:, :, num_splits:], ml[:, :, num_splits:], *strides, part.stride(0), part.stride(1),
-            part.stride(2), *scales, SPLIT=True, NOREC=True, **pool)
-        _combine_kernel[(bsz * hk,)](part, ml, sgn, o, num_splits + 1, o.stride(0), o.stride(1), 1.0 / math.sqrt(d),
+        _combine_kernel[(bsz * hk,)](part, ml, sgn, o, num_splits + ps, o.stride(0), o.stride(1), 1.0 / math.sqrt(d),
                                      HK=hk, QPK=qpk, QP=qp, D=d, ROT=rot, IUP=INTERPRET, RF=rf, num_warps=4)
         return o
     if num_splits == 1:

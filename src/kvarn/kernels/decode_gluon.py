@@ -1,4 +1,5 @@
-"""Gluon record pass of fused decode attention (opt-in, ``KVARN_DECODE_GLUON=1``; decode_attention.py launches it).
+"""Gluon record pass of fused decode attention (the default where it applies; ``KVARN_DECODE_GLUON=0``: the Triton
+kernel alone; decode_attention.py launches it).
 
 Why Gluon: in the Triton kernel (decode_kernel.py) a tile's code bytes go global -> registers -> shared memory (the
 layout change that feeds ldmatrix), and that store waits for the load: 28% of all warp samples on the H200
@@ -18,9 +19,14 @@ Scope: kvarn_k4v2_g128 records, head_dim 128, 4 query heads per KV head, one tok
 Program (b*Hk + h, split s) walks the record tiles of split s (the same ranges as the Triton kernel's split-K:
 ceil(n/S) of the request's own n tiles, a pool tile at either end left out); pool tiles in the middle (blocks not
 flushed yet) are masked, and with the token sink (``KVARN_SINK=token``) position 0 of a record whose map entry is
-<= -2 is masked too: the fp16 pool tiles and the sink row are read by the Triton kernel's pool pass into one more
-partial, and the split-K combine merges them. Outputs: part [B, Hq, S + 1, D] fp32 (unnormalized, rotated frame),
-ml [B, Hq, S + 1, 2] (max, sum) at slots 0..S-1.
+<= -2 is masked too. The launcher runs the Triton kernel's pool pass first (``NOREC``: the fp16 pool tiles and the
+sink row into partial slots S.., and the rotated, scaled q rows this kernel reads), then this kernel, then the
+split-K combine. Inputs: qs [B, Hq, D] fp32. Outputs: part [B, Hq, > S, D] fp32 (unnormalized, rotated frame) and
+ml [B, Hq, > S, 2] (max, sum) at slots 0..S-1.
+
+Measured (H200, 2026-12-01, ``benchmarks/gpu/results/h200-gluon-2026-12-01q``), us per layer call through the
+launcher, Triton kernel -> this path: 256 x 8,192 896.2 -> 704.2 (67.5% of the copy rate), 128 x 8,192 464.6 ->
+361.3, 32 x 8,192 133.0 -> 108.3, 768 x 2,048 741.3 -> 645.9.
 """
 from __future__ import annotations
 
@@ -92,6 +98,7 @@ if GLUON:
         csh: gl.constexpr = gl.SwizzledSharedLayout(vec=16, per_phase=1, max_phase=8, order=[1, 0])
         hsh: gl.constexpr = gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[1, 0])
         flat: gl.constexpr = gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[0])
+        # two stages, one tile in flight (three, 44 KB and 5 programs per SM instead of 6: 7-20% slower, H200)
         kbuf = gl.allocate_shared_memory(gl.uint8, [2, 64, 128], csh)
         vbuf = gl.allocate_shared_memory(gl.uint8, [2, 32, 128], csh)
         hbuf = gl.allocate_shared_memory(gl.float16, [2, 8, 128], hsh)
@@ -126,10 +133,15 @@ if GLUON:
         qa_c = gl.convert_layout(qa, cols)
 
         # an empty range (split past the end, CUDA-graph padding) copies block 0's record, never used
-        blk = gl.where(r0 < r1, gl.load(bt_row + gl.maximum(gl.minimum(r0, r1 - 1), 0)), 0).to(gl.int64)
+        live_r = r0 < r1
+        blk = gl.where(live_r, gl.load(bt_row + gl.maximum(gl.minimum(r0, r1 - 1), 0)), 0).to(gl.int64)
         ent = gl.load(b2s_ptr + blk)
         rec0 = kv_ptr + blk * stride_kvb + hk * R
         _issue(rec0, kbuf, vbuf, hbuf, 0, koff, voff, hoff)
+        # tile t + 1's block, map entry and record (the last tile repeats: same group count, never used)
+        blk1 = gl.where(live_r, gl.load(bt_row + gl.maximum(gl.minimum(r0 + 1, r1 - 1), 0)), 0).to(gl.int64)
+        ent1 = gl.load(b2s_ptr + blk1)
+        rec1 = kv_ptr + blk1 * stride_kvb + hk * R
         e4 = gl.arange(0, 32, layout=rows) * 4
         vcp = (rec0 + V_CS).to(gl.pointer_type(gl.float16)) + e4  # vc[4e + c]: strided, through registers
         vn0 = gl.load(vcp)
@@ -148,11 +160,8 @@ if GLUON:
         a3 = zv
         for t in range(r0, r1):
             st = (t - r0) % 2
-            # the next tile's record into the other stage (the last tile re-copies itself: same group count)
-            nb = gl.load(bt_row + gl.minimum(t + 1, r1 - 1)).to(gl.int64)
-            e_nx = gl.load(b2s_ptr + nb)
-            rec_n = kv_ptr + nb * stride_kvb + hk * R
-            _issue(rec_n, kbuf, vbuf, hbuf, 1 - st, koff, voff, hoff)
+            # tile t + 1's record into the other stage (the last tile re-copies itself: same group count)
+            _issue(rec1, kbuf, vbuf, hbuf, 1 - st, koff, voff, hoff)
             cp.wait_group(1)
             gl.thread_barrier()
             # tokens that count: a record's (a pool tile in the middle of the range: none), position 0 of a
@@ -204,7 +213,7 @@ if GLUON:
             vc1 = gl.where(live, vn1.to(gl.float32), 0.0)
             vc2 = gl.where(live, vn2.to(gl.float32), 0.0)
             vc3 = gl.where(live, vn3.to(gl.float32), 0.0)
-            vcp = (rec_n + V_CS).to(gl.pointer_type(gl.float16)) + e4
+            vcp = (rec1 + V_CS).to(gl.pointer_type(gl.float16)) + e4  # tile t + 1's vc
             vn0 = gl.load(vcp)
             vn1 = gl.load(vcp + 1)
             vn2 = gl.load(vcp + 2)
@@ -215,7 +224,10 @@ if GLUON:
             a3 = a3 * alpha[None, :] + (t3v + pzc) * vc3[:, None]
             m_i = m_new
             l_i = l_i * alpha + ps
-            ent = e_nx
+            ent = ent1
+            nb = gl.load(bt_row + gl.minimum(t + 2, r1 - 1)).to(gl.int64)  # tile t + 2's, for the next copy
+            ent1 = gl.load(b2s_ptr + nb)
+            rec1 = kv_ptr + nb * stride_kvb + hk * R
             gl.thread_barrier()  # every warp is done with this stage before it is refilled
         cp.wait_group(0)
         e = gl.arange(0, 32, layout=rows)

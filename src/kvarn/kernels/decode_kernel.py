@@ -33,8 +33,9 @@ Two passes over the range, so neither carries the other's state:
    directly; found 32 block ids at a time, so pass 2 costs ~nothing where there are none. Each is read
    in PBN-row chunks, only those holding valid rows (a partly filled tail costs its rows).
 
-NOREC=True skips pass 1 (the Gluon record pass, decode_gluon.py, read the records): pass 2 and the token sink's
-row only, written as one split partial. ALL_POOL=True compiles only a branch-free, software-pipelined pool
+NOREC=True skips pass 1 (the Gluon record pass, decode_gluon.py, reads the records, launched after this one):
+pass 2 and the token sink's row only, written as one split partial, and the rotated, scaled q rows stored to qs_ptr
+(fp32 [B, Hq, D] contiguous) for the Gluon pass. ALL_POOL=True compiles only a branch-free, software-pipelined pool
 pass (every block is a pool slot): the benchmark's bf16/fp8 baselines. Scores are in the log2 domain. ROT=True: q arrives in
 the model's frame and is rotated here (q H * q_mult, q_mult = scale * log2 e); the normalized
 output is rotated back (o H) and stored in o_ptr's dtype. ROT=False (head_dim 256): q arrives
@@ -164,7 +165,7 @@ def _kvarn_decode_kernel(
     D: tl.constexpr, G: tl.constexpr, KB: tl.constexpr, VB: tl.constexpr, R: tl.constexpr,
     K_CODES: tl.constexpr, K_RS: tl.constexpr, K_RZ: tl.constexpr, K_CS: tl.constexpr,
     V_CODES: tl.constexpr, V_CS: tl.constexpr, V_RS: tl.constexpr, V_RZ: tl.constexpr,
-    NOREC: tl.constexpr = False,
+    NOREC: tl.constexpr = False, qs_ptr=None,
 ):
     pid = tl.program_id(0)
     sid = tl.program_id(1)
@@ -196,6 +197,8 @@ def _kvarn_decode_kernel(
     if ROT:
         q = _rotate_rows(q, sgn_ptr, D, IUP, RF)
     q = q * q_mult  # [QP, D] fp32, rotated, * scale * log2(e)
+    if NOREC:  # the Gluon record pass reads these rows (TPR == 1)
+        tl.store(qs_ptr + (b * HK * QPK + hk * QPK + qi)[:, None] * D + d[None, :], q, mask=qmask[:, None])
     qa = tl.max(tl.abs(q), 1) + 1e-30
     PDT: tl.constexpr = tl.bfloat16 if POOL_BF16 else tl.float16
     q_op = (q * (1.0 / qa)[:, None]).to(PDT)
