@@ -366,6 +366,23 @@ def test_gluon_applies_policy():
         assert not gluon_applies(other, 4, 1, False, cuda)
 
 
+def test_decode_path_note():
+    """Pure function. The CUDA startup log line names the kernel that reads the records and, for the Triton kernel,
+    why the Gluon one does not: the switch, the Triton version, or the layout."""
+    from kvarn.kernels._common import DECODE_GLUON, INTERPRET
+    from kvarn.kernels.decode_gluon import GLUON, decode_path_note
+    k4v2 = KvarnConfig.from_name("k4v2_g128", 128)
+    note = decode_path_note(k4v2, 4)
+    if not DECODE_GLUON:
+        assert "KVARN_DECODE_GLUON=0" in note
+    elif GLUON and not INTERPRET:
+        assert "Gluon kernel (cp.async" in note
+        other = decode_path_note(k4v2, 8)
+        assert "Triton kernel" in other and "with 8" in other
+    else:
+        assert "Triton kernel" in note and "needs Triton 3.6" in note
+
+
 def test_choose_pool_splits():
     """Pure function. The Gluon path's pool pass runs 2 programs per (request, KV head) below 2 programs per SM
     (B = 32 at Hk = 8 on 132 SMs: 256 < 264), 1 from there (B = 64, 256, 768)."""

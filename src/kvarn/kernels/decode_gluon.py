@@ -33,7 +33,7 @@ from __future__ import annotations
 import torch
 import triton
 
-from kvarn.kernels._common import INTERPRET, check, layout_constexprs
+from kvarn.kernels._common import DECODE_GLUON, INTERPRET, check, layout_constexprs
 
 # Gluon's API is experimental and moves between Triton releases (3.9 replaced async_copy_global_to_shared by
 # async_load): this kernel is written for, and compiled and timed with, Triton 3.6 (torch 2.11, vLLM 0.26's CUDA
@@ -250,6 +250,21 @@ def gluon_applies(cfg, q_heads_per_kv: int, tokens_per_program: int, all_pool: b
         return False
     lay = layout_constexprs(cfg)
     return all(lay.get(k) == v for k, v in GLUON_LAYOUT.items())
+
+
+def decode_path_note(cfg, q_heads_per_kv: int) -> str:
+    """One line for the CUDA startup log: which kernel reads the records in single-token decode, and why."""
+    if not DECODE_GLUON:
+        return "decode records read by the Triton kernel (KVARN_DECODE_GLUON=0)"
+    if gluon_applies(cfg, q_heads_per_kv, 1, False, torch.device("cuda")):
+        return f"decode records read by the Gluon kernel (cp.async staging; Triton {triton.__version__})"
+    if not GLUON or INTERPRET:
+        want = " / ".join(v + "x" for v in GLUON_TRITON_VERSIONS)
+        why = f"the Gluon kernel needs Triton {want}, found {triton.__version__}"
+    else:
+        why = (f"the Gluon kernel serves kvarn_k4v2_g128 at head_dim 128 with 4 query heads per KV head, not "
+               f"{cfg.kv_cache_dtype} at head_dim {cfg.head_dim} with {q_heads_per_kv}")
+    return f"decode records read by the Triton kernel ({why})"
 
 
 def gluon_record_partials(qs, kv_cache, block_to_slot, block_table, seq_lens, part, ml, num_splits: int,
