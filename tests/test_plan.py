@@ -340,6 +340,26 @@ def test_kvarn_kernel_overrides_and_breakeven(q8):
     assert again["formats"][1]["output_tok_s"] == pytest.approx(bf16, rel=0.01)
 
 
+def test_kvarn_decode_prior_follows_the_kernel_that_serves_the_layout():
+    """kvarn_k4v2_g128 at head_dim 128 and GQA 4 (the Gluon record pass on the H200) gets KVARN_ATTN_EFF; GQA 8,
+    other presets and head_dims run the Triton kernel, KVARN_TRITON_ATTN_EFF; --kvarn-attn-eff wins over both;
+    the report's 'assumed' figure is the prior of the model's layout."""
+    from kvarn.plan.formats import KVARN_ATTN_EFF, KVARN_TRITON_ATTN_EFF
+    from kvarn.plan.report import render_text
+    assert get_format("kvarn_k4v2_g128", 128, q_heads_per_kv=4).attn_eff == KVARN_ATTN_EFF
+    assert get_format("kvarn_k4v2_g128+tsink", 128).attn_eff == KVARN_ATTN_EFF
+    assert KVARN_TRITON_ATTN_EFF < KVARN_ATTN_EFF
+    for name, d, qpk in (("kvarn_k4v2_g128", 128, 8), ("kvarn_k4v4_g128", 128, 4), ("kvarn_k4v2_g64", 128, 4),
+                         ("kvarn_k4v2_g128", 64, 4)):
+        assert get_format(name, d, q_heads_per_kv=qpk).attn_eff == KVARN_TRITON_ATTN_EFF, (name, d, qpk)
+    assert get_format("kvarn_k4v2_g128", 128, kvarn_attn_eff=0.5, q_heads_per_kv=8).attn_eff == 0.5
+    g, wl = get_gpu("h200"), build_workload("burst:768:1024:1024")
+    q32 = load_model("qwen3-32b")  # 64 query heads over 8 KV heads
+    assert q32.num_heads // q32.num_kv_heads == 8
+    text = render_text(make_plan(g, q32, wl, tp=2, mode="offline", formats=["bf16", "fp8", "kvarn_k4v2_g128"]))
+    assert f"(assumed {KVARN_TRITON_ATTN_EFF}," in text
+
+
 def test_cli_json_stdout(capsys):
     assert main(["--workload", "burst:4:100:50", "--formats", "fp8", "--json", "-"]) == 0
     doc = json.loads(capsys.readouterr().out)

@@ -69,6 +69,10 @@ TURBOQUANT_PREFILL_EFF = 0.5
 # prompt 1.164 (the flush included).
 KVARN_CACHED_PREFILL_EFF = 0.63
 KVARN_ATTN_EFF = 0.67
+# Layouts the Gluon record pass does not serve (kvarn.kernels.decode_gluon.gluon_applies: it covers kvarn_k4v2_g128
+# at head_dim 128 with 4 query heads per KV head) run the Triton kernel: its 0.62 of 2026-12-01 07:56 (measured at
+# GQA 4, head_dim 128; other shapes not measured separately).
+KVARN_TRITON_ATTN_EFF = 0.62
 KVARN_FLUSH_S_PER_TILE = 0.42e-6
 KVARN_STEP_OVERHEAD_S = 0.9e-3
 
@@ -140,10 +144,14 @@ def all_format_names() -> list[str]:
 
 
 def get_format(name: str, head_dim: int, kvarn_attn_eff: float | None = None,
-               kvarn_flush_us: float | None = None) -> KVFormat:
+               kvarn_flush_us: float | None = None, q_heads_per_kv: int | None = None) -> KVFormat:
     """Build the :class:`KVFormat` for ``name`` at ``head_dim``; ValueError lists the valid names.
-    ``kvarn_attn_eff`` / ``kvarn_flush_us`` replace the kvarn kernel priors (measured values)."""
+    ``kvarn_attn_eff`` / ``kvarn_flush_us`` replace the kvarn kernel priors (measured values).
+    ``q_heads_per_kv`` (the model's GQA ratio; None = 4) picks the kvarn decode prior: KVARN_ATTN_EFF where the
+    Gluon record pass serves the layout, KVARN_TRITON_ATTN_EFF elsewhere."""
     fmt = _get_format(name, head_dim)
+    if fmt.family == "kvarn" and fmt.supported and not gluon_layout(fmt.kvarn, q_heads_per_kv or 4):
+        fmt = dataclasses.replace(fmt, attn_eff=KVARN_TRITON_ATTN_EFF)
     if fmt.family == "kvarn" and (kvarn_attn_eff is not None or kvarn_flush_us is not None):
         if kvarn_attn_eff is not None and not 0.0 < kvarn_attn_eff <= 1.0:
             raise ValueError(f"--kvarn-attn-eff must be in (0, 1], got {kvarn_attn_eff}")
@@ -153,6 +161,12 @@ def get_format(name: str, head_dim: int, kvarn_attn_eff: float | None = None,
             fmt, attn_eff=fmt.attn_eff if kvarn_attn_eff is None else kvarn_attn_eff,
             flush_s_per_tile=fmt.flush_s_per_tile if kvarn_flush_us is None else kvarn_flush_us * 1e-6)
     return fmt
+
+
+def gluon_layout(cfg: KvarnConfig, q_heads_per_kv: int) -> bool:
+    """Whether decode on a CUDA GPU with vLLM 0.26's Triton 3.6 reads this layout's records with the Gluon kernel
+    (the rule of kvarn.kernels.decode_gluon.gluon_applies, restated here so the planner needs no Triton)."""
+    return cfg.kv_cache_dtype == "kvarn_k4v2_g128" and cfg.head_dim == 128 and q_heads_per_kv == 4
 
 
 def _get_format(name: str, head_dim: int) -> KVFormat:

@@ -93,11 +93,14 @@ def render_text(plan: dict) -> str:
                 f"{_num(b['throughput_x_bf16'], '{:.2f}')}x throughput ({b['verdict']})")
     be = d.get("kvarn_k4v2_g128_attn_eff_to_match")
     if be:
-        from kvarn.plan.formats import KVARN_ATTN_EFF, KVARN_FLUSH_S_PER_TILE, KVARN_STEP_OVERHEAD_S
+        from kvarn.plan.formats import KVARN_FLUSH_S_PER_TILE, KVARN_STEP_OVERHEAD_S, get_format
 
         i_eff, i_fl = plan["inputs"].get("kvarn_attn_eff"), plan["inputs"].get("kvarn_flush_us")
+        m = plan["inputs"]["model"]
+        prior = get_format("kvarn_k4v2_g128", m["head_dim"],
+                           q_heads_per_kv=m["num_heads"] // max(m["num_kv_heads"], 1)).attn_eff
         lines.append(
-            f"kvarn_k4v2_g128 decode-kernel bandwidth efficiency needed (assumed {i_eff or KVARN_ATTN_EFF}, flush "
+            f"kvarn_k4v2_g128 decode-kernel bandwidth efficiency needed (assumed {i_eff or prior}, flush "
             f"{i_fl if i_fl is not None else KVARN_FLUSH_S_PER_TILE * 1e6:g} us/tile, builder "
             f"{KVARN_STEP_OVERHEAD_S * 1e3:g} ms/step): " + ", ".join(
                 f"to match {k} {'>= ' + format(v, '.2f') if v is not None else 'out of reach at this flush/step cost'}"
