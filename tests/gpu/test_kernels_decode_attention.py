@@ -428,6 +428,7 @@ def test_decode_rejects_bad_input(dev):
         kvarn_decode_attention(q, cache, pool, pool, b2s, table.long(), lens, 0.1, cfg)
     with pytest.raises(ValueError, match="kv_cache"):
         kvarn_decode_attention(q, cache[:, :, :-2], pool, pool, b2s, table, lens, 0.1, cfg)
-    for name, bad in (("min_q_rows", 3), ("prefetch", 7), ("ahead", 3), ("pool_block_n", 48), ("num_warps", 3)):
+    for name, bad in (("min_q_rows", 3), ("prefetch", 7), ("ahead", 3), ("pool_block_n", 48), ("num_warps", 3),
+                      ("pool_splits", 3)):
         with pytest.raises(ValueError, match=name):  # the error names the bad setting
             kvarn_decode_attention(q, cache, pool, pool, b2s, table, lens, 0.1, cfg, **{name: bad})

@@ -259,6 +259,7 @@ def kvarn_decode_attention(
     check(prefetch in (0, 1, 2, 3, 4), f"prefetch (tiles ahead, 0 = off) must be 0-4, got {prefetch}")
     ahead = DECODE_AHEAD if ahead is None else ahead
     check(ahead in (0, 1, 2), f"ahead must be 0 (off), 1 (ids) or 2 (ids and K scales), got {ahead}")
+    check(pool_splits in (None, 1, 2, 4), f"pool_splits must be None, 1, 2 or 4, got {pool_splits}")
     max_blocks = block_table.shape[1]
     num_splits, num_warps = decode_launch_shape(groups, hk, max_blocks, num_sms(q.device), num_splits, num_warps,
                                                 all_pool, tpr)
@@ -304,7 +305,6 @@ def kvarn_decode_attention(
         # the Triton kernel's pool pass first (pool tiles and sink row into split slot S, and the rotated, scaled
         # q rows the Gluon pass reads), then the Gluon record pass into slots 0..S-1, then the split-K combine
         ps = choose_pool_splits(bsz, hk, num_sms(q.device)) if pool_splits is None else pool_splits
-        check(ps in (1, 2, 4), f"pool_splits must be 1, 2 or 4, got {ps}")
         qs = torch.empty(bsz, hq, d, dtype=torch.float32, device=q.device)
         part = torch.empty(bsz, hq, num_splits + ps, d, dtype=torch.float32, device=q.device)
         ml = torch.empty(bsz, hq, num_splits + ps, 2, dtype=torch.float32, device=q.device)
