@@ -366,6 +366,20 @@ def test_gluon_applies_policy():
         assert not gluon_applies(other, 4, 1, False, cuda)
 
 
+def test_planner_gluon_rule_matches_the_kernel():
+    """Pure function. kvarn plan restates the Gluon kernel's layout rule (so it needs no Triton): both agree for
+    every preset, sink mode and head_dim, at GQA 4 (the only ratio the kernel serves)."""
+    from kvarn.config import PRESETS, SINK_MODES, SUPPORTED_HEAD_DIMS
+    from kvarn.kernels.decode_gluon import gluon_layout_matches
+    from kvarn.plan.formats import gluon_layout
+    for name in PRESETS:
+        for d in SUPPORTED_HEAD_DIMS:
+            for sink in SINK_MODES:
+                cfg = KvarnConfig.from_name(name, d, sink=sink)
+                assert gluon_layout(cfg, 4) == gluon_layout_matches(cfg), (name, d, sink)
+                assert not gluon_layout(cfg, 8)
+
+
 def test_decode_path_note():
     """Pure function. The CUDA startup log line names the kernel that reads the records and, for the Triton kernel,
     why the Gluon one does not: the switch, the Triton version, or the layout."""

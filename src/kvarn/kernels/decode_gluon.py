@@ -248,6 +248,11 @@ def gluon_applies(cfg, q_heads_per_kv: int, tokens_per_program: int, all_pool: b
     per KV head, one token per request, and records at all (not the bf16/fp8 all-pool baselines)."""
     if not GLUON or INTERPRET or device.type != "cuda" or all_pool or tokens_per_program != 1 or q_heads_per_kv != 4:
         return False
+    return gluon_layout_matches(cfg)
+
+
+def gluon_layout_matches(cfg) -> bool:
+    """Whether cfg's records are laid out as GLUON_LAYOUT (kvarn_k4v2_g128 at head_dim 128, either sink)."""
     lay = layout_constexprs(cfg)
     return all(lay.get(k) == v for k, v in GLUON_LAYOUT.items())
 

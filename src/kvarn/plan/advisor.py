@@ -75,8 +75,7 @@ def make_plan(
     names = list(formats or DEFAULT_COMPARE)
     if "bf16" not in names:
         names.insert(0, "bf16")
-    qpk = shape.num_heads // max(shape.num_kv_heads, 1)
-    fmts = [get_format(n, shape.head_dim, kvarn_attn_eff, kvarn_flush_us, qpk) for n in names]
+    fmts = [get_format(n, shape.head_dim, kvarn_attn_eff, kvarn_flush_us, shape.q_heads_per_kv) for n in names]
     kw = dict(tp=tp, util=util, max_num_batched_tokens=mbt, max_num_seqs=seqs, gpu_price=gpu_price,
               target_sessions=target_sessions, target_context=target_context)
     base, base_cap = predict_format(gpu, shape, fmts[names.index("bf16")], wl, **kw)
@@ -93,7 +92,7 @@ def make_plan(
     decision = decide(gpu, shape, wl, tp, base, preds)
     kv = next((p for p in preds if p.format == "kvarn_k4v2_g128" and p.output_tok_s > 0), None)
     if kv is not None and not wl.request_rate:
-        fmt = get_format("kvarn_k4v2_g128", shape.head_dim, None, kvarn_flush_us, qpk)
+        fmt = get_format("kvarn_k4v2_g128", shape.head_dim, None, kvarn_flush_us, shape.q_heads_per_kv)
         rivals = {p.format: p.output_tok_s for p in preds if p.format in ("bf16", "fp8") and p.output_tok_s > 0}
         decision["kvarn_k4v2_g128_attn_eff_to_match"] = {
             k: breakeven_attn_eff(gpu, shape, fmt, wl, v, dict(kw, pool_seqs=None)) for k, v in rivals.items()}

@@ -90,8 +90,7 @@ def calibrate(
         if fname is None:
             skipped.append(f"{arm.get('name')}: unknown KV format")
             continue
-        fmt = get_format(fname, shape.head_dim, kvarn_attn_eff, kvarn_flush_us,
-                         shape.num_heads // max(shape.num_kv_heads, 1))
+        fmt = get_format(fname, shape.head_dim, kvarn_attn_eff, kvarn_flush_us, shape.q_heads_per_kv)
         levels = [lv for lv in (arm.get("levels") or []) if lv.get("output_throughput")]
         cap_meas = arm.get("kv_capacity_tokens")
         cap_pred = None

@@ -113,9 +113,15 @@ class ModelShape:
         """KV heads one GPU stores under tensor parallelism (replicated when tp > num_kv_heads)."""
         return max(1, self.num_kv_heads // tp)
 
+    @property
+    def q_heads_per_kv(self) -> int:
+        """Query heads per KV head (the GQA ratio; the same on every tensor-parallel rank)."""
+        return self.num_heads // max(self.num_kv_heads, 1)
+
     def to_dict(self) -> dict:
         d = asdict(self)
-        d.update(params_total=self.params_total, params_active=self.params_active, weight_bytes=self.weight_bytes)
+        d.update(params_total=self.params_total, params_active=self.params_active, weight_bytes=self.weight_bytes,
+                 q_heads_per_kv=self.q_heads_per_kv)
         return d
 
 

@@ -97,8 +97,7 @@ def render_text(plan: dict) -> str:
 
         i_eff, i_fl = plan["inputs"].get("kvarn_attn_eff"), plan["inputs"].get("kvarn_flush_us")
         m = plan["inputs"]["model"]
-        prior = get_format("kvarn_k4v2_g128", m["head_dim"],
-                           q_heads_per_kv=m["num_heads"] // max(m["num_kv_heads"], 1)).attn_eff
+        prior = get_format("kvarn_k4v2_g128", m["head_dim"], q_heads_per_kv=m["q_heads_per_kv"]).attn_eff
         lines.append(
             f"kvarn_k4v2_g128 decode-kernel bandwidth efficiency needed (assumed {i_eff or prior}, flush "
             f"{i_fl if i_fl is not None else KVARN_FLUSH_S_PER_TILE * 1e6:g} us/tile, builder "
