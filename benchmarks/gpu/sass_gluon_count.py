@@ -26,7 +26,8 @@ def census(opts: dict) -> dict:
     from triton.experimental.gluon._runtime import GluonASTSource
     k = g._gluon_record_kernel
     lay = g.GLUON_LAYOUT
-    const = {"HK": 8, "NW": 2, "TS": int(opts.pop("TS", 0)), "R": lay["R"], "K_RS": lay["K_RS"],
+    const = {"HK": 8, "NW": 2, "TS": int(opts.pop("TS", 0)), "LOP": int(opts.pop("LOP", 1)), "R": lay["R"],
+             "K_RS": lay["K_RS"],
              "V_CODES": lay["V_CODES"], "V_CS": lay["V_CS"]}
     sig = {n: ("constexpr" if n in const else "*fp32" if n in ("qs_ptr", "part_ptr", "ml_ptr") else "*u8"
                if n == "kv_ptr" else "*i32" if n.endswith("_ptr") else "i32") for n in k.arg_names}

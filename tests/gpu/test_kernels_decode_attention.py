@@ -317,22 +317,26 @@ def test_two_warp_splits_policy():
     assert splits_for_two_warps(128, 8, 9, 132, 1) == 1  # 2 splits would hold < 8 tiles each
 
 
-@pytest.mark.parametrize("sink,splits,pool_splits,pdt,lens", [
-    ("fp16", None, None, torch.float16, [1, 127, 128, 700, 513, 1600, 129]),
-    ("fp16", 1, 1, torch.bfloat16, [700, 513, 1024]),
-    ("fp16", 3, 2, torch.float16, [2000, 129, 385, 900]),
-    ("fp16", 2, 4, torch.bfloat16, [1, 2000, 257]),
-    ("token", None, None, torch.bfloat16, [1, 128, 700, 1600]),
-    ("token", 2, 1, torch.float16, [129, 900, 1300]),
+@pytest.mark.parametrize("sink,splits,pool_splits,pdt,lens,fields", [
+    ("fp16", None, None, torch.float16, [1, 127, 128, 700, 513, 1600, 129], True),
+    ("fp16", 1, 1, torch.bfloat16, [700, 513, 1024], True),
+    ("fp16", 3, 2, torch.float16, [2000, 129, 385, 900], False),
+    ("fp16", 2, 4, torch.bfloat16, [1, 2000, 257], True),
+    ("token", None, None, torch.bfloat16, [1, 128, 700, 1600], False),
+    ("token", 2, 1, torch.float16, [129, 900, 1300], True),
 ])
-def test_gluon_record_pass_matches_reference(dev, sink, splits, pool_splits, pdt, lens):
+def test_gluon_record_pass_matches_reference(dev, sink, splits, pool_splits, pdt, lens, fields, monkeypatch):
     """The launcher's default where it applies (gluon None, KVARN_DECODE_GLUON on; else gluon=True): the Triton pool pass (pool tiles, sink row and the rotated q, into 1, 2 or 4 more
     partials) + the Gluon record pass (cp.async staging) + the split-K combine, against the reference:
     kvarn_k4v2_g128, head_dim 128, GQA 4, ragged lengths, sink/tail and one unflushed middle block in the pool,
-    poisoned slots, either sink mode, automatic and given splits. Skipped where Gluon cannot run (CPU, Triton's
+    poisoned slots, either sink mode, automatic and given splits; ``fields`` True: the defaults (V code fields
+    unpacked in place, decode_gluon.GLUON_V_FIELDS; the pool pass's V rows loaded with K, POOL_PASS_EARLY_V), False:
+    the alternatives (shifted fields, V after the scores). Skipped where Gluon cannot run (CPU, Triton's
     interpreter)."""
-    from kvarn.kernels import kvarn_decode_attention
+    from kvarn.kernels import decode_attention, decode_gluon, kvarn_decode_attention
     from kvarn.kernels.decode_gluon import gluon_applies
+    monkeypatch.setattr(decode_gluon, "GLUON_V_FIELDS", fields)
+    monkeypatch.setattr(decode_attention, "POOL_PASS_EARLY_V", fields)
     cfg = KvarnConfig.from_name("k4v2_g128", 128, sink=sink)
     if not gluon_applies(cfg, 4, 1, False, torch.device(dev)):
         pytest.skip("the Gluon record pass needs a CUDA device and Triton's Gluon")

@@ -147,6 +147,13 @@ def choose_pool_splits(batch: int, num_kv_heads: int, sms: int) -> int:
     return 2 if batch * num_kv_heads < 2 * sms else 1
 
 
+# The Gluon path's pool pass (NOREC programs of the Triton kernel; latency-bound: a few dependent loads per program):
+# warps per program, and whether each chunk's V rows load together with its K rows. Module constants so a probe can
+# A/B them (benchmarks/gpu/probe_gluon_parts.py --pool-variants).
+POOL_PASS_WARPS = 4
+POOL_PASS_EARLY_V = True
+
+
 def decode_launch_shape(groups: int, num_kv_heads: int, max_blocks: int, sms: int, num_splits: int | None = None,
                         num_warps: int | None = None, all_pool: bool = False, tpr: int = 1) -> tuple[int, int]:
     """(split-K factor S, warps per program) of a decode launch as ``kvarn_decode_attention`` runs it: ``groups``
@@ -308,7 +315,10 @@ def kvarn_decode_attention(
         qs = torch.empty(bsz, hq, d, dtype=torch.float32, device=q.device)
         part = torch.empty(bsz, hq, num_splits + ps, d, dtype=torch.float32, device=q.device)
         ml = torch.empty(bsz, hq, num_splits + ps, 2, dtype=torch.float32, device=q.device)
-        pool = dict(common, num_warps=4, SW=False, maxnreg=DECODE_REGS[4])
+        pool = dict(common, num_warps=POOL_PASS_WARPS, SW=False, PVE=POOL_PASS_EARLY_V)
+        pool.pop("maxnreg", None)  # the record launch's cap; 4-warp pool programs keep 128 registers
+        if POOL_PASS_WARPS in DECODE_REGS and not INTERPRET:
+            pool["maxnreg"] = DECODE_REGS[POOL_PASS_WARPS]
         _kvarn_decode_kernel[(bsz * hk, ps)](
             *args, part[:, :, num_splits:], ml[:, :, num_splits:], *strides, part.stride(0), part.stride(1),
             part.stride(2), *scales, SPLIT=True, NOREC=True, qs_ptr=qs, **pool)

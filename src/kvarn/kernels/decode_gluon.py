@@ -50,6 +50,12 @@ if triton.__version__.startswith(GLUON_TRITON_VERSIONS):
     except ImportError:
         GLUON = False
 
+# V code fields unpacked in place (``_spread`` + ``_field``: 1024 + 4^c code, the MMA sums rescaled by 4^-c) instead
+# of shifted down first (``_codes``): 1,323 -> 1,280 instructions per tile and warp (offline sm_90 SASS), 1-3% faster
+# per Gluon launch on the H200 (results/h200-lop3-2026-12-01r). A module constant so probes can A/B it
+# (probe_gluon_parts.py, variant l0/l1).
+GLUON_V_FIELDS = True
+
 # the record regions this kernel assumes (kvarn.config.KvarnConfig.offsets of kvarn_k4v2_g128 at head_dim 128)
 GLUON_LAYOUT = {"D": 128, "G": 128, "KB": 4, "VB": 2, "R": 13824, "K_CODES": 0, "K_RS": 8192, "K_RZ": 8448,
                 "K_CS": 8704, "V_CODES": 8960, "V_CS": 13056, "V_RS": 13312, "V_RZ": 13568}
@@ -65,6 +71,22 @@ if GLUON:
             "=r,=r,r", [x], dtype=gl.float16, is_pure=True, pack=4)
 
     @gluon.jit
+    def _spread(x):
+        """uint8 x -> fp16 with bit pattern 0x64xx (= 1024 + x): per four bytes two PRMTs, shared by every code
+        field of the byte (``_field`` keeps one)."""
+        return gl.inline_asm_elementwise(
+            "prmt.b32 $0, $2, 0x64646464, 0x4140; prmt.b32 $1, $2, 0x64646464, 0x4342;",
+            "=r,=r,r", [x], dtype=gl.float16, is_pure=True, pack=4)
+
+    @gluon.jit
+    def _field(p, MASK: gl.constexpr):
+        """fp16 0x64xx (``_spread``) -> 1024 + (xx & MASK), the code field in place (times 2^shift): one AND per
+        two values. The MMA's sums are rescaled by 2^-shift in fp32 (exact) afterwards."""
+        return gl.inline_asm_elementwise(
+            "and.b32 $0, $1, " + (0xFF00FF00 | (MASK * 0x00010001)).__str__() + ";",
+            "=r,r", [p], dtype=gl.float16, is_pure=True, pack=2)
+
+    @gluon.jit
     def _issue(rec, kbuf, vbuf, hbuf, st, koff, voff, hoff):
         """cp.async of one record (rec: its first byte) into stage st: K codes [64, 128] and V codes [32, 128]
         (uint8), the fp16 vectors ks, kz, kc and vc, vs, vz as hbuf rows 0-5; one commit group."""
@@ -77,7 +99,8 @@ if GLUON:
     def _gluon_record_kernel(qs_ptr, kv_ptr, b2s_ptr, bt_ptr, sl_ptr, part_ptr, ml_ptr,
                              stride_kvb, stride_btb, stride_pb, stride_ph, stride_ps,
                              HK: gl.constexpr, NW: gl.constexpr, TS: gl.constexpr,
-                             R: gl.constexpr, K_RS: gl.constexpr, V_CODES: gl.constexpr, V_CS: gl.constexpr):
+                             R: gl.constexpr, K_RS: gl.constexpr, V_CODES: gl.constexpr, V_CS: gl.constexpr,
+                             LOP: gl.constexpr = True):
         """qs [B, Hk*4, 128] fp32 (rotated, * scale * log2 e) -> partials of split program_id(1) (module doc)."""
         QPK: gl.constexpr = 4
         D: gl.constexpr = 128
@@ -176,13 +199,13 @@ if GLUON:
             ks = hv.slice(0, 128).load(gl.SliceLayout(1, qbl)).to(gl.float32)
             kz = hv.slice(128, 128).load(gl.SliceLayout(1, qbl)).to(gl.float32)
             qk = (q_un * ks[:, None]).to(gl.float16)
-            qz = gl.convert_layout(gl.sum(q_un * kz[:, None] - 1024.0 * qk.to(gl.float32), 0), cols)
             qk_op = gl.convert_layout(qk, opb)
             kb = kbuf.index(st).load(opa)  # [64, 128]: token j of plane p in nibble p
-            s0 = mma_v2(_codes(kb, 0, 15), qk_op, zs)
-            s1 = mma_v2(_codes(kb, 4, 15), qk_op, zs)
             kc0 = hv.slice(256, 64).load(rows).to(gl.float32)
             kc1 = hv.slice(320, 64).load(rows).to(gl.float32)
+            qz = gl.convert_layout(gl.sum(q_un * kz[:, None] - 1024.0 * qk.to(gl.float32), 0), cols)
+            s0 = mma_v2(_codes(kb, 0, 15), qk_op, zs)
+            s1 = mma_v2(_codes(kb, 4, 15), qk_op, zs)
             s0 = gl.where(ok0[:, None], (s0 + qz[None, :]) * qa_c[None, :] * kc0[:, None], -1e30)
             s1 = gl.where(ok1[:, None], (s1 + qz[None, :]) * qa_c[None, :] * kc1[:, None], -1e30)
             m_new = gl.maximum(m_i, gl.max(gl.maximum(s0, s1), 0))
@@ -196,32 +219,47 @@ if GLUON:
             # masked tokens give 0 whatever a pool tile's page holds (its bytes are not a record)
             pv0 = gl.where(ok0[:, None], p0 * vs0[:, None], 0.0).to(gl.float16)
             pv1 = gl.where(ok1[:, None], p1 * vs1[:, None], 0.0).to(gl.float16)
-            z0 = gl.where(ok0[:, None], p0 * vz0[:, None], 0.0) - 1024.0 * pv0.to(gl.float32)
-            z1 = gl.where(ok1[:, None], p1 * vz1[:, None], 0.0) - 1024.0 * pv1.to(gl.float32)
             ps = gl.sum(p0 + p1, 0)
-            pzc = gl.sum(z0 + z1, 0)[None, :]
             b0 = gl.convert_layout(pv0, opb)
             b1 = gl.convert_layout(pv1, opb)
             vb0 = vbuf.index(st).slice(0, 64, dim=1).load(opa)  # [32, 64]: channel 4e + c in bits 2c
             vb1 = vbuf.index(st).slice(64, 64, dim=1).load(opa)
-            t0v = mma_v2(_codes(vb1, 0, 3), b1, mma_v2(_codes(vb0, 0, 3), b0, zv))
-            t1v = mma_v2(_codes(vb1, 2, 3), b1, mma_v2(_codes(vb0, 2, 3), b0, zv))
-            t2v = mma_v2(_codes(vb1, 4, 3), b1, mma_v2(_codes(vb0, 4, 3), b0, zv))
-            t3v = mma_v2(_codes(vb1, 6, 3), b1, mma_v2(_codes(vb0, 6, 3), b0, zv))
             live = ent < 0
-            vc0 = gl.where(live, vn0.to(gl.float32), 0.0)  # this tile's vc, loaded a tile ago
-            vc1 = gl.where(live, vn1.to(gl.float32), 0.0)
-            vc2 = gl.where(live, vn2.to(gl.float32), 0.0)
-            vc3 = gl.where(live, vn3.to(gl.float32), 0.0)
+            if LOP:  # plane c enters as 1024 + 4^c code: (t_c + 4^c sum p vz - 1024 sum pv) * vc / 4^c
+                pz = gl.sum(gl.where(ok0[:, None], p0 * vz0[:, None], 0.0)
+                            + gl.where(ok1[:, None], p1 * vz1[:, None], 0.0), 0)[None, :]
+                spv = gl.sum(pv0.to(gl.float32) + pv1.to(gl.float32), 0)[None, :]
+                vp0 = _spread(vb0)
+                vp1 = _spread(vb1)
+                t0v = mma_v2(_field(vp1, 3), b1, mma_v2(_field(vp0, 3), b0, zv)) + (pz - 1024.0 * spv)
+                t1v = mma_v2(_field(vp1, 12), b1, mma_v2(_field(vp0, 12), b0, zv)) + (4.0 * pz - 1024.0 * spv)
+                t2v = mma_v2(_field(vp1, 48), b1, mma_v2(_field(vp0, 48), b0, zv)) + (16.0 * pz - 1024.0 * spv)
+                t3v = mma_v2(_field(vp1, 192), b1, mma_v2(_field(vp0, 192), b0, zv)) + (64.0 * pz - 1024.0 * spv)
+                vc0 = gl.where(live, vn0.to(gl.float32), 0.0)  # this tile's vc, loaded a tile ago
+                vc1 = gl.where(live, vn1.to(gl.float32) * 0.25, 0.0)
+                vc2 = gl.where(live, vn2.to(gl.float32) * 0.0625, 0.0)
+                vc3 = gl.where(live, vn3.to(gl.float32) * 0.015625, 0.0)
+            else:
+                z0 = gl.where(ok0[:, None], p0 * vz0[:, None], 0.0) - 1024.0 * pv0.to(gl.float32)
+                z1 = gl.where(ok1[:, None], p1 * vz1[:, None], 0.0) - 1024.0 * pv1.to(gl.float32)
+                pzc = gl.sum(z0 + z1, 0)[None, :]
+                t0v = mma_v2(_codes(vb1, 0, 3), b1, mma_v2(_codes(vb0, 0, 3), b0, zv)) + pzc
+                t1v = mma_v2(_codes(vb1, 2, 3), b1, mma_v2(_codes(vb0, 2, 3), b0, zv)) + pzc
+                t2v = mma_v2(_codes(vb1, 4, 3), b1, mma_v2(_codes(vb0, 4, 3), b0, zv)) + pzc
+                t3v = mma_v2(_codes(vb1, 6, 3), b1, mma_v2(_codes(vb0, 6, 3), b0, zv)) + pzc
+                vc0 = gl.where(live, vn0.to(gl.float32), 0.0)  # this tile's vc, loaded a tile ago
+                vc1 = gl.where(live, vn1.to(gl.float32), 0.0)
+                vc2 = gl.where(live, vn2.to(gl.float32), 0.0)
+                vc3 = gl.where(live, vn3.to(gl.float32), 0.0)
             vcp = (rec1 + V_CS).to(gl.pointer_type(gl.float16)) + e4  # tile t + 1's vc
             vn0 = gl.load(vcp)
             vn1 = gl.load(vcp + 1)
             vn2 = gl.load(vcp + 2)
             vn3 = gl.load(vcp + 3)
-            a0 = a0 * alpha[None, :] + (t0v + pzc) * vc0[:, None]
-            a1 = a1 * alpha[None, :] + (t1v + pzc) * vc1[:, None]
-            a2 = a2 * alpha[None, :] + (t2v + pzc) * vc2[:, None]
-            a3 = a3 * alpha[None, :] + (t3v + pzc) * vc3[:, None]
+            a0 = a0 * alpha[None, :] + t0v * vc0[:, None]
+            a1 = a1 * alpha[None, :] + t1v * vc1[:, None]
+            a2 = a2 * alpha[None, :] + t2v * vc2[:, None]
+            a3 = a3 * alpha[None, :] + t3v * vc3[:, None]
             m_i = m_new
             l_i = l_i * alpha + ps
             ent = ent1
@@ -290,4 +328,4 @@ def gluon_record_partials(qs, kv_cache, block_to_slot, block_table, seq_lens, pa
     _gluon_record_kernel[(bsz * hk, num_splits)](
         qs, kv_cache, block_to_slot, block_table, seq_lens, part, ml, kv_cache.stride(0), block_table.stride(0),
         part.stride(0), part.stride(1), part.stride(2), HK=hk, NW=2, TS=bool(token_sink), R=lay["R"],
-        K_RS=lay["K_RS"], V_CODES=lay["V_CODES"], V_CS=lay["V_CS"], num_warps=2)
+        K_RS=lay["K_RS"], V_CODES=lay["V_CODES"], V_CS=lay["V_CS"], LOP=GLUON_V_FIELDS, num_warps=2)

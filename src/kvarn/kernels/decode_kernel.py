@@ -118,16 +118,20 @@ def _rotate_rows(x, sgn_ptr, D: tl.constexpr, IUP: tl.constexpr, RF: tl.constexp
 @triton.jit
 def _pool_chunk(c, q_op, qa, m_i, l_i, acc, pk_ptr, pv_ptr, pbase, n_valid, lo, stride_pn, pool_k_scale, pool_v_scale,
                 QP: tl.constexpr, D: tl.constexpr, BN: tl.constexpr, PDT: tl.constexpr, UPCAST: tl.constexpr,
-                ROWS: tl.constexpr):
-    """Rows [c*BN, (c+1)*BN) of one fp16/bf16 pool tile into the online-softmax state."""
+                ROWS: tl.constexpr, VE: tl.constexpr = False):
+    """Rows [c*BN, (c+1)*BN) of one fp16/bf16 pool tile into the online-softmax state. VE: the V rows are loaded
+    together with the K rows (one memory round trip per chunk instead of two: the latency-bound pool pass)."""
     d = tl.arange(0, D)
     n = c * BN + tl.arange(0, BN)
     nm = n < n_valid
     kt = tl.load(pk_ptr + pbase + n[None, :] * stride_pn + d[:, None], mask=nm[None, :], other=0.0)
+    if VE:
+        vt = tl.load(pv_ptr + pbase + n[:, None] * stride_pn + d[None, :], mask=nm[:, None], other=0.0)
     s = dot_bf16_safe(q_op, kt.to(PDT), tl.zeros([QP, BN], tl.float32), UPCAST)
     s = tl.where(_row_mask(n, n_valid, lo, ROWS, 0, False), s * (qa * pool_k_scale)[:, None], float("-inf"))
     p, alpha, m_i, l_i = _softmax_update(s, m_i, l_i)
-    vt = tl.load(pv_ptr + pbase + n[:, None] * stride_pn + d[None, :], mask=nm[:, None], other=0.0)
+    if not VE:
+        vt = tl.load(pv_ptr + pbase + n[:, None] * stride_pn + d[None, :], mask=nm[:, None], other=0.0)
     pv = dot_bf16_safe(p.to(PDT), vt.to(PDT), tl.zeros([QP, D], tl.float32), UPCAST)
     return m_i, l_i, acc * alpha[:, None] + pv * pool_v_scale
 
@@ -135,17 +139,17 @@ def _pool_chunk(c, q_op, qa, m_i, l_i, acc, pk_ptr, pv_ptr, pbase, n_valid, lo, 
 @triton.jit
 def _pool_tile(q_op, qa, m_i, l_i, acc, pk_ptr, pv_ptr, pbase, n_valid, lo, stride_pn, pool_k_scale, pool_v_scale,
                QP: tl.constexpr, D: tl.constexpr, G: tl.constexpr, BN: tl.constexpr, PDT: tl.constexpr,
-               UPCAST: tl.constexpr, ROWS: tl.constexpr, DYN: tl.constexpr = False):
+               UPCAST: tl.constexpr, ROWS: tl.constexpr, DYN: tl.constexpr = False, VE: tl.constexpr = False):
     """One fp16/bf16 pool tile [G, D] of K and V rows into the online-softmax state (ROWS: per-row causal
     lengths, see _row_mask; a row masked out here has a finite m from an earlier tile, so its p is 0, not NaN:
     pass 1, or, when TRIM left pass 1 empty, the range's first tile, where every real row has position 0; only
     padding rows, never stored, can turn NaN).
     DYN: only the ceil(min(n_valid, G) / BN) chunks holding valid rows (a partly filled tail costs its rows);
-    otherwise all G / BN chunks, unrolled (branch-free, for the pipelined all-pool path)."""
+    otherwise all G / BN chunks, unrolled (branch-free, for the pipelined all-pool path). VE: see _pool_chunk."""
     if DYN:
         for c in range(tl.cdiv(tl.minimum(n_valid, G), BN)):
             m_i, l_i, acc = _pool_chunk(c, q_op, qa, m_i, l_i, acc, pk_ptr, pv_ptr, pbase, n_valid, lo, stride_pn,
-                                        pool_k_scale, pool_v_scale, QP, D, BN, PDT, UPCAST, ROWS)
+                                        pool_k_scale, pool_v_scale, QP, D, BN, PDT, UPCAST, ROWS, VE)
     else:
         for c in tl.static_range(G // BN):
             m_i, l_i, acc = _pool_chunk(c, q_op, qa, m_i, l_i, acc, pk_ptr, pv_ptr, pbase, n_valid, lo, stride_pn,
@@ -165,7 +169,7 @@ def _kvarn_decode_kernel(
     D: tl.constexpr, G: tl.constexpr, KB: tl.constexpr, VB: tl.constexpr, R: tl.constexpr,
     K_CODES: tl.constexpr, K_RS: tl.constexpr, K_RZ: tl.constexpr, K_CS: tl.constexpr,
     V_CODES: tl.constexpr, V_CS: tl.constexpr, V_RS: tl.constexpr, V_RZ: tl.constexpr,
-    NOREC: tl.constexpr = False, qs_ptr=None,
+    NOREC: tl.constexpr = False, qs_ptr=None, PVE: tl.constexpr = False,
 ):
     pid = tl.program_id(0)
     sid = tl.program_id(1)
@@ -249,13 +253,11 @@ def _kvarn_decode_kernel(
         # middle (blocks not flushed yet) still cost a masked record iteration.
         r0 = t0
         r1 = t1
-        if TRIM:
+        if TRIM and not NOREC:
             e_lo = tl.load(b2s_ptr + tl.load(bt_row + tl.maximum(tl.minimum(t0, t1 - 1), 0)).to(tl.int64))
             e_hi = tl.load(b2s_ptr + tl.load(bt_row + tl.maximum(t1 - 1, 0)).to(tl.int64))
             r0 = t0 + ((e_lo >= 0) & (t0 < t1)).to(tl.int32)
             r1 = t1 - ((e_hi >= 0) & (t1 - 1 >= r0)).to(tl.int32)
-        if NOREC:  # the Gluon record pass read the records: only pass 2 (and the token sink's row) here
-            r1 = r0
         q_un = q * (1.0 / qa)[:, None]  # rows scaled to max |q| = 1
         q_k = q_un
         if SW:
@@ -264,11 +266,11 @@ def _kvarn_decode_kernel(
         NL: tl.constexpr = (R + 127) // 128
         # PREF > 0: the record PREF tiles ahead is requested into L2 at the top of each tile (its block id
         # was loaded one tile earlier, so nothing here waits on memory)
-        if PREF > 0:
+        if PREF > 0 and not NOREC:
             nxt = tl.load(bt_row + tl.maximum(tl.minimum(r0 + PREF, r1 - 1), 0)).to(tl.int64)
         # AHD > 0: the per-tile load chain (block id -> pool-map entry [-> K scale vectors, AHD 2]) runs
         # ahead of the tile that uses it: ids two tiles ahead, map entries [and scales] one tile ahead
-        if AHD > 0:
+        if AHD > 0 and not NOREC:
             live = r0 < r1  # an empty range (split past the end, graph padding) reads block 0's entries
             b_nx = tl.where(live, tl.load(bt_row + tl.maximum(tl.minimum(r0, r1 - 1), 0)), 0).to(tl.int64)
             b_nx2 = tl.load(bt_row + tl.maximum(tl.minimum(r0 + 1, r1 - 1), 0)).to(tl.int64)
@@ -277,44 +279,45 @@ def _kvarn_decode_kernel(
                 h_nx = (b_nx * stride_kvb + hk * R) // 2  # the record's fp16 offset
                 ks_nx = tl.load(ksb + h_nx)
                 kz_nx = tl.load(kvh_ptr + h_nx + K_RZ // 2 + d)
-        for t in range(r0, r1):
-            if PREF > 0:
-                _prefetch_l2(kv_ptr + nxt * stride_kvb + hk * R, PL, NL)
-                nxt = tl.load(bt_row + tl.minimum(t + PREF + 1, r1 - 1)).to(tl.int64)
-            if AHD > 0:
-                blk = b_nx
-                ent = e_nx
-                e_nx = tl.load(b2s_ptr + b_nx2)
-                if AHD > 1:
-                    ks = ks_nx.to(tl.float32)
-                    kz = kz_nx.to(tl.float32)
-                    h_nx = (b_nx2 * stride_kvb + hk * R) // 2
-                    ks_nx = tl.load(ksb + h_nx)
-                    kz_nx = tl.load(kvh_ptr + h_nx + K_RZ // 2 + d)
-                b_nx = b_nx2
-                b_nx2 = tl.load(bt_row + tl.minimum(t + 2, r1 - 1)).to(tl.int64)
-            else:
-                blk = tl.load(bt_row + t).to(tl.int64)
-                ent = tl.load(b2s_ptr + blk)
-            nlo, md, me, n_valid, rb, hb = _rec_addr(blk, ent, t, seq_len, stride_kvb, hk, d, ev, G, R)
-            if AHD < 2:
-                ks = tl.load(ksb + hb, mask=md, other=0.0).to(tl.float32)
-                kz = tl.load(kvh_ptr + hb + K_RZ // 2 + d, mask=md, other=0.0).to(tl.float32)
-            s0, s1, s2, s3, n0, n1, n2, n3, mx = _tile_scores(q_k, qa, ks, kz, kv_ptr, kvh_ptr, rb, hb, n_valid, lo,
-                                                              nlo, md, d, jk, K_CODES, K_CS, KB, KPB, G, D, ASM, ROWS,
-                                                              TS, SW)
-            m_new = tl.maximum(m_i, mx)
-            alpha = tl.exp2(m_i - m_new)
-            m_i = m_new
-            ps, v0, v1, v2, v3 = _tile_values(s0, s1, s2, s3, n0, n1, n2, n3, n_valid, lo, nlo, m_new, kv_ptr, kvh_ptr,
-                                              rb, hb, me, ev, V_CODES, V_CS, V_RS, V_RZ, G, VB, VPB, KPB, QP, D, ASM,
-                                              ROWS, TS, SW)
-            l_i = l_i * alpha + ps
-            a0 = a0 * _per_row(alpha, SW) + v0
-            a1 = a1 * _per_row(alpha, SW) + v1
-            if VPB == 4:
-                a2 = a2 * _per_row(alpha, SW) + v2
-                a3 = a3 * _per_row(alpha, SW) + v3
+        if not NOREC:  # pass 1 (the Gluon pass reads the records when NOREC)
+            for t in range(r0, r1):
+                if PREF > 0:
+                    _prefetch_l2(kv_ptr + nxt * stride_kvb + hk * R, PL, NL)
+                    nxt = tl.load(bt_row + tl.minimum(t + PREF + 1, r1 - 1)).to(tl.int64)
+                if AHD > 0:
+                    blk = b_nx
+                    ent = e_nx
+                    e_nx = tl.load(b2s_ptr + b_nx2)
+                    if AHD > 1:
+                        ks = ks_nx.to(tl.float32)
+                        kz = kz_nx.to(tl.float32)
+                        h_nx = (b_nx2 * stride_kvb + hk * R) // 2
+                        ks_nx = tl.load(ksb + h_nx)
+                        kz_nx = tl.load(kvh_ptr + h_nx + K_RZ // 2 + d)
+                    b_nx = b_nx2
+                    b_nx2 = tl.load(bt_row + tl.minimum(t + 2, r1 - 1)).to(tl.int64)
+                else:
+                    blk = tl.load(bt_row + t).to(tl.int64)
+                    ent = tl.load(b2s_ptr + blk)
+                nlo, md, me, n_valid, rb, hb = _rec_addr(blk, ent, t, seq_len, stride_kvb, hk, d, ev, G, R)
+                if AHD < 2:
+                    ks = tl.load(ksb + hb, mask=md, other=0.0).to(tl.float32)
+                    kz = tl.load(kvh_ptr + hb + K_RZ // 2 + d, mask=md, other=0.0).to(tl.float32)
+                s0, s1, s2, s3, n0, n1, n2, n3, mx = _tile_scores(
+                    q_k, qa, ks, kz, kv_ptr, kvh_ptr, rb, hb, n_valid, lo, nlo, md, d, jk, K_CODES, K_CS, KB, KPB, G,
+                    D, ASM, ROWS, TS, SW)
+                m_new = tl.maximum(m_i, mx)
+                alpha = tl.exp2(m_i - m_new)
+                m_i = m_new
+                ps, v0, v1, v2, v3 = _tile_values(
+                    s0, s1, s2, s3, n0, n1, n2, n3, n_valid, lo, nlo, m_new, kv_ptr, kvh_ptr, rb, hb, me, ev, V_CODES,
+                    V_CS, V_RS, V_RZ, G, VB, VPB, KPB, QP, D, ASM, ROWS, TS, SW)
+                l_i = l_i * alpha + ps
+                a0 = a0 * _per_row(alpha, SW) + v0
+                a1 = a1 * _per_row(alpha, SW) + v1
+                if VPB == 4:
+                    a2 = a2 * _per_row(alpha, SW) + v2
+                    a3 = a3 * _per_row(alpha, SW) + v3
         if SW:
             acc = _interleave(tl.trans(a0), tl.trans(a1), tl.trans(a2), tl.trans(a3), VPB, QP, D)
         else:
@@ -334,7 +337,7 @@ def _kvarn_decode_kernel(
                 pbase = slot.to(tl.int64) * stride_ps + hk * stride_ph
                 m_i, l_i, acc = _pool_tile(q_op, qa, m_i, l_i, acc, pk_ptr, pv_ptr, pbase, seq_len - t * G, lo,
                                            stride_pn, pool_k_scale, pool_v_scale, QP, D, G, PBN, PDT, UPCAST, ROWS,
-                                           PBN < G)
+                                           PBN < G, PVE)
 
     hq = hk * QPK + qi
     if SPLIT:  # one token per program (the launcher never splits TPR > 1)
