@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Call 3 of 2026-12-01r: the Gluon path's three launches chained by programmatic dependent launch (p1) against plain
 # stream order (p0): the Gluon tests (both), per-kernel and CUDA-graph times at five shapes, benchmark (a) for kvarn.
+# The p0/p1 variants and GLUON_PDL were an experiment, removed after this call (README section 3): this script
+# needs that code (the launcher's GLUON_PDL switch and the kernels' PDL constexprs) to run again.
 # Run from the repo root: OUT=dir bash benchmarks/gpu/results/h200-lop3-2026-12-01r/call3.sh
 set -u
 export PYTHONPATH=$PWD/src:${PYTHONPATH:-}
