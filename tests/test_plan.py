@@ -318,6 +318,16 @@ def test_calibrate_reports_error(tmp_path):
     assert main(["--gpu", "h200", "--calibrate", str(p), "--mode", "offline"]) == 0
 
 
+def test_calibrate_refuses_a_result_that_is_not_a_bench_result(tmp_path, capsys):
+    """A bench_vllm_bursts.py JSON (a list of runs) is not a `kvarn bench` result: one clear error, exit 2."""
+    p = tmp_path / "bursts.json"
+    p.write_text(json.dumps([{"kv": "kvarn_k4v2_g128", "burst": "A", "out_tok_s": 13140.1}]))
+    with pytest.raises(ValueError, match="not a kvarn bench result"):
+        calibrate(p, get_gpu("h200"), load_model("qwen3-8b"))
+    assert main(["--gpu", "h200", "--calibrate", str(p)]) == 2
+    assert "not a kvarn bench result" in capsys.readouterr().err
+
+
 def test_model_that_does_not_fit():
     plan = make_plan(get_gpu("rtx4090"), load_model("qwen3-32b"), build_workload("chat"))
     d = plan["decision"]

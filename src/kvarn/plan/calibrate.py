@@ -71,6 +71,9 @@ def calibrate(
         res = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise ValueError(f"cannot read bench result {path}: {e}") from e
+    if not isinstance(res, dict):
+        raise ValueError(f"{path}: not a kvarn bench result (a JSON object with 'arms', from `kvarn bench`), got a "
+                         f"JSON {type(res).__name__}; benchmarks/gpu/bench_vllm_bursts.py output is not one")
     arms = res.get("arms") or []
     if not arms:
         raise ValueError(f"{path}: no 'arms' in the result")
