@@ -26,7 +26,8 @@ ml [B, Hq, > S, 2] (max, sum) at slots 0..S-1.
 
 Measured (H200, 2026-12-01, ``benchmarks/gpu/results/h200-gluon-2026-12-01q``), us per layer call through the
 launcher, Triton kernel -> this path: 256 x 8,192 896.2 -> 704.2 (67.5% of the copy rate), 128 x 8,192 464.6 ->
-361.3, 32 x 8,192 133.0 -> 108.3, 768 x 2,048 741.3 -> 645.9.
+361.3, 32 x 8,192 133.0 -> 108.3, 768 x 2,048 741.3 -> 645.9. With the V fields in place and the leaner pool pass
+(``h200-lop3-2026-12-01r``, benchmark (a)): 256 x 8,192 675.7 (70%), 128 x 8,192 353.7 (67%), 32 x 8,192 106.7 (56%).
 """
 from __future__ import annotations
 
