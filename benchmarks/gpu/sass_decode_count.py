@@ -38,7 +38,7 @@ def compile_decode(opts: dict) -> dict:
     const = dict(HK=8, QPK=4, QP=4, BN=128, PBN=min(DECODE_POOL_BN or 128, 128), SPLIT=False, POOL_BF16=False,
                  UPCAST=False, IUP=False, ALL_POOL=False, TPR=1,
                  ROT=True, ASM=True, PREF=DECODE_PREFETCH, AHD=DECODE_AHEAD, TS=False,  # the launcher's defaults
-                 TRIM=DECODE_TRIM, RF=DECODE_ROTF, NOREC=False,
+                 TRIM=DECODE_TRIM, RF=DECODE_ROTF, NOREC=False, PVE=False,
                  PL=prefetch_lanes(cfg), **layout_constexprs(cfg))
     launch = dict(num_warps=4, num_stages=1, maxnreg="auto")  # the small-launch default; num_warps=2: large
     for key, v in opts.items():

@@ -315,10 +315,9 @@ def kvarn_decode_attention(
         qs = torch.empty(bsz, hq, d, dtype=torch.float32, device=q.device)
         part = torch.empty(bsz, hq, num_splits + ps, d, dtype=torch.float32, device=q.device)
         ml = torch.empty(bsz, hq, num_splits + ps, 2, dtype=torch.float32, device=q.device)
-        pool = dict(common, num_warps=POOL_PASS_WARPS, SW=False, PVE=POOL_PASS_EARLY_V)
-        pool.pop("maxnreg", None)  # the record launch's cap; 4-warp pool programs keep 128 registers
-        if POOL_PASS_WARPS in DECODE_REGS and not INTERPRET:
-            pool["maxnreg"] = DECODE_REGS[POOL_PASS_WARPS]
+        # the pool programs' own register cap (128 at 4 warps), not the record launch's
+        pool = dict(common, num_warps=POOL_PASS_WARPS, SW=False, PVE=POOL_PASS_EARLY_V,
+                    maxnreg=DECODE_REGS.get(POOL_PASS_WARPS))
         _kvarn_decode_kernel[(bsz * hk, ps)](
             *args, part[:, :, num_splits:], ml[:, :, num_splits:], *strides, part.stride(0), part.stride(1),
             part.stride(2), *scales, SPLIT=True, NOREC=True, qs_ptr=qs, **pool)

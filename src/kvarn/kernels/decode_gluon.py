@@ -236,10 +236,6 @@ if GLUON:
                 t1v = mma_v2(_field(vp1, 12), b1, mma_v2(_field(vp0, 12), b0, zv)) + (4.0 * pz - 1024.0 * spv)
                 t2v = mma_v2(_field(vp1, 48), b1, mma_v2(_field(vp0, 48), b0, zv)) + (16.0 * pz - 1024.0 * spv)
                 t3v = mma_v2(_field(vp1, 192), b1, mma_v2(_field(vp0, 192), b0, zv)) + (64.0 * pz - 1024.0 * spv)
-                vc0 = gl.where(live, vn0.to(gl.float32), 0.0)  # this tile's vc, loaded a tile ago
-                vc1 = gl.where(live, vn1.to(gl.float32) * 0.25, 0.0)
-                vc2 = gl.where(live, vn2.to(gl.float32) * 0.0625, 0.0)
-                vc3 = gl.where(live, vn3.to(gl.float32) * 0.015625, 0.0)
             else:
                 z0 = gl.where(ok0[:, None], p0 * vz0[:, None], 0.0) - 1024.0 * pv0.to(gl.float32)
                 z1 = gl.where(ok1[:, None], p1 * vz1[:, None], 0.0) - 1024.0 * pv1.to(gl.float32)
@@ -248,10 +244,11 @@ if GLUON:
                 t1v = mma_v2(_codes(vb1, 2, 3), b1, mma_v2(_codes(vb0, 2, 3), b0, zv)) + pzc
                 t2v = mma_v2(_codes(vb1, 4, 3), b1, mma_v2(_codes(vb0, 4, 3), b0, zv)) + pzc
                 t3v = mma_v2(_codes(vb1, 6, 3), b1, mma_v2(_codes(vb0, 6, 3), b0, zv)) + pzc
-                vc0 = gl.where(live, vn0.to(gl.float32), 0.0)  # this tile's vc, loaded a tile ago
-                vc1 = gl.where(live, vn1.to(gl.float32), 0.0)
-                vc2 = gl.where(live, vn2.to(gl.float32), 0.0)
-                vc3 = gl.where(live, vn3.to(gl.float32), 0.0)
+            F: gl.constexpr = 0.25 if LOP else 1.0  # LOP: plane c's sums carry 4^c, divided out with its vc
+            vc0 = gl.where(live, vn0.to(gl.float32), 0.0)  # this tile's vc, loaded a tile ago
+            vc1 = gl.where(live, vn1.to(gl.float32) * F, 0.0)
+            vc2 = gl.where(live, vn2.to(gl.float32) * (F * F), 0.0)
+            vc3 = gl.where(live, vn3.to(gl.float32) * (F * F * F), 0.0)
             vcp = (rec1 + V_CS).to(gl.pointer_type(gl.float16)) + e4  # tile t + 1's vc
             vn0 = gl.load(vcp)
             vn1 = gl.load(vcp + 1)

@@ -251,35 +251,35 @@ def _kvarn_decode_kernel(
         # off and its scores dropped. TRIM: a pool tile at either end of the range (the fp16 sink first, the
         # filling tail last) is left out of pass 1 altogether (pass 2 reads it), so only pool tiles in the
         # middle (blocks not flushed yet) still cost a masked record iteration.
-        r0 = t0
-        r1 = t1
-        if TRIM and not NOREC:
-            e_lo = tl.load(b2s_ptr + tl.load(bt_row + tl.maximum(tl.minimum(t0, t1 - 1), 0)).to(tl.int64))
-            e_hi = tl.load(b2s_ptr + tl.load(bt_row + tl.maximum(t1 - 1, 0)).to(tl.int64))
-            r0 = t0 + ((e_lo >= 0) & (t0 < t1)).to(tl.int32)
-            r1 = t1 - ((e_hi >= 0) & (t1 - 1 >= r0)).to(tl.int32)
-        q_un = q * (1.0 / qa)[:, None]  # rows scaled to max |q| = 1
-        q_k = q_un
-        if SW:
-            q_k = tl.trans(q_un)  # [D, QP]
-        ksb = kvh_ptr + K_RS // 2 + d
-        NL: tl.constexpr = (R + 127) // 128
-        # PREF > 0: the record PREF tiles ahead is requested into L2 at the top of each tile (its block id
-        # was loaded one tile earlier, so nothing here waits on memory)
-        if PREF > 0 and not NOREC:
-            nxt = tl.load(bt_row + tl.maximum(tl.minimum(r0 + PREF, r1 - 1), 0)).to(tl.int64)
-        # AHD > 0: the per-tile load chain (block id -> pool-map entry [-> K scale vectors, AHD 2]) runs
-        # ahead of the tile that uses it: ids two tiles ahead, map entries [and scales] one tile ahead
-        if AHD > 0 and not NOREC:
-            live = r0 < r1  # an empty range (split past the end, graph padding) reads block 0's entries
-            b_nx = tl.where(live, tl.load(bt_row + tl.maximum(tl.minimum(r0, r1 - 1), 0)), 0).to(tl.int64)
-            b_nx2 = tl.load(bt_row + tl.maximum(tl.minimum(r0 + 1, r1 - 1), 0)).to(tl.int64)
-            e_nx = tl.load(b2s_ptr + b_nx)
-            if AHD > 1:  # a pool tile's page is a valid block, read unmasked; its scores are dropped below
-                h_nx = (b_nx * stride_kvb + hk * R) // 2  # the record's fp16 offset
-                ks_nx = tl.load(ksb + h_nx)
-                kz_nx = tl.load(kvh_ptr + h_nx + K_RZ // 2 + d)
         if not NOREC:  # pass 1 (the Gluon pass reads the records when NOREC)
+            r0 = t0
+            r1 = t1
+            if TRIM:
+                e_lo = tl.load(b2s_ptr + tl.load(bt_row + tl.maximum(tl.minimum(t0, t1 - 1), 0)).to(tl.int64))
+                e_hi = tl.load(b2s_ptr + tl.load(bt_row + tl.maximum(t1 - 1, 0)).to(tl.int64))
+                r0 = t0 + ((e_lo >= 0) & (t0 < t1)).to(tl.int32)
+                r1 = t1 - ((e_hi >= 0) & (t1 - 1 >= r0)).to(tl.int32)
+            q_un = q * (1.0 / qa)[:, None]  # rows scaled to max |q| = 1
+            q_k = q_un
+            if SW:
+                q_k = tl.trans(q_un)  # [D, QP]
+            ksb = kvh_ptr + K_RS // 2 + d
+            NL: tl.constexpr = (R + 127) // 128
+            # PREF > 0: the record PREF tiles ahead is requested into L2 at the top of each tile (its block id
+            # was loaded one tile earlier, so nothing here waits on memory)
+            if PREF > 0:
+                nxt = tl.load(bt_row + tl.maximum(tl.minimum(r0 + PREF, r1 - 1), 0)).to(tl.int64)
+            # AHD > 0: the per-tile load chain (block id -> pool-map entry [-> K scale vectors, AHD 2]) runs
+            # ahead of the tile that uses it: ids two tiles ahead, map entries [and scales] one tile ahead
+            if AHD > 0:
+                live = r0 < r1  # an empty range (split past the end, graph padding) reads block 0's entries
+                b_nx = tl.where(live, tl.load(bt_row + tl.maximum(tl.minimum(r0, r1 - 1), 0)), 0).to(tl.int64)
+                b_nx2 = tl.load(bt_row + tl.maximum(tl.minimum(r0 + 1, r1 - 1), 0)).to(tl.int64)
+                e_nx = tl.load(b2s_ptr + b_nx)
+                if AHD > 1:  # a pool tile's page is a valid block, read unmasked; its scores are dropped below
+                    h_nx = (b_nx * stride_kvb + hk * R) // 2  # the record's fp16 offset
+                    ks_nx = tl.load(ksb + h_nx)
+                    kz_nx = tl.load(kvh_ptr + h_nx + K_RZ // 2 + d)
             for t in range(r0, r1):
                 if PREF > 0:
                     _prefetch_l2(kv_ptr + nxt * stride_kvb + hk * R, PL, NL)
