@@ -6,7 +6,12 @@ CUDA-graph replay time of the whole call (median, as benchmark (a) times it: ``g
 ``--pool-variants w4e0,w4e1,w8e1b128``: the Gluon path only, once per variant of its pool pass: ``w`` warps per pool
 program (decode_attention.POOL_PASS_WARPS), ``e`` V rows loaded with K rows (POOL_PASS_EARLY_V, 0/1), optional ``b``
 rows per pool chunk (pool_block_n), optional ``l`` 0/1 (decode_gluon.GLUON_V_FIELDS: V code fields unpacked in
-place).
+place), optional ``f`` 0/32/64 (0: the Triton pool pass before the Gluon launch; 32/64: pool programs inside the Gluon
+launch with chunks of that many rows, decode_attention.GLUON_POOL_FUSED / GLUON_POOL_BN; default 32), optional ``c``
+0/1 (the split-K combine's partials one per loop step / all in one load, decode_attention.COMBINE_ONE_LOAD_MAX; default
+1), optional ``z`` (fused path: the pool programs start after the record splits, decode_gluon.GLUON_POOL_LAST; without
+it they start first), optional ``r`` (fused path: q rotated by a launch of its own, decode_attention.GLUON_QROT off;
+without it every Gluon program rotates q). The pool-pass settings w, e, b apply to f0 only.
 
     cd benchmarks/gpu && python3 probe_gluon_parts.py [--shapes 256x8192,768x1152] [--pool-variants ...] [--json F]
 """
@@ -63,12 +68,17 @@ def main() -> None:
         for gl, var in runs:
             kw = {}
             if var:
-                m = re.fullmatch(r"w(\d)e(\d)(?:b(\d+))?(?:l(\d))?", var)
+                m = re.fullmatch(r"w(\d)e(\d)(?:b(\d+))?(?:l(\d))?(?:f(\d+))?(?:c(\d))?(z?)(r?)", var)
                 if m is None:
-                    raise SystemExit(f"bad variant {var!r}: w<warps>e<0|1>[b<rows>][l<0|1>]")
-                w, ev, bn, lop = m.groups()
+                    raise SystemExit(f"bad variant {var!r}: w<warps>e<0|1>[b<rows>][l<0|1>][f<0|32|64>][c<0|1>][z][r]")
+                w, ev, bn, lop, fu, one, last, rq = m.groups()
+                da.GLUON_QROT = rq != "r"
+                dg.GLUON_POOL_LAST = last == "z"
+                da.COMBINE_ONE_LOAD_MAX = 0 if one == "0" else 32
                 da.POOL_PASS_WARPS, da.POOL_PASS_EARLY_V = int(w), ev == "1"
                 dg.GLUON_V_FIELDS = lop != "0"
+                da.GLUON_POOL_FUSED = fu != "0"
+                da.GLUON_POOL_BN = int(fu) if fu and fu != "0" else 32
                 if bn:
                     kw["pool_block_n"] = int(bn)
 

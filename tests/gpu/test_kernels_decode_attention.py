@@ -323,26 +323,38 @@ def test_two_warp_splits_policy():
     assert splits_for_two_warps(128, 8, 9, 132, 1) == 1  # 2 splits would hold < 8 tiles each
 
 
-@pytest.mark.parametrize("sink,splits,pool_splits,pdt,lens,fields", [
-    ("fp16", None, None, torch.float16, [1, 127, 128, 700, 513, 1600, 129], True),
-    ("fp16", 1, 1, torch.bfloat16, [700, 513, 1024], True),
-    ("fp16", 3, 2, torch.float16, [2000, 129, 385, 900], False),
-    ("fp16", 2, 4, torch.bfloat16, [1, 2000, 257], True),
-    ("token", None, None, torch.bfloat16, [1, 128, 700, 1600], False),
-    ("token", 2, 1, torch.float16, [129, 900, 1300], True),
+@pytest.mark.parametrize("sink,splits,pool_splits,pdt,lens,fields,fused", [
+    ("fp16", None, None, torch.float16, [1, 127, 128, 700, 513, 1600, 129], True, "32"),
+    ("fp16", 1, 1, torch.bfloat16, [700, 513, 1024], True, "32r"),
+    ("fp16", 1, 1, torch.bfloat16, [700, 513, 1024], True, "0"),
+    ("fp16", 3, 2, torch.float16, [2000, 129, 385, 900], False, "64"),
+    ("fp16", 3, 2, torch.float16, [2000, 129, 385, 900], False, "0"),
+    ("fp16", 2, 4, torch.bfloat16, [1, 2000, 257], True, "32f"),
+    ("token", None, None, torch.bfloat16, [1, 128, 700, 1600], False, "32"),
+    ("token", None, None, torch.bfloat16, [1, 128, 700, 1600], False, "0"),
+    ("token", 2, 1, torch.float16, [129, 900, 1300], True, "64rf"),
+    ("token", 2, 4, torch.float16, [129, 900, 1300, 2100], True, "32"),
 ])
-def test_gluon_record_pass_matches_reference(dev, sink, splits, pool_splits, pdt, lens, fields, monkeypatch):
-    """The launcher's default where it applies (gluon None, KVARN_DECODE_GLUON on; else gluon=True): the Triton pool
-    pass (pool tiles, sink row and the rotated q, into 1, 2 or 4 more partials) + the Gluon record pass (cp.async
-    staging) + the split-K combine, against the reference: kvarn_k4v2_g128, head_dim 128, GQA 4, ragged lengths, sink/tail and one unflushed middle block in the pool,
-    poisoned slots, either sink mode, automatic and given splits; ``fields`` True: the defaults (V code fields
-    unpacked in place, decode_gluon.GLUON_V_FIELDS; the pool pass's V rows loaded with K, POOL_PASS_EARLY_V), False:
-    the alternatives (shifted fields, V after the scores). Skipped where Gluon cannot run (CPU, Triton's
-    interpreter)."""
+def test_gluon_record_pass_matches_reference(dev, sink, splits, pool_splits, pdt, lens, fields, fused, monkeypatch):
+    """The launcher's default where it applies (gluon None, KVARN_DECODE_GLUON on; else gluon=True): ``fused`` "32" /
+    "64" (decode_attention.GLUON_POOL_FUSED, pool chunks of that many rows; "32" is the default): one Gluon launch
+    whose pool programs (pool tiles and the token sink's row, into 1, 2 or 4 more partials) start after the record
+    splits (cp.async staging; "f": before them, decode_gluon.GLUON_POOL_LAST off) and whose every program rotates q
+    itself ("r": q rotated by a launch of its own first, decode_attention.GLUON_QROT off); "0": the Triton pool
+    pass (it also stores the rotated q) before the Gluon record pass; then the split-K combine; against the
+    reference: kvarn_k4v2_g128, head_dim 128, GQA 4, q strided (a slice of qkv), ragged lengths, sink/tail and one unflushed middle block in the pool, poisoned slots, either sink mode, automatic and
+    given splits; ``fields`` True: the defaults (V code fields unpacked in place, decode_gluon.GLUON_V_FIELDS; the
+    Triton pool pass's V rows loaded with K, POOL_PASS_EARLY_V), False: the alternatives (shifted fields, V after
+    the scores). Skipped where Gluon cannot run (CPU, Triton's interpreter)."""
     from kvarn.kernels import decode_attention, decode_gluon, kvarn_decode_attention
     from kvarn.kernels.decode_gluon import gluon_applies
     monkeypatch.setattr(decode_gluon, "GLUON_V_FIELDS", fields)
     monkeypatch.setattr(decode_attention, "POOL_PASS_EARLY_V", fields)
+    rows = int(fused.rstrip("rf"))
+    monkeypatch.setattr(decode_attention, "GLUON_POOL_FUSED", rows > 0)
+    monkeypatch.setattr(decode_attention, "GLUON_POOL_BN", rows or 32)
+    monkeypatch.setattr(decode_attention, "GLUON_QROT", "r" not in fused)
+    monkeypatch.setattr(decode_gluon, "GLUON_POOL_LAST", "f" not in fused)
     cfg = KvarnConfig.from_name("k4v2_g128", 128, sink=sink)
     if not gluon_applies(cfg, 4, 1, False, torch.device(dev)):
         pytest.skip("the Gluon record pass needs a CUDA device and Triton's Gluon")
@@ -351,7 +363,9 @@ def test_gluon_record_pass_matches_reference(dev, sink, splits, pool_splits, pdt
     cache, pk, pv, b2s, table = build_cache(lens, hk, cfg, pdt, gen)
     q = (torch.randn(len(lens), hq, 128, generator=gen) * 1.5).to(pdt)
     seq = torch.tensor(lens, dtype=torch.int32)
-    out = kvarn_decode_attention(q.to(dev), cache.to(dev), pk.to(dev), pv.to(dev), b2s.to(dev), table.to(dev),
+    qkv = torch.zeros(len(lens), hq + 2 * hk, 128, dtype=pdt, device=dev)  # q strided, as vLLM's split of qkv
+    qkv[:, :hq] = q.to(dev)
+    out = kvarn_decode_attention(qkv[:, :hq], cache.to(dev), pk.to(dev), pv.to(dev), b2s.to(dev), table.to(dev),
                                  seq.to(dev), 128**-0.5, cfg, num_splits=splits, gluon=None if splits is None else True,
                                  pool_splits=pool_splits).cpu()
     assert out.dtype == q.dtype and torch.isfinite(out).all()
@@ -456,3 +470,30 @@ def test_decode_rejects_bad_input(dev):
                       ("pool_splits", 3)):
         with pytest.raises(ValueError, match=name):  # the error names the bad setting
             kvarn_decode_attention(q, cache, pool, pool, b2s, table, lens, 0.1, cfg, **{name: bad})
+
+
+@pytest.mark.parametrize("hq,dt,factored", [(32, torch.bfloat16, True), (8, torch.float16, False),
+                                            (20, torch.bfloat16, True)])
+def test_rotate_q_kernel_matches_reference(dev, hq, dt, factored):
+    """decode_gluon_pool._rotate_q_kernel (the fused Gluon path's first launch): q [B, Hq, 128] in the model's frame,
+    strided, -> fp32 contiguous (q S) * q_mult with S = sqrt(128) H the +-1 matrix, against the reference rotation. Hq not a power of two (20)
+    leaves padded rows, which must not be stored (the output is poisoned with NaN)."""
+    import math
+
+    from kvarn.kernels._common import INTERPRET, hadamard_factor_signs, hadamard_signs
+    from kvarn.kernels.decode_gluon_pool import _rotate_q_kernel
+    bsz, d, mult = 5, 128, 0.37
+    big = torch.randn(bsz, hq + 3, d) * 3
+    q = big[:, 1:hq + 1].to(dt).to(dev)  # strided rows
+    sgn = hadamard_factor_signs(d, torch.device(dev)) if factored else hadamard_signs(d, torch.bfloat16,
+                                                                                      torch.device(dev))
+    qs = torch.full((bsz, hq, d), float("nan"), device=dev)
+    _rotate_q_kernel[(bsz,)](q, sgn, qs, q.stride(0), q.stride(1), mult, HQ=hq, QP=max(16, 1 << (hq - 1).bit_length()),
+                             D=d, IUP=INTERPRET, RF=factored, num_warps=4)
+    want = rotate(q.cpu().double()).double() * math.sqrt(d) * mult
+    got = qs.cpu().double()
+    assert torch.isfinite(got).all()
+    err = float((got - want).norm() / want.norm())
+    # one product: exact terms (bf16 hi + lo of a 16-bit q against +-1), fp32 sums; factored: the fp32 intermediate
+    # is split again into hi + lo (16 of its 24 bits), ~2^-17 relative (3e-6 measured in the interpreter)
+    assert err < (1e-5 if factored else 1e-6), err

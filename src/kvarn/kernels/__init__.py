@@ -5,6 +5,7 @@
                    flush_tiles_layers: all layers' tiles of a step in one launch
   decode_attention fused paged decode over packed tiles + pool rows (GQA, online softmax, split-K)
   decode_gluon     the record pass in Gluon (cp.async staging a tile ahead; default where it applies)
+  decode_gluon_pool  the Gluon launch's pool programs (fp16 sink/tail) and in-kernel q rotation
   prefill          multi-query (chunked-prefill continuation, spec verify) as per-token decode rows
 
 Each launcher validates shapes/dtypes/strides and raises ValueError listing what it expects.

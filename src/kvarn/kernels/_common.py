@@ -7,8 +7,8 @@ the kernels compile one specialization per (preset, head_dim).
 from __future__ import annotations
 
 import functools
-import os
 import math
+import os
 
 import torch
 import triton
@@ -49,6 +49,19 @@ DECODE_WARPS = int(kernel_env("KVARN_DECODE_WARPS"))
 # Warps per flush program (one [G, D] tile); 0 = by launch size and tile size (flush.flush_tiles).
 # KVARN_FLUSH_WARPS overrides, for A/B runs.
 FLUSH_WARPS = int(kernel_env("KVARN_FLUSH_WARPS"))
+# Gluon's API is experimental and moves between Triton releases (3.9 replaced async_copy_global_to_shared by
+# async_load): the Gluon decode kernels (decode_gluon.py, decode_gluon_pool.py) are written for, and compiled and timed
+# with, Triton 3.6 (torch 2.11, vLLM 0.26's CUDA stack). Other versions run the Triton kernel alone.
+GLUON_TRITON_VERSIONS = ("3.6.",)
+GLUON = False
+if triton.__version__.startswith(GLUON_TRITON_VERSIONS):
+    try:
+        from triton.experimental import gluon as _gluon  # noqa: F401
+        from triton.experimental.gluon.language.nvidia.ampere import async_copy as _cp  # noqa: F401
+        from triton.experimental.gluon.language.nvidia.ampere import mma_v2 as _mma_v2  # noqa: F401
+        GLUON = True
+    except ImportError:
+        GLUON = False
 POOL_DTYPES = (torch.float16, torch.bfloat16)
 ACT_DTYPES = (torch.float16, torch.bfloat16)
 

@@ -24,6 +24,7 @@ from kvarn.kernels._common import (ACT_DTYPES, DECODE_AHEAD, DECODE_ASM, DECODE_
                                    LOG2E, check, check_cache, hadamard, hadamard_factor_signs, hadamard_signs,
                                    layout_constexprs, num_sms, prefetch_lanes)
 from kvarn.kernels.decode_gluon import gluon_applies, gluon_record_partials
+from kvarn.kernels.decode_gluon_pool import _rotate_q_kernel
 from kvarn.kernels.decode_kernel import _combine_kernel, _kvarn_decode_kernel
 
 
@@ -152,6 +153,28 @@ def choose_pool_splits(batch: int, num_kv_heads: int, sms: int) -> int:
 # A/B them (benchmarks/gpu/probe_gluon_parts.py --pool-variants).
 POOL_PASS_WARPS = 4
 POOL_PASS_EARLY_V = True
+# The Gluon path's pool tiles read by pool programs inside the Gluon launch (decode_gluon_pool.py) instead of by the
+# Triton pool pass before it; rows per pool chunk there (32; 64 was 2-8% slower at four of five shapes and 3% faster
+# at 8 x 32,768 on the H200 before the in-kernel q rotation, with which it takes 244 registers: 4 programs per SM).
+# H200, CUDA-graph us per layer call, Triton pool pass first -> pool programs after the record splits (both with a
+# rotate-q launch; results/h200-poolfuse-2026-12-01s, call 4): 32 x 8,192 103.0 / 104.5 -> 100.3 / 99.7,
+# 128 x 8,192 352.7 / 353.5 -> 325.7 / 327.4, 256 x 8,192 681.1 / 682.6 -> 641.0 / 661.7, 768 x 1,152 434.5 / 434.2
+# -> 429.6 / 430.2, 8 x 32,768 108.2 / 108.3 -> 102.3 / 102.2.
+GLUON_POOL_FUSED = True
+GLUON_POOL_BN = 32
+# Fused path: q rotated inside every Gluon program (a fast Walsh-Hadamard transform by lane shuffles) instead of by a
+# launch of its own before it (decode_gluon_pool._rotate_q_kernel). Same call, with -> without the launch (call 6):
+# 32 x 8,192 101.8 / 102.7 -> 100.1 / 100.6, 768 x 1,152 436.8 / 437.0 -> 431.5 / 431.2, 8 x 32,768 106.2 / 105.8 ->
+# 104.2 / 103.9, 256 x 8,192 660.3 / 659.8 -> 657.5 / 656.4, 128 x 8,192 336.3 / 336.5 -> 334.5 / 340.1.
+GLUON_QROT = True
+# The split-K combine loads every partial of a row at once (up to this many splits; beyond, one per loop step):
+# 5.3 -> 3.5 us at 32 x 8,192, 14.0 -> 11.9 at 768 x 1,152 (H200, results/h200-poolfuse-2026-12-01s, call 3)
+COMBINE_ONE_LOAD_MAX = 32
+
+
+def _combine_sp(splits: int) -> int:
+    """The combine's SP constexpr: next_pow2(splits) when one load serves (<= COMBINE_ONE_LOAD_MAX), else 0."""
+    return triton.next_power_of_2(splits) if splits <= COMBINE_ONE_LOAD_MAX else 0
 
 
 def decode_launch_shape(groups: int, num_kv_heads: int, max_blocks: int, sms: int, num_splits: int | None = None,
@@ -216,9 +239,9 @@ def kvarn_decode_attention(
     rotate_factored (None = ``KVARN_DECODE_ROTF``, default on): the in-kernel rotations of q and the output as two
     16-wide products (H_D = H_m (x) H_16) instead of one [D, D] operand per program.
     gluon (None = ``KVARN_DECODE_GLUON``, default on): where ``decode_gluon.gluon_applies``, the
-    record tiles are read by the Gluon kernel (cp.async staging a tile ahead), the fp16 pool tiles by this
-    kernel's pool pass (launched first; it also stores the rotated, scaled q rows the Gluon pass reads) into
-    ``pool_splits`` more split partials, and the split-K combine merges them (three launches). pool_splits None =
+    record tiles are read by the Gluon kernel (cp.async staging a tile ahead) and the fp16 pool tiles by pool
+    programs of the same launch into ``pool_splits`` more split partials, every program rotating q itself; the
+    split-K combine merges them (two launches; GLUON_POOL_FUSED / GLUON_QROT: the earlier forms). pool_splits None =
     ``choose_pool_splits``.
     swap_ab (None = ``KVARN_DECODE_SWAP``, default: with 2-warp programs, ``choose_decode_swap``): the record pass
     transposed, S^T = K^T q^T and O^T = V^T P^T, so the tile's tokens fill the MMA's M axis and the Hq/Hk query
@@ -309,22 +332,33 @@ def kvarn_decode_attention(
                pool_k.stride(2), block_table.stride(0))
     scales = (q_mult, 1.0 / math.sqrt(d), float(pool_scale[0]), float(pool_scale[1]))
     if (DECODE_GLUON if gluon is None else gluon) and gluon_applies(cfg, qpk, tpr, all_pool, q.device):
-        # the Triton kernel's pool pass first (pool tiles and sink row into split slot S, and the rotated, scaled
-        # q rows the Gluon pass reads), then the Gluon record pass into slots 0..S-1, then the split-K combine
+        # record splits into partial slots 0..S-1 and the pool tiles (and the token sink's row) into S..S+P-1, then
+        # the split-K combine. Default: one Gluon launch for both (pool programs after the record splits), each
+        # program rotating q itself; or q rotated by its own launch first (GLUON_QROT off); or the Triton kernel's
+        # pool pass before the Gluon record pass (GLUON_POOL_FUSED off)
         ps = choose_pool_splits(bsz, hk, num_sms(q.device)) if pool_splits is None else pool_splits
-        qs = torch.empty(bsz, hq, d, dtype=torch.float32, device=q.device)
         part = torch.empty(bsz, hq, num_splits + ps, d, dtype=torch.float32, device=q.device)
         ml = torch.empty(bsz, hq, num_splits + ps, 2, dtype=torch.float32, device=q.device)
-        # the pool programs' own register cap (128 at 4 warps), not the record launch's
-        pool = dict(common, num_warps=POOL_PASS_WARPS, SW=False, PVE=POOL_PASS_EARLY_V,
-                    maxnreg=DECODE_REGS.get(POOL_PASS_WARPS))
-        _kvarn_decode_kernel[(bsz * hk, ps)](
-            *args, part[:, :, num_splits:], ml[:, :, num_splits:], *strides, part.stride(0), part.stride(1),
-            part.stride(2), *scales, SPLIT=True, NOREC=True, qs_ptr=qs, **pool)
-        gluon_record_partials(qs, kv_cache, block_to_slot, block_table, seq_lens, part, ml, num_splits,
-                              cfg.token_sink)
+        qs = None if GLUON_POOL_FUSED and GLUON_QROT else torch.empty(bsz, hq, d, dtype=torch.float32, device=q.device)
+        if qs is None:
+            gluon_record_partials(q_in, kv_cache, block_to_slot, block_table, seq_lens, part, ml, num_splits,
+                                  cfg.token_sink, pool_k, pool_v, ps, pool_scale, GLUON_POOL_BN, q_mult)
+        elif GLUON_POOL_FUSED:
+            _rotate_q_kernel[(bsz,)](q_in, sgn, qs, q_in.stride(0), q_in.stride(1), q_mult, HQ=hq,
+                                     QP=max(16, triton.next_power_of_2(hq)), D=d, IUP=INTERPRET, RF=rf, num_warps=4)
+            gluon_record_partials(qs, kv_cache, block_to_slot, block_table, seq_lens, part, ml, num_splits,
+                                  cfg.token_sink, pool_k, pool_v, ps, pool_scale, GLUON_POOL_BN)
+        else:  # the Triton kernel's pool pass first (it also stores qs), its own register cap (128 at 4 warps)
+            pool = dict(common, num_warps=POOL_PASS_WARPS, SW=False, PVE=POOL_PASS_EARLY_V,
+                        maxnreg=DECODE_REGS.get(POOL_PASS_WARPS))
+            _kvarn_decode_kernel[(bsz * hk, ps)](
+                *args, part[:, :, num_splits:], ml[:, :, num_splits:], *strides, part.stride(0), part.stride(1),
+                part.stride(2), *scales, SPLIT=True, NOREC=True, qs_ptr=qs, **pool)
+            gluon_record_partials(qs, kv_cache, block_to_slot, block_table, seq_lens, part, ml, num_splits,
+                                  cfg.token_sink, pool_k, pool_v)
         _combine_kernel[(bsz * hk,)](part, ml, sgn, o, num_splits + ps, o.stride(0), o.stride(1), 1.0 / math.sqrt(d),
-                                     HK=hk, QPK=qpk, QP=qp, D=d, ROT=rot, IUP=INTERPRET, RF=rf, num_warps=4)
+                                     HK=hk, QPK=qpk, QP=qp, D=d, ROT=rot, IUP=INTERPRET, RF=rf,
+                                     SP=_combine_sp(num_splits + ps), num_warps=4)
         return o
     if num_splits == 1:
         _kvarn_decode_kernel[(groups * hk, 1)](
@@ -336,7 +370,8 @@ def kvarn_decode_attention(
             *args, part, ml, *strides, part.stride(0), part.stride(1), part.stride(2), *scales, SPLIT=True,
             **common)
         _combine_kernel[(bsz * hk,)](part, ml, sgn, o, num_splits, o.stride(0), o.stride(1), 1.0 / math.sqrt(d),
-                                     HK=hk, QPK=qpk, QP=qp, D=d, ROT=rot, IUP=INTERPRET, RF=rf, num_warps=4)
+                                     HK=hk, QPK=qpk, QP=qp, D=d, ROT=rot, IUP=INTERPRET, RF=rf,
+                                     SP=_combine_sp(num_splits), num_warps=4)
     if rot:
         return o
     o_model = torch.matmul(o, h32)

@@ -19,43 +19,45 @@ Scope: kvarn_k4v2_g128 records, head_dim 128, 4 query heads per KV head, one tok
 Program (b*Hk + h, split s) walks the record tiles of split s (the same ranges as the Triton kernel's split-K:
 ceil(n/S) of the request's own n tiles, a pool tile at either end left out); pool tiles in the middle (blocks not
 flushed yet) are masked, and with the token sink (``KVARN_SINK=token``) position 0 of a record whose map entry is
-<= -2 is masked too. The launcher runs the Triton kernel's pool pass first (``NOREC``: the fp16 pool tiles and the
-sink row into partial slots S.., and the rotated, scaled q rows this kernel reads), then this kernel, then the
-split-K combine. Inputs: qs [B, Hq, D] fp32. Outputs: part [B, Hq, > S, D] fp32 (unnormalized, rotated frame) and
-ml [B, Hq, > S, 2] (max, sum) at slots 0..S-1.
+<= -2 is masked too. The fp16 pool tiles and the token sink's row go to P more partials (slots S..S+P-1): by pool
+programs in this launch (decode_gluon_pool.py, the default: started after the record splits, every program rotating
+q itself) or by the Triton kernel's pool pass launched before this one (``NOREC``, which then also stores the
+rotated q rows; decode_attention.GLUON_POOL_FUSED off); the split-K combine merges them. Inputs: q [B, Hq, D] in the
+model's frame (QROT) or rotated fp32 rows. Outputs: part [B, Hq, >= S+P, D] fp32 (unnormalized, rotated frame) and
+ml [B, Hq, >= S+P, 2] (max, sum).
 
 Measured (H200, 2026-12-01, ``benchmarks/gpu/results/h200-gluon-2026-12-01q``), us per layer call through the
 launcher, Triton kernel -> this path: 256 x 8,192 896.2 -> 704.2 (67.5% of the copy rate), 128 x 8,192 464.6 ->
 361.3, 32 x 8,192 133.0 -> 108.3, 768 x 2,048 741.3 -> 645.9. With the V fields in place and the leaner pool pass
 (``h200-lop3-2026-12-01r``, benchmark (a)): 256 x 8,192 675.7 (70%), 128 x 8,192 353.7 (67%), 32 x 8,192 106.7 (56%).
+With the pool programs and the q rotation in this launch and the one-load combine (``h200-poolfuse-2026-12-01s``,
+benchmark (a)): 256 x 8,192 661.8 (72%), 128 x 8,192 340.2 (70%), 32 x 8,192 100.6 (59%).
 """
 from __future__ import annotations
 
 import torch
 import triton
 
-from kvarn.kernels._common import DECODE_GLUON, INTERPRET, check, layout_constexprs
+from kvarn.kernels._common import DECODE_GLUON, GLUON, GLUON_TRITON_VERSIONS, INTERPRET, check, layout_constexprs
 
-# Gluon's API is experimental and moves between Triton releases (3.9 replaced async_copy_global_to_shared by
-# async_load): this kernel is written for, and compiled and timed with, Triton 3.6 (torch 2.11, vLLM 0.26's CUDA
-# stack). Other versions run the Triton kernel alone.
-GLUON_TRITON_VERSIONS = ("3.6.",)
-GLUON = False
-if triton.__version__.startswith(GLUON_TRITON_VERSIONS):
-    try:
-        from triton.experimental import gluon
-        from triton.experimental.gluon import language as gl
-        from triton.experimental.gluon.language.nvidia.ampere import async_copy as cp
-        from triton.experimental.gluon.language.nvidia.ampere import mma_v2
-        GLUON = True
-    except ImportError:
-        GLUON = False
+if GLUON:
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.language.nvidia.ampere import async_copy as cp
+    from triton.experimental.gluon.language.nvidia.ampere import mma_v2
+
+    from kvarn.kernels.decode_gluon_pool import _pool_program, _q_rows
 
 # V code fields unpacked in place (``_spread`` + ``_field``: 1024 + 4^c code, the MMA sums rescaled by 4^-c) instead
 # of shifted down first (``_codes``): 1,323 -> 1,280 instructions per tile and warp (offline sm_90 SASS), 1-3% faster
 # per Gluon launch on the H200 (results/h200-lop3-2026-12-01r). A module constant so probes can A/B it
 # (probe_gluon_parts.py, variant l0/l1).
 GLUON_V_FIELDS = True
+# Fused path (decode_attention.GLUON_POOL_FUSED): the pool programs start after the record splits (True) or before.
+# After: they fill the slots the last record wave frees instead of taking slots the first needs; H200, CUDA-graph us
+# per layer call, before -> after (results/h200-poolfuse-2026-12-01s, call 4): 32 x 8,192 103.9 -> 100.3 / 99.7,
+# 128 x 8,192 354.5 -> 325.7 / 327.4, 256 x 8,192 681.6 -> 641.0 / 661.7, 8 x 32,768 127.7 -> 102.3 / 102.2.
+GLUON_POOL_LAST = True
 
 # the record regions this kernel assumes (kvarn.config.KvarnConfig.offsets of kvarn_k4v2_g128 at head_dim 128)
 GLUON_LAYOUT = {"D": 128, "G": 128, "KB": 4, "VB": 2, "R": 13824, "K_CODES": 0, "K_RS": 8192, "K_RZ": 8448,
@@ -97,19 +99,51 @@ if GLUON:
         cp.commit_group()
 
     @gluon.jit
-    def _gluon_record_kernel(qs_ptr, kv_ptr, b2s_ptr, bt_ptr, sl_ptr, part_ptr, ml_ptr,
+    def _gluon_record_kernel(qs_ptr, kv_ptr, b2s_ptr, bt_ptr, sl_ptr, part_ptr, ml_ptr, pk_ptr, pv_ptr,
                              stride_kvb, stride_btb, stride_pb, stride_ph, stride_ps,
+                             stride_pks, stride_pkn, stride_pkh, pool_k_scale, pool_v_scale,
+                             stride_qb, stride_qh, q_mult,
                              HK: gl.constexpr, NW: gl.constexpr, TS: gl.constexpr,
                              R: gl.constexpr, K_RS: gl.constexpr, V_CODES: gl.constexpr, V_CS: gl.constexpr,
-                             LOP: gl.constexpr = True):
-        """qs [B, Hk*4, 128] fp32 (rotated, * scale * log2 e) -> partials of split program_id(1) (module doc)."""
-        QPK: gl.constexpr = 4
-        D: gl.constexpr = 128
-        G: gl.constexpr = 128
+                             LOP: gl.constexpr = True, P: gl.constexpr = 0, PBN: gl.constexpr = 32,
+                             PDT: gl.constexpr = gl.float16, PLAST: gl.constexpr = False,
+                             QROT: gl.constexpr = False):
+        """qs [B, Hk*4, 128] fp32 (rotated, * scale * log2 e) -> split partials. Program (b*Hk + h, j): P > 0 (the
+        fused path): j < P pool program j into slot S + j (decode_gluon_pool._pool_program), else record split
+        j - P of S = num_programs(1) - P into slot j - P (PLAST: record splits first, j >= S pool program j - S; the
+        GPU starts programs in order of j); P = 0: record split j of num_programs(1)."""
         pid = gl.program_id(0)
         sid = gl.program_id(1)
         b = pid // HK
         hk = pid % HK
+        if P > 0:
+            nrec = gl.num_programs(1) - P
+            u = sid - nrec if PLAST else sid  # this program's pool share (< 0 or >= P: a record split)
+            rs = sid if PLAST else sid - P  # its record split
+            if (u >= 0) & (u < P):
+                _pool_program(qs_ptr, pk_ptr, pv_ptr, b2s_ptr, bt_ptr, sl_ptr, part_ptr, ml_ptr, b, hk, u,
+                              nrec + u, stride_pks, stride_pkn, stride_pkh, stride_btb, stride_pb, stride_ph,
+                              stride_ps, pool_k_scale, pool_v_scale, stride_qb, stride_qh, q_mult, HK, NW, TS, P,
+                              PBN, PDT, QROT)
+            else:
+                _record_program(qs_ptr, kv_ptr, b2s_ptr, bt_ptr, sl_ptr, part_ptr, ml_ptr, b, hk, rs, nrec,
+                                stride_kvb, stride_btb, stride_pb, stride_ph, stride_ps, stride_qb, stride_qh, q_mult,
+                                HK, NW, TS, R, K_RS, V_CODES, V_CS, LOP, QROT)
+        else:
+            _record_program(qs_ptr, kv_ptr, b2s_ptr, bt_ptr, sl_ptr, part_ptr, ml_ptr, b, hk, sid,
+                            gl.num_programs(1), stride_kvb, stride_btb, stride_pb, stride_ph, stride_ps, stride_qb,
+                            stride_qh, q_mult, HK, NW, TS, R, K_RS, V_CODES, V_CS, LOP, QROT)
+
+    @gluon.jit
+    def _record_program(qs_ptr, kv_ptr, b2s_ptr, bt_ptr, sl_ptr, part_ptr, ml_ptr, b, hk, sid, nsplit,
+                        stride_kvb, stride_btb, stride_pb, stride_ph, stride_ps, stride_qb, stride_qh, q_mult,
+                        HK: gl.constexpr, NW: gl.constexpr, TS: gl.constexpr,
+                        R: gl.constexpr, K_RS: gl.constexpr, V_CODES: gl.constexpr, V_CS: gl.constexpr,
+                        LOP: gl.constexpr, QROT: gl.constexpr):
+        """Record split sid of nsplit of (request b, KV head hk) into split partial sid (module doc)."""
+        QPK: gl.constexpr = 4
+        D: gl.constexpr = 128
+        G: gl.constexpr = 128
         mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[NW, 1], instr_shape=[16, 8])
         opa: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=4)
         opb: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=mma, k_width=4)
@@ -122,6 +156,12 @@ if GLUON:
         csh: gl.constexpr = gl.SwizzledSharedLayout(vec=16, per_phase=1, max_phase=8, order=[1, 0])
         hsh: gl.constexpr = gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[1, 0])
         flat: gl.constexpr = gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[0])
+        # the query rows first (QROT: rotated here), before the copy offsets below are live (after them the QROT
+        # kernel took 215 registers, offline sm_90 SASS: 4 programs per SM instead of 6)
+        qt = _q_rows(qs_ptr, b, hk, stride_qb, stride_qh, q_mult, QROT, NW)  # [D, 4] fp32, rotated and scaled
+        qa = gl.max(gl.abs(qt), 0) + 1e-30
+        q_un = qt * (1.0 / qa)[None, :]
+        qa_c = gl.convert_layout(qa, cols)
         # two stages, one tile in flight (three, 44 KB and 5 programs per SM instead of 6: 7-20% slower, H200)
         kbuf = gl.allocate_shared_memory(gl.uint8, [2, 64, 128], csh)
         vbuf = gl.allocate_shared_memory(gl.uint8, [2, 32, 128], csh)
@@ -139,31 +179,31 @@ if GLUON:
 
         seq_len = gl.load(sl_ptr + b)
         n_tiles = gl.cdiv(seq_len, G)
-        tps = gl.cdiv(n_tiles, gl.num_programs(1))
+        tps = gl.cdiv(n_tiles, nsplit)
         t0 = sid * tps
         t1 = gl.minimum(t0 + tps, n_tiles)
         bt_row = bt_ptr + b * stride_btb
+        # block ids of tiles t0, t0 + 1, t0 + 2 and t1 - 1 in one round trip (clamped to the request's tiles; a
+        # clamped id is never used), so the first record's copy waits on two dependent loads after seq_len, not three
+        last = gl.maximum(n_tiles - 1, 0)
+        bt0 = gl.load(bt_row + gl.minimum(t0, last))
+        bt1 = gl.load(bt_row + gl.minimum(t0 + 1, last))
+        bt2 = gl.load(bt_row + gl.minimum(t0 + 2, last))
         # a pool tile at either end of the range (the fp16 sink, the filling tail) is not walked here
-        e_lo = gl.load(b2s_ptr + gl.load(bt_row + gl.maximum(gl.minimum(t0, t1 - 1), 0)).to(gl.int64))
+        e_lo = gl.load(b2s_ptr + bt0.to(gl.int64))
         e_hi = gl.load(b2s_ptr + gl.load(bt_row + gl.maximum(t1 - 1, 0)).to(gl.int64))
         r0 = t0 + ((e_lo >= 0) & (t0 < t1)).to(gl.int32)
         r1 = t1 - ((e_hi >= 0) & (t1 - 1 >= r0)).to(gl.int32)
 
-        qd = gl.arange(0, D, layout=gl.SliceLayout(1, qbl))
-        qn = gl.arange(0, QPK, layout=gl.SliceLayout(0, qbl))
-        qt = gl.load(qs_ptr + (b * HK * QPK + hk * QPK + qn[None, :]) * D + qd[:, None])  # [D, 4]
-        qa = gl.max(gl.abs(qt), 0) + 1e-30
-        q_un = qt * (1.0 / qa)[None, :]
-        qa_c = gl.convert_layout(qa, cols)
 
         # an empty range (split past the end, CUDA-graph padding) copies block 0's record, never used
         live_r = r0 < r1
-        blk = gl.where(live_r, gl.load(bt_row + gl.maximum(gl.minimum(r0, r1 - 1), 0)), 0).to(gl.int64)
+        blk = gl.where(live_r, gl.where(r0 == t0, bt0, bt1), 0).to(gl.int64)  # tile r0's (r0 is t0 or t0 + 1)
         ent = gl.load(b2s_ptr + blk)
         rec0 = kv_ptr + blk * stride_kvb + hk * R
         _issue(rec0, kbuf, vbuf, hbuf, 0, koff, voff, hoff)
         # tile t + 1's block, map entry and record (the last tile repeats: same group count, never used)
-        blk1 = gl.where(live_r, gl.load(bt_row + gl.maximum(gl.minimum(r0 + 1, r1 - 1), 0)), 0).to(gl.int64)
+        blk1 = gl.where(live_r & (r0 + 1 < r1), gl.where(r0 == t0, bt1, bt2).to(gl.int64), blk)
         ent1 = gl.load(b2s_ptr + blk1)
         rec1 = kv_ptr + blk1 * stride_kvb + hk * R
         e4 = gl.arange(0, 32, layout=rows) * 4
@@ -309,21 +349,39 @@ def decode_path_note(cfg, q_heads_per_kv: int) -> str:
 
 
 def gluon_record_partials(qs, kv_cache, block_to_slot, block_table, seq_lens, part, ml, num_splits: int,
-                          token_sink: bool) -> None:
-    """Record pass into split slots 0..S-1: qs fp32 [B, 4*Hk, 128] contiguous (rotated, * scale * log2 e);
-    kv_cache uint8 [NB, Hk, 13824]; part fp32 [B, Hq, > S, 128] and ml fp32 [B, Hq, > S, 2], both contiguous."""
+                          token_sink: bool, pool_k, pool_v, pool_splits: int = 0, pool_scale=(1.0, 1.0),
+                          pool_block_n: int = 32, q_mult: float | None = None) -> None:
+    """Record pass into split slots 0..S-1 and, ``pool_splits`` P > 0 (the fused path), the pool tiles and the token
+    sink's row into slots S..S+P-1 in the same launch: qs [B, 4*Hk, 128] with contiguous channels: q_mult None: fp32,
+    rotated and * scale * log2 e; else q in the model's frame (fp16/bf16/fp32), rotated in every program (fast
+    Walsh-Hadamard transform, decode_gluon_pool._q_rows) and times q_mult. kv_cache uint8 [NB, Hk, 13824]; pool_k /
+    pool_v fp16/bf16 [slots, G, Hk, 128] (rows contiguous); part fp32 [B, Hq, >= S+P, 128] and ml fp32 [B, Hq,
+    >= S+P, 2], both contiguous."""
     bsz, hq, d = qs.shape
     hk = kv_cache.shape[1]
-    check(qs.dtype == torch.float32 and qs.is_contiguous() and d == 128 and hq == 4 * hk,
-          f"qs must be contiguous fp32 [B, 4*Hk, 128], got {qs.dtype} {tuple(qs.shape)} (Hk {hk})")
+    check(qs.dim() == 3 and qs.stride(2) == 1 and d == 128 and hq == 4 * hk
+          and (qs.dtype == torch.float32 if q_mult is None else qs.dtype in (torch.float16, torch.bfloat16,
+                                                                               torch.float32)),
+          f"qs must be [B, 4*Hk, 128] with contiguous channels, fp32 (or fp16/bf16/fp32 with q_mult), got {qs.dtype} "
+          f"{tuple(qs.shape)} strides {qs.stride()} (Hk {hk})")
     check(kv_cache.dtype == torch.uint8 and kv_cache.shape[2] == GLUON_LAYOUT["R"] and kv_cache.stride(1) ==
           GLUON_LAYOUT["R"] and kv_cache.stride(2) == 1, f"kv_cache must be uint8 [NB, Hk, {GLUON_LAYOUT['R']}] "
           f"with contiguous heads, got {kv_cache.dtype} {tuple(kv_cache.shape)} strides {kv_cache.stride()}")
-    check(part.is_contiguous() and ml.is_contiguous() and part.shape[:2] == (bsz, hq) and part.shape[2] > num_splits
-          and ml.shape == (*part.shape[:3], 2), f"part [B, Hq, > S, D] / ml [B, Hq, > S, 2] contiguous fp32, got "
-          f"{tuple(part.shape)} / {tuple(ml.shape)} for S = {num_splits}")
+    check(part.is_contiguous() and ml.is_contiguous() and part.shape[:2] == (bsz, hq)
+          and part.shape[2] >= num_splits + pool_splits
+          and ml.shape == (*part.shape[:3], 2), f"part [B, Hq, >= S+P, D] / ml [B, Hq, >= S+P, 2] contiguous fp32, "
+          f"got {tuple(part.shape)} / {tuple(ml.shape)} for S = {num_splits}, P = {pool_splits}")
+    check(pool_k.dtype in (torch.float16, torch.bfloat16) and pool_v.dtype == pool_k.dtype
+          and pool_k.shape == pool_v.shape and pool_k.stride() == pool_v.stride() and pool_k.shape[2:] == (hk, 128)
+          and pool_k.stride(3) == 1, f"pool_k / pool_v must be fp16/bf16 [slots, G, {hk}, 128] with the same strides, "
+          f"got {pool_k.dtype} {tuple(pool_k.shape)} / {pool_v.dtype} {tuple(pool_v.shape)}")
+    check(pool_block_n in (32, 64), f"pool_block_n must be 32 or 64, got {pool_block_n}")
     lay = GLUON_LAYOUT
-    _gluon_record_kernel[(bsz * hk, num_splits)](
-        qs, kv_cache, block_to_slot, block_table, seq_lens, part, ml, kv_cache.stride(0), block_table.stride(0),
-        part.stride(0), part.stride(1), part.stride(2), HK=hk, NW=2, TS=bool(token_sink), R=lay["R"],
-        K_RS=lay["K_RS"], V_CODES=lay["V_CODES"], V_CS=lay["V_CS"], LOP=GLUON_V_FIELDS, num_warps=2)
+    _gluon_record_kernel[(bsz * hk, num_splits + pool_splits)](
+        qs, kv_cache, block_to_slot, block_table, seq_lens, part, ml, pool_k, pool_v, kv_cache.stride(0),
+        block_table.stride(0), part.stride(0), part.stride(1), part.stride(2), pool_k.stride(0), pool_k.stride(1),
+        pool_k.stride(2), float(pool_scale[0]), float(pool_scale[1]), qs.stride(0), qs.stride(1),
+        1.0 if q_mult is None else float(q_mult), HK=hk, NW=2, TS=bool(token_sink), R=lay["R"],
+        K_RS=lay["K_RS"], V_CODES=lay["V_CODES"], V_CS=lay["V_CS"], LOP=GLUON_V_FIELDS, P=pool_splits,
+        PBN=pool_block_n, PDT=gl.bfloat16 if pool_k.dtype == torch.bfloat16 else gl.float16,
+        PLAST=GLUON_POOL_LAST, QROT=q_mult is not None, num_warps=2)

@@ -359,10 +359,11 @@ def _kvarn_decode_kernel(
 @triton.jit
 def _combine_kernel(part_ptr, ml_ptr, sgn_ptr, o_ptr, S, stride_ob, stride_oh, o_mult,
                     HK: tl.constexpr, QPK: tl.constexpr, QP: tl.constexpr, D: tl.constexpr,
-                    ROT: tl.constexpr, IUP: tl.constexpr, RF: tl.constexpr):
+                    ROT: tl.constexpr, IUP: tl.constexpr, RF: tl.constexpr, SP: tl.constexpr = 0):
     """Merge the S split partials of the QPK query heads of one (b, KV head): part [B, Hq, S, D]
     fp32 (unnormalized, rotated frame), ml [B, Hq, S, 2] (max, sum); log-sum-exp merge, normalize,
-    rotate back (ROT) and store [QPK, D] in o_ptr's dtype."""
+    rotate back (ROT) and store [QPK, D] in o_ptr's dtype. SP = next_pow2(S) > 0: every partial in one load
+    ([QP, SP, D], one memory round trip); 0: one partial per loop step (S dependent round trips)."""
     pid = tl.program_id(0)
     b = pid // HK
     hk = pid % HK
@@ -370,20 +371,32 @@ def _combine_kernel(part_ptr, ml_ptr, sgn_ptr, o_ptr, S, stride_ob, stride_oh, o
     d = tl.arange(0, D)
     qmask = qi < QPK
     row = b * HK * QPK + hk * QPK + qi  # flattened (b, hq)
-    m = tl.full([QP], float("-inf"), tl.float32)
-    l = tl.zeros([QP], tl.float32)
-    acc = tl.zeros([QP, D], tl.float32)
-    for s in range(S):
-        ms = tl.load(ml_ptr + (row * S + s) * 2, mask=qmask, other=float("-inf"))
-        ls = tl.load(ml_ptr + (row * S + s) * 2 + 1, mask=qmask, other=0.0)
-        ps = tl.load(part_ptr + (row * S + s)[:, None] * D + d[None, :], mask=qmask[:, None], other=0.0)
-        m_new = tl.maximum(m, ms)
-        live = m_new > float("-inf")
-        a_old = tl.where(live, tl.exp2(m - m_new), 0.0)
-        a_new = tl.where(live, tl.exp2(ms - m_new), 0.0)
-        acc = acc * a_old[:, None] + ps * a_new[:, None]
-        l = l * a_old + ls * a_new
-        m = m_new
+    if SP > 0:
+        si = tl.arange(0, SP)
+        rs = row[:, None] * S + si[None, :]  # [QP, SP]
+        sm = qmask[:, None] & (si < S)[None, :]
+        ms = tl.load(ml_ptr + rs * 2, mask=sm, other=float("-inf"))
+        ls = tl.load(ml_ptr + rs * 2 + 1, mask=sm, other=0.0)
+        ps = tl.load(part_ptr + rs[:, :, None] * D + d[None, None, :], mask=sm[:, :, None], other=0.0)
+        m = tl.max(ms, 1)
+        w = tl.where((m > float("-inf"))[:, None], tl.exp2(ms - m[:, None]), 0.0)  # masked slots: exp2(-inf) = 0
+        l = tl.sum(ls * w, 1)
+        acc = tl.sum(ps * w[:, :, None], 1)
+    else:
+        m = tl.full([QP], float("-inf"), tl.float32)
+        l = tl.zeros([QP], tl.float32)
+        acc = tl.zeros([QP, D], tl.float32)
+        for s in range(S):
+            ms = tl.load(ml_ptr + (row * S + s) * 2, mask=qmask, other=float("-inf"))
+            ls = tl.load(ml_ptr + (row * S + s) * 2 + 1, mask=qmask, other=0.0)
+            ps = tl.load(part_ptr + (row * S + s)[:, None] * D + d[None, :], mask=qmask[:, None], other=0.0)
+            m_new = tl.maximum(m, ms)
+            live = m_new > float("-inf")
+            a_old = tl.where(live, tl.exp2(m - m_new), 0.0)
+            a_new = tl.where(live, tl.exp2(ms - m_new), 0.0)
+            acc = acc * a_old[:, None] + ps * a_new[:, None]
+            l = l * a_old + ls * a_new
+            m = m_new
     out = acc / tl.maximum(l, 1e-30)[:, None]
     if ROT:
         out = _rotate_rows(out, sgn_ptr, D, IUP, RF) * o_mult
