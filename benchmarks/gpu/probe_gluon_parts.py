@@ -32,6 +32,8 @@ from kvarn.kernels import decode_attention as da
 from kvarn.kernels import decode_gluon as dg
 from kvarn.kernels import kvarn_decode_attention
 
+COMBINE_MAX, POOL_BN = da.COMBINE_ONE_LOAD_MAX, da.GLUON_POOL_BN  # the defaults, restored by variants without c / f
+
 
 def kernel_us(fn, iters: int = 20) -> dict:
     """{kernel name: us per call} over ``iters`` eager calls of fn (after 3 warm-up calls)."""
@@ -74,11 +76,11 @@ def main() -> None:
                 w, ev, bn, lop, fu, one, last, rq = m.groups()
                 da.GLUON_QROT = rq != "r"
                 dg.GLUON_POOL_LAST = last == "z"
-                da.COMBINE_ONE_LOAD_MAX = 0 if one == "0" else 32
+                da.COMBINE_ONE_LOAD_MAX = 0 if one == "0" else COMBINE_MAX
                 da.POOL_PASS_WARPS, da.POOL_PASS_EARLY_V = int(w), ev == "1"
                 dg.GLUON_V_FIELDS = lop != "0"
                 da.GLUON_POOL_FUSED = fu != "0"
-                da.GLUON_POOL_BN = int(fu) if fu and fu != "0" else 32
+                da.GLUON_POOL_BN = int(fu) if fu and fu != "0" else POOL_BN
                 if bn:
                     kw["pool_block_n"] = int(bn)
 

@@ -3,7 +3,9 @@ spill instructions, and the record loop's instruction count and memory operation
 is written for Triton 3.6's Gluon API (the H200's version), so run it with that Triton, e.g.
 
     pip install --no-deps --target /tmp/t36 triton==3.6.0
-    cd benchmarks/gpu && PYTHONPATH=/tmp/t36:../../src python3 sass_gluon_count.py [TS=1] [P=2] [BF16=1] [maxnreg=144]
+    cd benchmarks/gpu && PYTHONPATH=/tmp/t36:../../src python3 sass_gluon_count.py [TS=1] [maxnreg=144] \
+        [P=2,PLAST=1,QROT=1]   (the default launch: pool programs after the record splits, q rotated in-kernel;
+                                also PBN=64, BF16=1)
 """
 from __future__ import annotations
 
@@ -34,8 +36,8 @@ def census(opts: dict) -> dict:
     ptr = {"qs_ptr": "*fp32", "part_ptr": "*fp32", "ml_ptr": "*fp32", "kv_ptr": "*u8",
            "pk_ptr": "*bf16" if const["PDT"] == gl.bfloat16 else "*fp16"}
     ptr["pv_ptr"] = ptr["pk_ptr"]
-    if const["QROT"]:
-        ptr["qs_ptr"] = "*bf16" if not opts.pop("QF32", 0) else "*fp32"
+    if const["QROT"]:  # q in the model's frame (bf16), rotated in the kernel
+        ptr["qs_ptr"] = "*bf16"
     sig = {n: ("constexpr" if n in const else ptr.get(n, "*i32") if n.endswith("_ptr") else "fp32"
                if n.endswith("_scale") or n == "q_mult" else "i32") for n in k.arg_names}
     attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(k.arg_names)

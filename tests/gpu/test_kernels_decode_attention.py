@@ -342,8 +342,8 @@ def test_gluon_record_pass_matches_reference(dev, sink, splits, pool_splits, pdt
     splits (cp.async staging; "f": before them, decode_gluon.GLUON_POOL_LAST off) and whose every program rotates q
     itself ("r": q rotated by a launch of its own first, decode_attention.GLUON_QROT off); "0": the Triton pool
     pass (it also stores the rotated q) before the Gluon record pass; then the split-K combine; against the
-    reference: kvarn_k4v2_g128, head_dim 128, GQA 4, q strided (a slice of qkv), ragged lengths, sink/tail and one unflushed middle block in the pool, poisoned slots, either sink mode, automatic and
-    given splits; ``fields`` True: the defaults (V code fields unpacked in place, decode_gluon.GLUON_V_FIELDS; the
+    reference: kvarn_k4v2_g128, head_dim 128, GQA 4, q strided (a slice of qkv), ragged lengths, sink/tail and one
+    unflushed middle block in the pool, poisoned slots, either sink mode, automatic and given splits; ``fields`` True: the defaults (V code fields unpacked in place, decode_gluon.GLUON_V_FIELDS; the
     Triton pool pass's V rows loaded with K, POOL_PASS_EARLY_V), False: the alternatives (shifted fields, V after
     the scores). Skipped where Gluon cannot run (CPU, Triton's interpreter)."""
     from kvarn.kernels import decode_attention, decode_gluon, kvarn_decode_attention
@@ -475,16 +475,17 @@ def test_decode_rejects_bad_input(dev):
 @pytest.mark.parametrize("hq,dt,factored", [(32, torch.bfloat16, True), (8, torch.float16, False),
                                             (20, torch.bfloat16, True)])
 def test_rotate_q_kernel_matches_reference(dev, hq, dt, factored):
-    """decode_gluon_pool._rotate_q_kernel (the fused Gluon path's first launch): q [B, Hq, 128] in the model's frame,
-    strided, -> fp32 contiguous (q S) * q_mult with S = sqrt(128) H the +-1 matrix, against the reference rotation. Hq not a power of two (20)
-    leaves padded rows, which must not be stored (the output is poisoned with NaN)."""
+    """decode_gluon_pool._rotate_q_kernel (the fused Gluon path's first launch with decode_attention.GLUON_QROT off):
+    q [B, Hq, 128] in the model's frame, rows strided, -> fp32 contiguous (q S) * q_mult with S = sqrt(128) H the +-1
+    matrix, against the reference rotation. Hq not a power of two (20) leaves padded rows, which must not be stored
+    (the output is poisoned with NaN)."""
     import math
 
     from kvarn.kernels._common import INTERPRET, hadamard_factor_signs, hadamard_signs
     from kvarn.kernels.decode_gluon_pool import _rotate_q_kernel
     bsz, d, mult = 5, 128, 0.37
-    big = torch.randn(bsz, hq + 3, d) * 3
-    q = big[:, 1:hq + 1].to(dt).to(dev)  # strided rows
+    q = (torch.randn(bsz, hq + 3, d) * 3).to(dt).to(dev)[:, 1:hq + 1]  # strided rows (a view)
+    assert q.stride(0) == (hq + 3) * d
     sgn = hadamard_factor_signs(d, torch.device(dev)) if factored else hadamard_signs(d, torch.bfloat16,
                                                                                       torch.device(dev))
     qs = torch.full((bsz, hq, d), float("nan"), device=dev)

@@ -339,23 +339,25 @@ def kvarn_decode_attention(
         ps = choose_pool_splits(bsz, hk, num_sms(q.device)) if pool_splits is None else pool_splits
         part = torch.empty(bsz, hq, num_splits + ps, d, dtype=torch.float32, device=q.device)
         ml = torch.empty(bsz, hq, num_splits + ps, 2, dtype=torch.float32, device=q.device)
-        qs = None if GLUON_POOL_FUSED and GLUON_QROT else torch.empty(bsz, hq, d, dtype=torch.float32, device=q.device)
-        if qs is None:
+        if GLUON_POOL_FUSED and GLUON_QROT:
             gluon_record_partials(q_in, kv_cache, block_to_slot, block_table, seq_lens, part, ml, num_splits,
                                   cfg.token_sink, pool_k, pool_v, ps, pool_scale, GLUON_POOL_BN, q_mult)
-        elif GLUON_POOL_FUSED:
-            _rotate_q_kernel[(bsz,)](q_in, sgn, qs, q_in.stride(0), q_in.stride(1), q_mult, HQ=hq,
-                                     QP=max(16, triton.next_power_of_2(hq)), D=d, IUP=INTERPRET, RF=rf, num_warps=4)
-            gluon_record_partials(qs, kv_cache, block_to_slot, block_table, seq_lens, part, ml, num_splits,
-                                  cfg.token_sink, pool_k, pool_v, ps, pool_scale, GLUON_POOL_BN)
-        else:  # the Triton kernel's pool pass first (it also stores qs), its own register cap (128 at 4 warps)
-            pool = dict(common, num_warps=POOL_PASS_WARPS, SW=False, PVE=POOL_PASS_EARLY_V,
-                        maxnreg=DECODE_REGS.get(POOL_PASS_WARPS))
-            _kvarn_decode_kernel[(bsz * hk, ps)](
-                *args, part[:, :, num_splits:], ml[:, :, num_splits:], *strides, part.stride(0), part.stride(1),
-                part.stride(2), *scales, SPLIT=True, NOREC=True, qs_ptr=qs, **pool)
-            gluon_record_partials(qs, kv_cache, block_to_slot, block_table, seq_lens, part, ml, num_splits,
-                                  cfg.token_sink, pool_k, pool_v)
+        else:  # the rotated, scaled q rows written first: by a launch of their own or by the Triton pool pass
+            qs = torch.empty(bsz, hq, d, dtype=torch.float32, device=q.device)
+            if GLUON_POOL_FUSED:
+                _rotate_q_kernel[(bsz,)](q_in, sgn, qs, q_in.stride(0), q_in.stride(1), q_mult, HQ=hq,
+                                         QP=max(16, triton.next_power_of_2(hq)), D=d, IUP=INTERPRET, RF=rf,
+                                         num_warps=4)
+                gluon_record_partials(qs, kv_cache, block_to_slot, block_table, seq_lens, part, ml, num_splits,
+                                      cfg.token_sink, pool_k, pool_v, ps, pool_scale, GLUON_POOL_BN)
+            else:  # the Triton kernel's pool pass first, its own register cap (128 at 4 warps)
+                pool = dict(common, num_warps=POOL_PASS_WARPS, SW=False, PVE=POOL_PASS_EARLY_V,
+                            maxnreg=DECODE_REGS.get(POOL_PASS_WARPS))
+                _kvarn_decode_kernel[(bsz * hk, ps)](
+                    *args, part[:, :, num_splits:], ml[:, :, num_splits:], *strides, part.stride(0),
+                    part.stride(1), part.stride(2), *scales, SPLIT=True, NOREC=True, qs_ptr=qs, **pool)
+                gluon_record_partials(qs, kv_cache, block_to_slot, block_table, seq_lens, part, ml, num_splits,
+                                      cfg.token_sink, pool_k, pool_v)
         _combine_kernel[(bsz * hk,)](part, ml, sgn, o, num_splits + ps, o.stride(0), o.stride(1), 1.0 / math.sqrt(d),
                                      HK=hk, QPK=qpk, QP=qp, D=d, ROT=rot, IUP=INTERPRET, RF=rf,
                                      SP=_combine_sp(num_splits + ps), num_warps=4)

@@ -108,7 +108,8 @@ if GLUON:
                              LOP: gl.constexpr = True, P: gl.constexpr = 0, PBN: gl.constexpr = 32,
                              PDT: gl.constexpr = gl.float16, PLAST: gl.constexpr = False,
                              QROT: gl.constexpr = False):
-        """qs [B, Hk*4, 128] fp32 (rotated, * scale * log2 e) -> split partials. Program (b*Hk + h, j): P > 0 (the
+        """q rows [B, Hk*4, 128] (QROT: the model's frame, rotated by each program; else fp32, rotated and * scale *
+        log2 e) -> split partials. Program (b*Hk + h, j): P > 0 (the
         fused path): j < P pool program j into slot S + j (decode_gluon_pool._pool_program), else record split
         j - P of S = num_programs(1) - P into slot j - P (PLAST: record splits first, j >= S pool program j - S; the
         GPU starts programs in order of j); P = 0: record split j of num_programs(1)."""
@@ -194,7 +195,6 @@ if GLUON:
         e_hi = gl.load(b2s_ptr + gl.load(bt_row + gl.maximum(t1 - 1, 0)).to(gl.int64))
         r0 = t0 + ((e_lo >= 0) & (t0 < t1)).to(gl.int32)
         r1 = t1 - ((e_hi >= 0) & (t1 - 1 >= r0)).to(gl.int32)
-
 
         # an empty range (split past the end, CUDA-graph padding) copies block 0's record, never used
         live_r = r0 < r1
