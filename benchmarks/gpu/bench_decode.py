@@ -29,6 +29,8 @@ import torch
 from gpu_timing import copy_rate_gbs, device_info, graph_ms
 from kvarn.config import KvarnConfig
 from kvarn.kernels import decode_launch_shape, kvarn_decode_attention
+from kvarn.kernels._common import DECODE_GLUON
+from kvarn.kernels.decode_gluon import gluon_applies
 
 
 def kvarn_state(bsz, ctx, hk, cfg, fp16_sink=True):
@@ -92,8 +94,11 @@ def run_point(bsz, ctx, args, cfg, copy_gbs, formats, kp=None, pp=None):
 
     if {"kvarn", "kvarn_s1"} & formats and bsz * ctx * hk * cfg.bytes_per_token < budget:
         st, nbytes = kvarn_state(bsz, ctx, hk, cfg)
+        gluon = kp.get("gluon", DECODE_GLUON) and gluon_applies(cfg, q.shape[1] // hk, 1, False, q.device)
         splits, warps = decode_launch_shape(bsz, hk, ctx // cfg.group,
-                                            torch.cuda.get_device_properties(0).multi_processor_count)
+                                            torch.cuda.get_device_properties(0).multi_processor_count,
+                                            kp.get("num_splits"), kp.get("num_warps"), gluon=gluon)
+        warps = 2 if gluon else warps  # the Gluon programs' warps
         if "kvarn" in formats:
             out = kvarn_decode_attention(q, seq_lens=seq, scale=scale, cfg=cfg, **st, **kp)
             assert torch.isfinite(out).all()

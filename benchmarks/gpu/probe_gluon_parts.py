@@ -11,7 +11,10 @@ launch with chunks of that many rows, decode_attention.GLUON_POOL_FUSED / GLUON_
 0/1 (the split-K combine's partials one per loop step / all in one load, decode_attention.COMBINE_ONE_LOAD_MAX; default
 1), optional ``z`` (fused path: the pool programs start after the record splits, decode_gluon.GLUON_POOL_LAST; without
 it they start first), optional ``r`` (fused path: q rotated by a launch of its own, decode_attention.GLUON_QROT off;
-without it every Gluon program rotates q). The pool-pass settings w, e, b apply to f0 only.
+without it every Gluon program rotates q), optional ``m`` (fused path with in-kernel q rotation: the last program
+of each (request, KV head) merges the partials, decode_attention.GLUON_MERGE; without it the combine launch merges
+them), optional ``s`` / ``p`` (the record splits S / pool programs P per (request, KV head); default: chosen). The
+pool-pass settings w, e, b apply to f0 only.
 
     cd benchmarks/gpu && python3 probe_gluon_parts.py [--shapes 256x8192,768x1152] [--pool-variants ...] [--json F]
 """
@@ -70,10 +73,15 @@ def main() -> None:
         for gl, var in runs:
             kw = {}
             if var:
-                m = re.fullmatch(r"w(\d)e(\d)(?:b(\d+))?(?:l(\d))?(?:f(\d+))?(?:c(\d))?(z?)(r?)", var)
+                m = re.fullmatch(r"w(\d)e(\d)(?:b(\d+))?(?:l(\d))?(?:f(\d+))?(?:c(\d))?(z?)(r?)(m?)(?:s(\d+))?(?:p(\d))?", var)
                 if m is None:
-                    raise SystemExit(f"bad variant {var!r}: w<warps>e<0|1>[b<rows>][l<0|1>][f<0|32|64>][c<0|1>][z][r]")
-                w, ev, bn, lop, fu, one, last, rq = m.groups()
+                    raise SystemExit(f"bad variant {var!r}: w<warps>e<0|1>[b<rows>][l<0|1>][f<0|32|64>][c<0|1>][z][r][m][s<S>][p<P>]")
+                w, ev, bn, lop, fu, one, last, rq, mg, ns, npl = m.groups()
+                if ns:
+                    kw["num_splits"] = int(ns)
+                if npl:
+                    kw["pool_splits"] = int(npl)
+                da.GLUON_MERGE = mg == "m"
                 da.GLUON_QROT = rq != "r"
                 dg.GLUON_POOL_LAST = last == "z"
                 da.COMBINE_ONE_LOAD_MAX = 0 if one == "0" else COMBINE_MAX

@@ -32,14 +32,16 @@ def census(opts: dict) -> dict:
     const = {"HK": 8, "NW": 2, "TS": int(opts.pop("TS", 0)), "LOP": int(opts.pop("LOP", 1)), "R": lay["R"],
              "K_RS": lay["K_RS"], "V_CODES": lay["V_CODES"], "V_CS": lay["V_CS"], "P": int(opts.pop("P", 0)),
              "PBN": int(opts.pop("PBN", 32)), "PDT": gl.bfloat16 if opts.pop("BF16", 0) else gl.float16,
-             "PLAST": int(opts.pop("PLAST", 0)), "QROT": int(opts.pop("QROT", 0))}
+             "PLAST": int(opts.pop("PLAST", 0)), "QROT": int(opts.pop("QROT", 0)),
+             "MERGE": int(opts.pop("MERGE", 0))}
     ptr = {"qs_ptr": "*fp32", "part_ptr": "*fp32", "ml_ptr": "*fp32", "kv_ptr": "*u8",
            "pk_ptr": "*bf16" if const["PDT"] == gl.bfloat16 else "*fp16"}
     ptr["pv_ptr"] = ptr["pk_ptr"]
     if const["QROT"]:  # q in the model's frame (bf16), rotated in the kernel
         ptr["qs_ptr"] = "*bf16"
+    ptr["o_ptr"] = "*bf16"
     sig = {n: ("constexpr" if n in const else ptr.get(n, "*i32") if n.endswith("_ptr") else "fp32"
-               if n.endswith("_scale") or n == "q_mult" else "i32") for n in k.arg_names}
+               if n.endswith("_scale") or n in ("q_mult", "o_mult") else "i32") for n in k.arg_names}
     attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(k.arg_names)
              if n.endswith("_ptr") or n in ("stride_kvb", "stride_btb", "stride_pks", "stride_pkn", "stride_pkh")}
     src = GluonASTSource(fn=k, signature=sig, constexprs={(k.arg_names.index(n),): v for n, v in const.items()},

@@ -323,6 +323,20 @@ def test_two_warp_splits_policy():
     assert splits_for_two_warps(128, 8, 9, 132, 1) == 1  # 2 splits would hold < 8 tiles each
 
 
+def test_gluon_split_policy():
+    """Pure function. The Gluon path's split rule (decode_policy.GLUON_PROGRAMS_PER_SM / GLUON_NEXT_SPLIT_GAIN) picks,
+    at every (batch, context) of the H200 probes of 2026-12-01 (results/h200-merge-2026-12-01t, calls 3-4; Hk 8, 132
+    SMs, table as wide as the context), the S that ran fastest there; the Triton kernel's rule is unchanged."""
+    from kvarn.kernels.decode_attention import decode_launch_shape
+    fastest = {(16, 8192): 6, (16, 32768): 6, (32, 8192): 5, (8, 32768): 12, (12, 8192): 8, (12, 32768): 8,
+               (24, 8192): 4, (16, 2048): 4, (8, 8192): 8, (4, 8192): 16, (1, 131072): 64, (32, 32768): 6,
+               (32, 131072): 6, (64, 8192): 3, (64, 32768): 3, (128, 8192): 2, (100, 4096): 2}
+    for (b, ctx), want in fastest.items():
+        assert decode_launch_shape(b, 8, ctx // 128, 132, gluon=True)[0] == want, (b, ctx)
+    assert decode_launch_shape(16, 8, 64, 132)[0] == 4 and decode_launch_shape(32, 8, 64, 132)[0] == 6
+    assert decode_launch_shape(16, 8, 64, 132, num_splits=3, gluon=True)[0] == 3  # a given S is kept
+
+
 @pytest.mark.parametrize("sink,splits,pool_splits,pdt,lens,fields,fused", [
     ("fp16", None, None, torch.float16, [1, 127, 128, 700, 513, 1600, 129], True, "32"),
     ("fp16", 1, 1, torch.bfloat16, [700, 513, 1024], True, "32r"),
@@ -334,13 +348,17 @@ def test_two_warp_splits_policy():
     ("token", None, None, torch.bfloat16, [1, 128, 700, 1600], False, "0"),
     ("token", 2, 1, torch.float16, [129, 900, 1300], True, "64rf"),
     ("token", 2, 4, torch.float16, [129, 900, 1300, 2100], True, "32"),
+    ("fp16", None, None, torch.float16, [1, 127, 128, 700, 513, 1600, 129], True, "32c"),
+    ("token", 2, 4, torch.bfloat16, [129, 900, 1300, 2100], True, "32c"),
 ])
 def test_gluon_record_pass_matches_reference(dev, sink, splits, pool_splits, pdt, lens, fields, fused, monkeypatch):
     """The launcher's default where it applies (gluon None, KVARN_DECODE_GLUON on; else gluon=True): ``fused`` "32" /
     "64" (decode_attention.GLUON_POOL_FUSED, pool chunks of that many rows; "32" is the default): one Gluon launch
     whose pool programs (pool tiles and the token sink's row, into 1, 2 or 4 more partials) start after the record
     splits (cp.async staging; "f": before them, decode_gluon.GLUON_POOL_LAST off) and whose every program rotates q
-    itself ("r": q rotated by a launch of its own first, decode_attention.GLUON_QROT off); "0": the Triton pool
+    itself ("r": q rotated by a launch of its own first, decode_attention.GLUON_QROT off) and whose last program of
+    each (request, KV head) merges the partials ("c": the split-K combine launch instead, GLUON_MERGE off; the
+    merge must leave its arrival counters zero and give the same bits on a second call); "0": the Triton pool
     pass (it also stores the rotated q) before the Gluon record pass; then the split-K combine; against the
     reference: kvarn_k4v2_g128, head_dim 128, GQA 4, q strided (a slice of qkv), ragged lengths, sink/tail and one
     unflushed middle block in the pool, poisoned slots, either sink mode, automatic and given splits; ``fields`` True: the defaults (V code fields unpacked in place, decode_gluon.GLUON_V_FIELDS; the
@@ -350,7 +368,8 @@ def test_gluon_record_pass_matches_reference(dev, sink, splits, pool_splits, pdt
     from kvarn.kernels.decode_gluon import gluon_applies
     monkeypatch.setattr(decode_gluon, "GLUON_V_FIELDS", fields)
     monkeypatch.setattr(decode_attention, "POOL_PASS_EARLY_V", fields)
-    rows = int(fused.rstrip("rf"))
+    rows = int(fused.rstrip("rfc"))
+    monkeypatch.setattr(decode_attention, "GLUON_MERGE", "c" not in fused)
     monkeypatch.setattr(decode_attention, "GLUON_POOL_FUSED", rows > 0)
     monkeypatch.setattr(decode_attention, "GLUON_POOL_BN", rows or 32)
     monkeypatch.setattr(decode_attention, "GLUON_QROT", "r" not in fused)
@@ -365,10 +384,14 @@ def test_gluon_record_pass_matches_reference(dev, sink, splits, pool_splits, pdt
     seq = torch.tensor(lens, dtype=torch.int32)
     qkv = torch.zeros(len(lens), hq + 2 * hk, 128, dtype=pdt, device=dev)  # q strided, as vLLM's split of qkv
     qkv[:, :hq] = q.to(dev)
-    out = kvarn_decode_attention(qkv[:, :hq], cache.to(dev), pk.to(dev), pv.to(dev), b2s.to(dev), table.to(dev),
-                                 seq.to(dev), 128**-0.5, cfg, num_splits=splits, gluon=None if splits is None else True,
-                                 pool_splits=pool_splits).cpu()
+    args = (qkv[:, :hq], cache.to(dev), pk.to(dev), pv.to(dev), b2s.to(dev), table.to(dev), seq.to(dev), 128**-0.5,
+            cfg)
+    kw = {"num_splits": splits, "gluon": None if splits is None else True, "pool_splits": pool_splits}
+    out = kvarn_decode_attention(*args, **kw).cpu()
     assert out.dtype == q.dtype and torch.isfinite(out).all()
+    if rows and "r" not in fused and "c" not in fused:  # the merging launch: counters back to zero, same bits again
+        assert all(int(c.abs().sum()) == 0 for c in decode_attention._COUNTERS.values())
+        assert torch.equal(kvarn_decode_attention(*args, **kw).cpu(), out)
     assert_rows_match(out, q, lens, table, cache, pk, pv, b2s, cfg, 128**-0.5, 1.2e-2)
 
 

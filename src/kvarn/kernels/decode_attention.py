@@ -12,7 +12,6 @@ two with it. All launches are CUDA-graph safe (no host sync, shapes only).
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
@@ -20,132 +19,15 @@ import triton
 
 from kvarn.config import TOKENS_PER_PROGRAM_CHOICES, KvarnConfig
 from kvarn.kernels._common import (ACT_DTYPES, DECODE_AHEAD, DECODE_ASM, DECODE_GLUON, DECODE_POOL_BN,
-                                   DECODE_PREFETCH, DECODE_ROTF, DECODE_SWAP, DECODE_TRIM, DECODE_WARPS, INTERPRET,
+                                   DECODE_PREFETCH, DECODE_ROTF, DECODE_SWAP, DECODE_TRIM, INTERPRET,
                                    LOG2E, check, check_cache, hadamard, hadamard_factor_signs, hadamard_signs,
                                    layout_constexprs, num_sms, prefetch_lanes)
 from kvarn.kernels.decode_gluon import gluon_applies, gluon_record_partials
 from kvarn.kernels.decode_gluon_pool import _rotate_q_kernel
 from kvarn.kernels.decode_kernel import _combine_kernel, _kvarn_decode_kernel
-
-
-@functools.lru_cache(maxsize=4096)
-def choose_num_splits(batch: int, num_kv_heads: int, max_blocks: int, sms: int, programs_per_sm: int = 4,
-                      split_cost: float = 0.05, combine_cost: float = 0.5, tie: float = 0.03,
-                      cap_full: bool = True) -> int:
-    """Split-K factor S from static shapes only (CUDA-graph safe), by a wave model of the GPU.
-
-    B*Hk*S programs run ``programs_per_sm`` at a time per SM (4 programs of 4 warps at maxnreg 128),
-    so a launch takes ceil(B*Hk*S / (sms * programs_per_sm)) waves of ceil(max_blocks / S) tiles each
-    (the kernel is latency-bound per tile). Cost in tile times: waves * tiles_per_split, plus
-    ``combine_cost`` for the extra combine launch and ``split_cost`` per split (partials written and
-    merged); the fewest splits within ``tie`` (3%) of the cheapest S win. Fitted to the H200 sweep
-    (benchmarks/gpu/results/h200-decode-splits-2026-11-29): it picks the measured best at B=16/2.5K (S=4),
-    B=32/8K (S=2), B=8/8K (S=8), B=64/2K (S=1), where the previous rule (fill 8 waves, >= 4 tiles per
-    split) was up to 37% slower (S=5 at B=16/2.5K: 73.0 vs 53.1 us). Only S that are distinct after
-    rounding tiles per split up are considered. max_blocks is the block table's width (static under
-    CUDA graphs); the kernel splits each request's own tiles S ways, so contexts shorter than the
-    table shrink every split alike instead of leaving the later splits empty.
-
-    ``cap_full``: once B*Hk programs fill the GPU (>= ``programs_per_sm`` per SM) the model's wave
-    rounding is not worth the splits: S <= 2 up to two waves, S = 1 beyond. Without the cap it chose
-    S = 17 at B = 200-496 for a 67-tile table (max_model_len 8,464), 1.71-1.98x slower than S = 1 at
-    1.1K context and 1.15x slower at full context on the H200 (``check_split_policy.py --wide 67``,
-    2026-11-30), and its [B, Hq, 17, D] fp32 partials made vLLM's CUDA-graph memory estimate charge
-    6.77 GiB of KV space instead of 0.37 (``diag_graph_memory.py``). S = 2 at B = 96 measured 1.11x
-    faster than S = 1, hence the middle band."""
-    base = batch * num_kv_heads
-    slots = max(1, sms * programs_per_sm)
-    max_s = max_blocks
-    if cap_full and base >= slots:  # the GPU is full without splits: at most 2 (one to two waves), else none
-        max_s = 2 if base < 2 * slots else 1
-    costs = {1: float(-(-base // slots) * max_blocks)}
-    for s in range(2, min(max_s, max_blocks) + 1):
-        tps = -(-max_blocks // s)
-        if -(-max_blocks // tps) == s:
-            costs[s] = -(-(base * s) // slots) * tps + combine_cost + split_cost * s
-    low = min(costs.values())
-    return min(s for s, c in costs.items() if c <= low * (1 + tie))
-
-
-# Registers per thread of a record-reading program by its warps, and the programs that then fit one SM
-# (65,536 registers: 4 programs of 4 warps at 128, 6 of 2 at 168); the wave models count with the latter.
-DECODE_REGS = {2: 168, 4: 128}
-DECODE_PROGRAMS_PER_SM = {w: 65536 // (r * 32 * w) for w, r in DECODE_REGS.items()}
-# 2-warp programs (transposed record pass) once a launch holds at least this many programs per SM (below, 4 warps):
-# with the transposed pass 160 x 2,048 (9.7 per SM on 132 SMs) is 7% faster at 2 warps, 128 x 2,048 (7.8) 9% slower
-WARPS2_MIN_PER_SM = 9
-
-
-def choose_decode_warps(programs: int, sms: int, override: int = 0) -> int:
-    """Warps per program of a record-reading decode launch of ``programs`` = B*Hk*S programs (static shapes:
-    CUDA-graph safe); ``override`` 2 or 4 (``KVARN_DECODE_WARPS``) wins, 0 = by launch size.
-
-    2 warps at 168 registers (6 programs per SM) once the launch holds >= 9 programs per SM, else 4 warps at 128
-    (4 per SM); 2-warp programs run the transposed record pass (``choose_decode_swap``). A 2-warp program runs the
-    same tile math with half the threads: each warp covers twice the MMA columns, and a record tile costs 3,330
-    warp-instructions instead of 4,228 (offline sm_90 SASS, before the transposed pass). Ragged tails, fp16 sink,
-    us per layer call on the H200 (2026-12-01, ``results/h200-warps-2026-12-01n``), 4 -> 2 warps:
-    768 x 1,152 503.1 -> 480.9, 768 x 2,048 807.7 -> 772.8, 384 x 2,048 421.5 -> 401.5, 192 x 2,048 221.7 ->
-    211.4, 1,024 x 1,152 661.0 -> 627.2; equal at 160 x 2,048 (199.9 / 199.5) and 256 x 2,048; slower where the
-    launch is under ~8 programs per SM (128 x 2,048 152.8 -> 180.8, 32 x 8,192 142.1 -> 161.3). 1 warp, 8 warps,
-    and 2 warps at 96 / 144 / 232 registers were slower at every large shape. With the transposed pass (same
-    probe, ``results/h200-swap-2026-12-01o``) 2 warps also win at 160 x 2,048 (202.0 -> 187.7 us) and still lose
-    at 128 x 2,048 (154.6 -> 169.2) and 128 x 4,096 (276.3 -> 297.6): the threshold moved from 10 to 9 per SM."""
-    if override:
-        return override
-    return 2 if programs >= WARPS2_MIN_PER_SM * sms else 4
-
-
-def splits_for_two_warps(batch: int, num_kv_heads: int, max_blocks: int, sms: int, splits: int,
-                         combine_cost: float = 0.5, split_cost: float = 0.05, gain: float = 0.12) -> int:
-    """Split-K factor of a single-token record launch given the 4-warp wave model's ``splits`` (choose_num_splits).
-    When B*Hk*S programs stay under the 2-warp threshold (WARPS2_MIN_PER_SM per SM) although B*Hk >= 256: the
-    smallest S that reaches it (2-warp programs, transposed record pass), or one more where that saves ``gain``
-    (12%) of the tile times in the same wave model with 6 programs per SM (a launch ending in a part-filled wave
-    wastes it), as long as each split keeps >= 8 of the table's tiles; otherwise ``splits``. The 4-warp model ties
-    S = 1 and 2 there, but 2-warp programs fit 6 per SM, not 4. H200, uniform contexts, fp16 sink, us per layer
-    call, 4-warp choice -> this choice (2026-12-01 08:21-08:27, ``results/h200-swap-2026-12-01o/``): 128 x 8,192
-    525.2 -> 463.6 (S = 2), 128 x 32,768 1,995.1 -> 1,716.8 (S = 2), 140 x 8,192 645.9 -> 505.8 (S = 2), 100 x 4,096
-    250.3 -> 234.5 (S = 2), 64 x 8,192 270.8 -> 240.4 (S = 3), 64 x 32,768 1,013.5 -> 856.7 (S = 3), 32 x 8,192
-    143.4 -> 134.0 (S = 6; the smallest, 5, 147.6), 32 x 32,768 515.0 -> 442.8 (S = 6), 32 x 131,072 1,980.6 ->
-    1,685.7 (S = 6). Contexts much shorter than the table pay for the splits: 64 x 1,152 in a 256-tile table 57.8
-    -> 64.6 (S = 3), 128 x 1,152 103.5 -> 109.3 (S = 2) (vLLM's tables are as wide as max_model_len)."""
-    base = batch * num_kv_heads
-    need = -(-WARPS2_MIN_PER_SM * sms // base)
-    if base * splits >= WARPS2_MIN_PER_SM * sms or base < 256 or need <= splits or max_blocks < 8 * need:
-        return splits
-
-    def cost(s: int) -> float:
-        return -(-(base * s) // (DECODE_PROGRAMS_PER_SM[2] * sms)) * -(-max_blocks // s) + combine_cost + split_cost * s
-
-    nxt = need + 1
-    if max_blocks >= 8 * nxt and -(-max_blocks // -(-max_blocks // nxt)) == nxt and cost(nxt) < (1 - gain) * cost(need):
-        return nxt
-    return need
-
-
-def choose_decode_swap(num_warps: int, override: str = "auto") -> bool:
-    """Whether the record pass runs transposed (S^T = K^T q^T, O^T = V^T P^T: the tile's tokens on the MMA's M
-    axis, the Hq/Hk query rows on its N axis, padded to 8 instead of 16); ``override`` "1" / "0"
-    (``KVARN_DECODE_SWAP``) wins, "auto" = with 2-warp programs.
-
-    Offline sm_90 SASS per record tile and warp: 1,665 -> 1,436 instructions at 2 warps (half the HMMAs, 202 -> 51
-    register moves that rebuilt the padded q operand), 1,057 -> 982 at 4 warps (with spills at 128 registers).
-    H200, ragged tails, us per layer call (2026-12-01, ``results/h200-swap-2026-12-01o``): 2 warps 768 x 1,152
-    481.6 -> 450.1, 768 x 2,048 774.6 -> 709.7, 384 x 2,048 404.4 -> 373.8, 192 x 2,048 212.4 -> 199.7; 4 warps
-    slower (128 x 8,192 521.6 -> 565.6, 32 x 8,192 143.3 -> 157.7, 16 x 2,560 37.6 -> 40.3)."""
-    if override != "auto":
-        return override == "1"
-    return num_warps == 2
-
-
-def choose_pool_splits(batch: int, num_kv_heads: int, sms: int) -> int:
-    """Programs per (request, KV head) of the Gluon path's pool pass (each takes its share of the request's tiles,
-    so the fp16 sink and the filling tail land in different programs): 2 while B*Hk programs are fewer than 2 per
-    SM, else 1. H200, 2026-12-01 (``results/h200-gluon-2026-12-01q``, us per layer call with 1 / 2 programs):
-    8 x 32,768 124.5 / 116.0, 32 x 8,192 111.7 / 109.1, 64 x 8,192 196.7 / 198.9, 256 x 8,192 731.8 / 725.5,
-    768 x 1,152 455.7 / 481.6."""
-    return 2 if batch * num_kv_heads < 2 * sms else 1
+from kvarn.kernels.decode_policy import (DECODE_REGS, choose_decode_swap, choose_decode_warps,  # noqa: F401
+                                         choose_num_splits, choose_pool_splits, decode_launch_shape,
+                                         splits_for_two_warps)
 
 
 # The Gluon path's pool pass (NOREC programs of the Triton kernel; latency-bound: a few dependent loads per program):
@@ -170,32 +52,27 @@ GLUON_QROT = True
 # The split-K combine loads every partial of a row at once (up to this many splits; beyond, one per loop step):
 # 5.3 -> 3.5 us at 32 x 8,192, 14.0 -> 11.9 at 768 x 1,152 (H200, results/h200-poolfuse-2026-12-01s, call 3)
 COMBINE_ONE_LOAD_MAX = 32
+# Fused path with the in-kernel q rotation: the last Gluon program of each (request, KV head) merges the partials
+# itself (decode_gluon_merge; arrival counters), so a call is one launch; False: the split-K combine launch after it.
+GLUON_MERGE = True
+_COUNTERS: dict = {}
+
+
+def _arrival_counters(device: torch.device, n: int) -> torch.Tensor:
+    """Zeroed int32 arrival counters (>= n, at least 65,536) of the merging Gluon launch on ``device``, kept for
+    every later call (each launch leaves them zero). Allocated once per device, outside any CUDA graph when the
+    first call is eager (a first call inside a capture records the zeroing into that graph too, harmless)."""
+    key = (device.type, device.index if device.index is not None else torch.cuda.current_device())
+    buf = _COUNTERS.get(key)
+    if buf is None or buf.numel() < n:
+        buf = torch.zeros(max(n, 65536), dtype=torch.int32, device=device)
+        _COUNTERS[key] = buf
+    return buf
 
 
 def _combine_sp(splits: int) -> int:
     """The combine's SP constexpr: next_pow2(splits) when one load serves (<= COMBINE_ONE_LOAD_MAX), else 0."""
     return triton.next_power_of_2(splits) if splits <= COMBINE_ONE_LOAD_MAX else 0
-
-
-def decode_launch_shape(groups: int, num_kv_heads: int, max_blocks: int, sms: int, num_splits: int | None = None,
-                        num_warps: int | None = None, all_pool: bool = False, tpr: int = 1) -> tuple[int, int]:
-    """(split-K factor S, warps per program) of a decode launch as ``kvarn_decode_attention`` runs it: ``groups``
-    programs per KV head and split (the batch, or its token groups when ``tpr`` > 1), a ``max_blocks``-wide block
-    table, ``sms`` SMs; None = chosen (choose_num_splits, then splits_for_two_warps, then choose_decode_warps), a
-    value = kept (S clipped to 1..max_blocks and to the splits that ceil-divided tiles per split leave non-empty).
-    Benchmarks record this, so a reported S is the one that ran."""
-    if tpr > 1:
-        num_splits = 1
-    elif num_splits is None:
-        num_splits = choose_num_splits(groups, num_kv_heads, max_blocks, sms)
-        if num_warps is None and not all_pool and not DECODE_WARPS:  # 2-warp programs where splits reach them
-            num_splits = splits_for_two_warps(groups, num_kv_heads, max_blocks, sms, num_splits)
-    num_splits = max(1, min(int(num_splits), max_blocks))
-    num_splits = -(-max_blocks // -(-max_blocks // num_splits))
-    if num_warps is None:
-        num_warps = 4 if all_pool or tpr > 1 else choose_decode_warps(groups * num_kv_heads * num_splits, sms,
-                                                                       DECODE_WARPS)
-    return num_splits, num_warps
 
 
 def kvarn_decode_attention(
@@ -291,8 +168,9 @@ def kvarn_decode_attention(
     check(ahead in (0, 1, 2), f"ahead must be 0 (off), 1 (ids) or 2 (ids and K scales), got {ahead}")
     check(pool_splits in (None, 1, 2, 4), f"pool_splits must be None, 1, 2 or 4, got {pool_splits}")
     max_blocks = block_table.shape[1]
+    use_gluon = (DECODE_GLUON if gluon is None else gluon) and gluon_applies(cfg, qpk, tpr, all_pool, q.device)
     num_splits, num_warps = decode_launch_shape(groups, hk, max_blocks, num_sms(q.device), num_splits, num_warps,
-                                                all_pool, tpr)
+                                                all_pool, tpr, gluon=use_gluon)
     check(num_warps in (1, 2, 4, 8), f"num_warps must be one of 1, 2, 4, 8, got {num_warps}")
     if maxnreg == "auto":
         maxnreg = DECODE_REGS.get(num_warps)
@@ -331,7 +209,7 @@ def kvarn_decode_attention(
     strides = (q_in.stride(0), q_in.stride(1), kv_cache.stride(0), pool_k.stride(0), pool_k.stride(1),
                pool_k.stride(2), block_table.stride(0))
     scales = (q_mult, 1.0 / math.sqrt(d), float(pool_scale[0]), float(pool_scale[1]))
-    if (DECODE_GLUON if gluon is None else gluon) and gluon_applies(cfg, qpk, tpr, all_pool, q.device):
+    if use_gluon:
         # record splits into partial slots 0..S-1 and the pool tiles (and the token sink's row) into S..S+P-1, then
         # the split-K combine. Default: one Gluon launch for both (pool programs after the record splits), each
         # program rotating q itself; or q rotated by its own launch first (GLUON_QROT off); or the Triton kernel's
@@ -340,8 +218,13 @@ def kvarn_decode_attention(
         part = torch.empty(bsz, hq, num_splits + ps, d, dtype=torch.float32, device=q.device)
         ml = torch.empty(bsz, hq, num_splits + ps, 2, dtype=torch.float32, device=q.device)
         if GLUON_POOL_FUSED and GLUON_QROT:
+            merge = GLUON_MERGE
             gluon_record_partials(q_in, kv_cache, block_to_slot, block_table, seq_lens, part, ml, num_splits,
-                                  cfg.token_sink, pool_k, pool_v, ps, pool_scale, GLUON_POOL_BN, q_mult)
+                                  cfg.token_sink, pool_k, pool_v, ps, pool_scale, GLUON_POOL_BN, q_mult,
+                                  out=o if merge else None,
+                                  counters=_arrival_counters(q.device, bsz * hk) if merge else None)
+            if merge:
+                return o
         else:  # the rotated, scaled q rows written first: by a launch of their own or by the Triton pool pass
             qs = torch.empty(bsz, hq, d, dtype=torch.float32, device=q.device)
             if GLUON_POOL_FUSED:

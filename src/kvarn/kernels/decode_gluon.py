@@ -35,6 +35,8 @@ benchmark (a)): 256 x 8,192 661.8 (72%), 128 x 8,192 340.2 (70%), 32 x 8,192 100
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import triton
 
@@ -46,6 +48,7 @@ if GLUON:
     from triton.experimental.gluon.language.nvidia.ampere import async_copy as cp
     from triton.experimental.gluon.language.nvidia.ampere import mma_v2
 
+    from kvarn.kernels.decode_gluon_merge import _merge_if_last
     from kvarn.kernels.decode_gluon_pool import _pool_program, _q_rows
 
 # V code fields unpacked in place (``_spread`` + ``_field``: 1024 + 4^c code, the MMA sums rescaled by 4^-c) instead
@@ -107,12 +110,14 @@ if GLUON:
                              R: gl.constexpr, K_RS: gl.constexpr, V_CODES: gl.constexpr, V_CS: gl.constexpr,
                              LOP: gl.constexpr = True, P: gl.constexpr = 0, PBN: gl.constexpr = 32,
                              PDT: gl.constexpr = gl.float16, PLAST: gl.constexpr = False,
-                             QROT: gl.constexpr = False):
+                             QROT: gl.constexpr = False, cnt_ptr=None, o_ptr=None, stride_ob=0, stride_oh=0,
+                             o_mult=1.0, MERGE: gl.constexpr = False):
         """q rows [B, Hk*4, 128] (QROT: the model's frame, rotated by each program; else fp32, rotated and * scale *
         log2 e) -> split partials. Program (b*Hk + h, j): P > 0 (the
         fused path): j < P pool program j into slot S + j (decode_gluon_pool._pool_program), else record split
         j - P of S = num_programs(1) - P into slot j - P (PLAST: record splits first, j >= S pool program j - S; the
-        GPU starts programs in order of j); P = 0: record split j of num_programs(1)."""
+        GPU starts programs in order of j); P = 0: record split j of num_programs(1). MERGE: the last program of
+        (b, hk) to finish merges the partials into o (decode_gluon_merge._merge_if_last; counters cnt_ptr)."""
         pid = gl.program_id(0)
         sid = gl.program_id(1)
         b = pid // HK
@@ -134,6 +139,9 @@ if GLUON:
             _record_program(qs_ptr, kv_ptr, b2s_ptr, bt_ptr, sl_ptr, part_ptr, ml_ptr, b, hk, sid,
                             gl.num_programs(1), stride_kvb, stride_btb, stride_pb, stride_ph, stride_ps, stride_qb,
                             stride_qh, q_mult, HK, NW, TS, R, K_RS, V_CODES, V_CS, LOP, QROT)
+        if MERGE:
+            _merge_if_last(cnt_ptr, part_ptr, ml_ptr, o_ptr, b, hk, pid, gl.num_programs(1), stride_pb, stride_ph,
+                           stride_ob, stride_oh, o_mult, NW)
 
     @gluon.jit
     def _record_program(qs_ptr, kv_ptr, b2s_ptr, bt_ptr, sl_ptr, part_ptr, ml_ptr, b, hk, sid, nsplit,
@@ -350,13 +358,16 @@ def decode_path_note(cfg, q_heads_per_kv: int) -> str:
 
 def gluon_record_partials(qs, kv_cache, block_to_slot, block_table, seq_lens, part, ml, num_splits: int,
                           token_sink: bool, pool_k, pool_v, pool_splits: int = 0, pool_scale=(1.0, 1.0),
-                          pool_block_n: int = 32, q_mult: float | None = None) -> None:
+                          pool_block_n: int = 32, q_mult: float | None = None, out: torch.Tensor | None = None,
+                          counters: torch.Tensor | None = None) -> None:
     """Record pass into split slots 0..S-1 and, ``pool_splits`` P > 0 (the fused path), the pool tiles and the token
     sink's row into slots S..S+P-1 in the same launch: qs [B, 4*Hk, 128] with contiguous channels: q_mult None: fp32,
     rotated and * scale * log2 e; else q in the model's frame (fp16/bf16/fp32), rotated in every program (fast
     Walsh-Hadamard transform, decode_gluon_pool._q_rows) and times q_mult. kv_cache uint8 [NB, Hk, 13824]; pool_k /
     pool_v fp16/bf16 [slots, G, Hk, 128] (rows contiguous); part fp32 [B, Hq, >= S+P, 128] and ml fp32 [B, Hq,
-    >= S+P, 2], both contiguous."""
+    >= S+P, 2], both contiguous. out [B, 4*Hk, 128] (fp16/bf16/fp32, channels contiguous): the last program of each
+    (request, KV head) merges the partials into it, rotated back (decode_gluon_merge; no combine launch needed);
+    counters int32 [>= B*Hk], zero, are its arrival counters (left zero again)."""
     bsz, hq, d = qs.shape
     hk = kv_cache.shape[1]
     check(qs.dim() == 3 and qs.stride(2) == 1 and d == 128 and hq == 4 * hk
@@ -376,6 +387,16 @@ def gluon_record_partials(qs, kv_cache, block_to_slot, block_table, seq_lens, pa
           and pool_k.stride(3) == 1, f"pool_k / pool_v must be fp16/bf16 [slots, G, {hk}, 128] with the same strides, "
           f"got {pool_k.dtype} {tuple(pool_k.shape)} / {pool_v.dtype} {tuple(pool_v.shape)}")
     check(pool_block_n in (32, 64), f"pool_block_n must be 32 or 64, got {pool_block_n}")
+    merge = out is not None
+    if merge:
+        check(out.shape == qs.shape and out.stride(2) == 1 and out.dtype in (torch.float16, torch.bfloat16,
+                                                                               torch.float32),
+              f"out must be fp16/bf16/fp32 {tuple(qs.shape)} with contiguous channels, got {out.dtype} "
+              f"{tuple(out.shape)} strides {out.stride()}")
+        check(counters is not None and counters.dtype == torch.int32 and counters.dim() == 1
+              and counters.numel() >= bsz * hk and counters.device == part.device,
+              f"counters must be int32 [>= B*Hk = {bsz * hk}] on {part.device} (zero) when out is given, got "
+              f"{None if counters is None else (counters.dtype, tuple(counters.shape), counters.device)}")
     lay = GLUON_LAYOUT
     _gluon_record_kernel[(bsz * hk, num_splits + pool_splits)](
         qs, kv_cache, block_to_slot, block_table, seq_lens, part, ml, pool_k, pool_v, kv_cache.stride(0),
@@ -384,4 +405,6 @@ def gluon_record_partials(qs, kv_cache, block_to_slot, block_table, seq_lens, pa
         1.0 if q_mult is None else float(q_mult), HK=hk, NW=2, TS=bool(token_sink), R=lay["R"],
         K_RS=lay["K_RS"], V_CODES=lay["V_CODES"], V_CS=lay["V_CS"], LOP=GLUON_V_FIELDS, P=pool_splits,
         PBN=pool_block_n, PDT=gl.bfloat16 if pool_k.dtype == torch.bfloat16 else gl.float16,
-        PLAST=GLUON_POOL_LAST, QROT=q_mult is not None, num_warps=2)
+        PLAST=GLUON_POOL_LAST, QROT=q_mult is not None, cnt_ptr=counters if merge else None,
+        o_ptr=out if merge else None, stride_ob=out.stride(0) if merge else 0,
+        stride_oh=out.stride(1) if merge else 0, o_mult=1.0 / math.sqrt(d), MERGE=merge, num_warps=2)
