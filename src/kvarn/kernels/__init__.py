@@ -6,6 +6,8 @@
   decode_attention fused paged decode over packed tiles + pool rows (GQA, online softmax, split-K)
   decode_gluon     the record pass in Gluon (cp.async staging a tile ahead; default where it applies)
   decode_gluon_pool  the Gluon launch's pool programs (fp16 sink/tail) and in-kernel q rotation
+  decode_gluon_merge the Gluon launch's split-K merge (last program per request and KV head, arrival counters)
+  decode_policy    launch shapes of decode: split-K factor, warps, transposed pass, pool programs
   prefill          multi-query (chunked-prefill continuation, spec verify) as per-token decode rows
 
 Each launcher validates shapes/dtypes/strides and raises ValueError listing what it expects.

@@ -7,7 +7,10 @@ GQA (all query heads of a KV head in one program). Split-K (flash-decoding) is c
 shapes when B*Hk programs would leave SMs idle: each split writes its unnormalized accumulator,
 max and sum, and _combine_kernel merges them (log-sum-exp). The output is un-rotated (o_rot H)
 and stored in q's dtype (or into ``out``) by the last kernel: one launch per call without split-K,
-two with it. All launches are CUDA-graph safe (no host sync, shapes only).
+two with it. The Gluon path (decode_gluon.py, the default where it applies on a GPU) is one launch either way: its last
+program per (request, KV head) merges the splits (decode_gluon_merge.py). Launch shapes (split-K factor, warps):
+decode_policy.py. All launches are CUDA-graph safe (no host sync, shapes only; the Gluon merge's arrival counters
+are a zeroed buffer per device that every launch leaves zero).
 """
 
 from __future__ import annotations
@@ -54,6 +57,9 @@ GLUON_QROT = True
 COMBINE_ONE_LOAD_MAX = 32
 # Fused path with the in-kernel q rotation: the last Gluon program of each (request, KV head) merges the partials
 # itself (decode_gluon_merge; arrival counters), so a call is one launch; False: the split-K combine launch after it.
+# H200, CUDA-graph us per layer call, combine launch -> merge, two runs each (results/h200-merge-2026-12-01t, call 2):
+# 32 x 8,192 99.0 / 99.5 -> 97.5 / 97.6, 128 x 8,192 334.6 / 334.1 -> 329.9 / 330.5, 256 x 8,192 667.0 / 673.4 ->
+# 662.8 / 665.7, 768 x 1,152 432.4 / 432.1 -> 424.5 / 426.8, 8 x 32,768 103.6 / 103.7 -> 100.0 / 99.9.
 GLUON_MERGE = True
 _COUNTERS: dict = {}
 
@@ -118,7 +124,9 @@ def kvarn_decode_attention(
     gluon (None = ``KVARN_DECODE_GLUON``, default on): where ``decode_gluon.gluon_applies``, the
     record tiles are read by the Gluon kernel (cp.async staging a tile ahead) and the fp16 pool tiles by pool
     programs of the same launch into ``pool_splits`` more split partials, every program rotating q itself; the
-    split-K combine merges them (two launches; GLUON_POOL_FUSED / GLUON_QROT: the earlier forms). pool_splits None =
+    last program of each (request, KV head) merges them (one launch; GLUON_MERGE off: the split-K combine launch;
+    GLUON_POOL_FUSED / GLUON_QROT off: the earlier forms). The Gluon path has its own split rule
+    (decode_policy.decode_launch_shape, gluon=True). pool_splits None =
     ``choose_pool_splits``.
     swap_ab (None = ``KVARN_DECODE_SWAP``, default: with 2-warp programs, ``choose_decode_swap``): the record pass
     transposed, S^T = K^T q^T and O^T = V^T P^T, so the tile's tokens fill the MMA's M axis and the Hq/Hk query

@@ -22,7 +22,8 @@ flushed yet) are masked, and with the token sink (``KVARN_SINK=token``) position
 <= -2 is masked too. The fp16 pool tiles and the token sink's row go to P more partials (slots S..S+P-1): by pool
 programs in this launch (decode_gluon_pool.py, the default: started after the record splits, every program rotating
 q itself) or by the Triton kernel's pool pass launched before this one (``NOREC``, which then also stores the
-rotated q rows; decode_attention.GLUON_POOL_FUSED off); the split-K combine merges them. Inputs: q [B, Hq, D] in the
+rotated q rows; decode_attention.GLUON_POOL_FUSED off); the last program of each (request, KV head) merges them
+(decode_gluon_merge.py, MERGE; else the split-K combine launch). Inputs: q [B, Hq, D] in the
 model's frame (QROT) or rotated fp32 rows. Outputs: part [B, Hq, >= S+P, D] fp32 (unnormalized, rotated frame) and
 ml [B, Hq, >= S+P, 2] (max, sum).
 
@@ -31,7 +32,9 @@ launcher, Triton kernel -> this path: 256 x 8,192 896.2 -> 704.2 (67.5% of the c
 361.3, 32 x 8,192 133.0 -> 108.3, 768 x 2,048 741.3 -> 645.9. With the V fields in place and the leaner pool pass
 (``h200-lop3-2026-12-01r``, benchmark (a)): 256 x 8,192 675.7 (70%), 128 x 8,192 353.7 (67%), 32 x 8,192 106.7 (56%).
 With the pool programs and the q rotation in this launch and the one-load combine (``h200-poolfuse-2026-12-01s``,
-benchmark (a)): 256 x 8,192 661.8 (72%), 128 x 8,192 340.2 (70%), 32 x 8,192 100.6 (59%).
+benchmark (a)): 256 x 8,192 661.8 (72%), 128 x 8,192 340.2 (70%), 32 x 8,192 100.6 (59%). With the merge in this
+launch and the Gluon path's own split rule (``h200-merge-2026-12-01t``, call 4): 256 x 8,192 652.0 (73%),
+128 x 8,192 326.7 (73%), 32 x 8,192 94.8 (63%).
 """
 from __future__ import annotations
 

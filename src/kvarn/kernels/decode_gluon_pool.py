@@ -9,7 +9,9 @@ in a latency-bound launch of their own before them (13 us of a 107 us call at 32
                               started after the record splits (decode_gluon.GLUON_POOL_LAST); every program rotates
                               its 4 query rows itself (_q_rows: q S * scale * log2 e / sqrt(D), a fast Walsh-Hadamard
                               transform in fp32 by lane shuffles; decode_attention.GLUON_QROT)
-    _combine_kernel           split-K merge of the S record partials and the P pool partials, rotate back, store
+    merge                     the last program of each (request, KV head) merges the S record partials and the P
+                              pool partials, rotates back and stores (decode_gluon_merge.py; or the split-K
+                              combine launch, decode_attention.GLUON_MERGE off)
 
 With GLUON_QROT off, _rotate_q_kernel (one Triton program per request, two 16-wide products on tensor cores, exact
 terms) writes the rotated rows first and the Gluon programs read them.
@@ -23,7 +25,7 @@ holding valid rows (rows n < seq_len - t*G), K and V rows loaded together:
 
 The share holding tile 0 starts its state from the token sink's fp16 row (``KVARN_SINK=token``, map entry <= -2)
 when there is one: m = its score, l = 1, o = its value row. The result is split partial S + u ([D, QPK] unnormalized,
-max, sum), which the combine merges with the record splits'.
+max, sum), merged with the record splits' (module doc above).
 """
 from __future__ import annotations
 
