@@ -323,6 +323,20 @@ def test_two_warp_splits_policy():
     assert splits_for_two_warps(128, 8, 9, 132, 1) == 1  # 2 splits would hold < 8 tiles each
 
 
+def test_arrival_counters_reserved_once():
+    """The Gluon merge's arrival counters: zeroed int32, at least 65,536, one buffer per device reused by later calls;
+    a larger request replaces it and keeps the old one alive (a captured CUDA graph may still address it)."""
+    from kvarn.kernels import decode_attention as da
+    dev = torch.device("cpu")
+    da._COUNTERS.pop(("cpu", 0), None)
+    a = da.reserve_arrival_counters(dev, 10)
+    assert a.dtype == torch.int32 and a.numel() == 65536 and int(a.abs().sum()) == 0
+    assert da.reserve_arrival_counters(dev, 65536) is a and da._arrival_counters(dev, 5) is a
+    b = da.reserve_arrival_counters(dev, 70000)
+    assert b.numel() == 70000 and b is not a and any(r is a for r in da._RETIRED)
+    da._COUNTERS.pop(("cpu", 0), None)
+
+
 def test_gluon_split_policy():
     """Pure function. The Gluon path's split rule (decode_policy.GLUON_PROGRAMS_PER_SM / GLUON_NEXT_SPLIT_GAIN) picks,
     at every (batch, context) of the H200 probes of 2026-12-01 (results/h200-merge-2026-12-01t, calls 3-4; Hk 8, 132

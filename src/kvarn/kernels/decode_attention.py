@@ -62,18 +62,30 @@ COMBINE_ONE_LOAD_MAX = 32
 # 662.8 / 665.7, 768 x 1,152 432.4 / 432.1 -> 424.5 / 426.8, 8 x 32,768 103.6 / 103.7 -> 100.0 / 99.9.
 GLUON_MERGE = True
 _COUNTERS: dict = {}
+_RETIRED: list = []  # counters replaced by larger ones: kept alive, a captured CUDA graph may still use them
 
 
-def _arrival_counters(device: torch.device, n: int) -> torch.Tensor:
-    """Zeroed int32 arrival counters (>= n, at least 65,536) of the merging Gluon launch on ``device``, kept for
-    every later call (each launch leaves them zero). Allocated once per device, outside any CUDA graph when the
-    first call is eager (a first call inside a capture records the zeroing into that graph too, harmless)."""
-    key = (device.type, device.index if device.index is not None else torch.cuda.current_device())
+def reserve_arrival_counters(device: torch.device, n: int = 65536) -> torch.Tensor:
+    """Zeroed int32 arrival counters (>= n, at least 65,536) of the merging Gluon launch on ``device``, allocated now
+    (call it eagerly, before any CUDA-graph capture: a capture only records the zeroing, so an eager launch before
+    the graph's first replay would read uninitialized counters). Every launch leaves them zero. The vLLM backend
+    reserves them when it starts (B*Hk up to max(max_num_batched_tokens, max_num_seqs) * KV heads)."""
+    cuda = device.type == "cuda"
+    key = (device.type, device.index if device.index is not None else torch.cuda.current_device() if cuda else 0)
     buf = _COUNTERS.get(key)
     if buf is None or buf.numel() < n:
+        if cuda and torch.cuda.is_current_stream_capturing():
+            raise RuntimeError(f"kvarn: the Gluon decode merge needs {n} zeroed arrival counters on {device} but "
+                               "they were not reserved before this CUDA-graph capture; call "
+                               "kvarn.kernels.decode_attention.reserve_arrival_counters(device, n) eagerly first")
+        if buf is not None:
+            _RETIRED.append(buf)
         buf = torch.zeros(max(n, 65536), dtype=torch.int32, device=device)
         _COUNTERS[key] = buf
     return buf
+
+
+_arrival_counters = reserve_arrival_counters  # the launcher's lookup (allocates on the first eager call)
 
 
 def _combine_sp(splits: int) -> int:

@@ -138,6 +138,9 @@ class KvarnMetadataBuilder(AttentionMetadataBuilder[KvarnMetadata]):
             n_q = int(getattr(hf, "num_attention_heads", 0) or 0)
             n_kv = int(getattr(hf, "num_key_value_heads", 0) or n_q)
             logger.info("kvarn: %s", decode_path_note(cfg, n_q // n_kv if n_kv else 0))
+            from kvarn.kernels.decode_attention import reserve_arrival_counters
+            reserve_arrival_counters(torch.device(device),  # before any graph capture (its docstring)
+                                     max(sc.max_num_batched_tokens, sc.max_num_seqs) * max(n_kv, 1))
 
     def _log_capacity(self, cfg: KvarnConfig, spec, layer_names, vllm_config, num_blocks) -> None:
         per_layer = pool_bytes_per_layer(self.num_slots + self.row_slots, cfg.group, spec.num_kv_heads, spec.head_size)
