@@ -5,8 +5,9 @@ Every program of (b, h) stores its partial, then (all warps past a CTA barrier) 
 ``cnt[b*Hk + h]`` with acquire-release semantics at GPU scope. The program that sees S + P - 1 before its add is
 the last: every other partial of (b, h) is in L2 by then (their release, its acquire), so it reads them (``.cg``,
 L2 only) and merges, then sets the counter back to 0 for the next call (so the counters must be zero before the
-first call: decode_attention._arrival_counters, a zeroed buffer kept per device; two launches sharing it must not
-run at the same time, which one CUDA stream guarantees):
+first call: decode_attention.reserve_arrival_counters, a zeroed buffer kept per device, reserved by the vLLM backend
+at startup, before any CUDA-graph capture; two launches sharing it must not run at the same time, which one CUDA
+stream guarantees):
 
     M[i] = max_s m_s[i],  w_s[i] = 2^(m_s[i] - M[i]),  L[i] = sum_s w_s[i] l_s[i]
     o[i, :] = (sum_s w_s[i] part_s[i, :]) S / (L[i] sqrt(D))      (S: the +-1 Sylvester matrix of order 128)
