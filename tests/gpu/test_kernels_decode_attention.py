@@ -331,7 +331,7 @@ def test_arrival_counters_reserved_once():
     da._COUNTERS.pop(("cpu", 0), None)
     a = da.reserve_arrival_counters(dev, 10)
     assert a.dtype == torch.int32 and a.numel() == 65536 and int(a.abs().sum()) == 0
-    assert da.reserve_arrival_counters(dev, 65536) is a and da._arrival_counters(dev, 5) is a
+    assert da.reserve_arrival_counters(dev, 65536) is a and da.reserve_arrival_counters(dev, 5) is a
     b = da.reserve_arrival_counters(dev, 70000)
     assert b.numel() == 70000 and b is not a and any(r is a for r in da._RETIRED)
     da._COUNTERS.pop(("cpu", 0), None)
@@ -375,9 +375,9 @@ def test_gluon_record_pass_matches_reference(dev, sink, splits, pool_splits, pdt
     merge must leave its arrival counters zero and give the same bits on a second call); "0": the Triton pool
     pass (it also stores the rotated q) before the Gluon record pass; then the split-K combine; against the
     reference: kvarn_k4v2_g128, head_dim 128, GQA 4, q strided (a slice of qkv), ragged lengths, sink/tail and one
-    unflushed middle block in the pool, poisoned slots, either sink mode, automatic and given splits; ``fields`` True: the defaults (V code fields unpacked in place, decode_gluon.GLUON_V_FIELDS; the
-    Triton pool pass's V rows loaded with K, POOL_PASS_EARLY_V), False: the alternatives (shifted fields, V after
-    the scores). Skipped where Gluon cannot run (CPU, Triton's interpreter)."""
+    unflushed middle block in the pool, poisoned slots, either sink mode, automatic and given splits; ``fields``
+    True: the defaults (V code fields unpacked in place, decode_gluon.GLUON_V_FIELDS; the Triton pool pass's V rows
+    loaded with K, POOL_PASS_EARLY_V), False: the alternatives (shifted fields, V after the scores). Skipped where Gluon cannot run (CPU, Triton's interpreter)."""
     from kvarn.kernels import decode_attention, decode_gluon, kvarn_decode_attention
     from kvarn.kernels.decode_gluon import gluon_applies
     monkeypatch.setattr(decode_gluon, "GLUON_V_FIELDS", fields)

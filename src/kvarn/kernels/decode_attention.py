@@ -85,12 +85,14 @@ def reserve_arrival_counters(device: torch.device, n: int = 65536) -> torch.Tens
     return buf
 
 
-_arrival_counters = reserve_arrival_counters  # the launcher's lookup (allocates on the first eager call)
-
-
-def _combine_sp(splits: int) -> int:
-    """The combine's SP constexpr: next_pow2(splits) when one load serves (<= COMBINE_ONE_LOAD_MAX), else 0."""
-    return triton.next_power_of_2(splits) if splits <= COMBINE_ONE_LOAD_MAX else 0
+def _combine(part: torch.Tensor, ml: torch.Tensor, sgn: torch.Tensor, o: torch.Tensor, splits: int, hk: int,
+             qpk: int, qp: int, rot: bool, rf: bool) -> None:
+    """The split-K combine launch: the ``splits`` partials of part [B, Hq, splits, D] / ml -> o (rotated back when
+    ``rot``); every partial in one load while splits <= COMBINE_ONE_LOAD_MAX (SP = next_pow2), else one per step."""
+    d = part.shape[3]
+    _combine_kernel[(part.shape[0] * hk,)](
+        part, ml, sgn, o, splits, o.stride(0), o.stride(1), 1.0 / math.sqrt(d), HK=hk, QPK=qpk, QP=qp, D=d, ROT=rot,
+        IUP=INTERPRET, RF=rf, SP=triton.next_power_of_2(splits) if splits <= COMBINE_ONE_LOAD_MAX else 0, num_warps=4)
 
 
 def kvarn_decode_attention(
@@ -230,20 +232,20 @@ def kvarn_decode_attention(
                pool_k.stride(2), block_table.stride(0))
     scales = (q_mult, 1.0 / math.sqrt(d), float(pool_scale[0]), float(pool_scale[1]))
     if use_gluon:
-        # record splits into partial slots 0..S-1 and the pool tiles (and the token sink's row) into S..S+P-1, then
-        # the split-K combine. Default: one Gluon launch for both (pool programs after the record splits), each
-        # program rotating q itself; or q rotated by its own launch first (GLUON_QROT off); or the Triton kernel's
-        # pool pass before the Gluon record pass (GLUON_POOL_FUSED off)
+        # record splits into partial slots 0..S-1 and the pool tiles (and the token sink's row) into S..S+P-1, merged
+        # into o. Default: one Gluon launch for both (pool programs after the record splits), each program rotating
+        # q itself, its last program per (request, KV head) merging (GLUON_MERGE off: the split-K combine launch);
+        # or q rotated by its own launch first (GLUON_QROT off); or the Triton kernel's pool pass before the Gluon
+        # record pass (GLUON_POOL_FUSED off); both with the combine launch
         ps = choose_pool_splits(bsz, hk, num_sms(q.device)) if pool_splits is None else pool_splits
         part = torch.empty(bsz, hq, num_splits + ps, d, dtype=torch.float32, device=q.device)
         ml = torch.empty(bsz, hq, num_splits + ps, 2, dtype=torch.float32, device=q.device)
         if GLUON_POOL_FUSED and GLUON_QROT:
-            merge = GLUON_MERGE
             gluon_record_partials(q_in, kv_cache, block_to_slot, block_table, seq_lens, part, ml, num_splits,
                                   cfg.token_sink, pool_k, pool_v, ps, pool_scale, GLUON_POOL_BN, q_mult,
-                                  out=o if merge else None,
-                                  counters=_arrival_counters(q.device, bsz * hk) if merge else None)
-            if merge:
+                                  out=o if GLUON_MERGE else None,
+                                  counters=reserve_arrival_counters(q.device, bsz * hk) if GLUON_MERGE else None)
+            if GLUON_MERGE:
                 return o
         else:  # the rotated, scaled q rows written first: by a launch of their own or by the Triton pool pass
             qs = torch.empty(bsz, hq, d, dtype=torch.float32, device=q.device)
@@ -261,9 +263,7 @@ def kvarn_decode_attention(
                     part.stride(1), part.stride(2), *scales, SPLIT=True, NOREC=True, qs_ptr=qs, **pool)
                 gluon_record_partials(qs, kv_cache, block_to_slot, block_table, seq_lens, part, ml, num_splits,
                                       cfg.token_sink, pool_k, pool_v)
-        _combine_kernel[(bsz * hk,)](part, ml, sgn, o, num_splits + ps, o.stride(0), o.stride(1), 1.0 / math.sqrt(d),
-                                     HK=hk, QPK=qpk, QP=qp, D=d, ROT=rot, IUP=INTERPRET, RF=rf,
-                                     SP=_combine_sp(num_splits + ps), num_warps=4)
+        _combine(part, ml, sgn, o, num_splits + ps, hk, qpk, qp, rot, rf)
         return o
     if num_splits == 1:
         _kvarn_decode_kernel[(groups * hk, 1)](
@@ -274,9 +274,7 @@ def kvarn_decode_attention(
         _kvarn_decode_kernel[(bsz * hk, num_splits)](
             *args, part, ml, *strides, part.stride(0), part.stride(1), part.stride(2), *scales, SPLIT=True,
             **common)
-        _combine_kernel[(bsz * hk,)](part, ml, sgn, o, num_splits, o.stride(0), o.stride(1), 1.0 / math.sqrt(d),
-                                     HK=hk, QPK=qpk, QP=qp, D=d, ROT=rot, IUP=INTERPRET, RF=rf,
-                                     SP=_combine_sp(num_splits), num_warps=4)
+        _combine(part, ml, sgn, o, num_splits, hk, qpk, qp, rot, rf)
     if rot:
         return o
     o_model = torch.matmul(o, h32)

@@ -13,7 +13,7 @@ stream guarantees):
     o[i, :] = (sum_s w_s[i] part_s[i, :]) S / (L[i] sqrt(D))      (S: the +-1 Sylvester matrix of order 128)
 
 (the combine kernel's log-sum-exp merge and its rotation back, decode_kernel._combine_kernel), online over the
-partials in order (running max), eight partials' loads in flight at once; the rotation is decode_gluon_pool._q_rows' fast Walsh-Hadamard transform (channel
+partials in order (running max), eight partials' loads in flight at once; the rotation is the q rotation's fast Walsh-Hadamard transform (decode_gluon_pool._fwht128) (channel
 d = 32c + lane: four [32, 4] pieces, five lane-shuffle stages each, two stages between pieces), so the merge adds
 no layout conversion and few registers to a kernel that must stay at 168 (6 programs per SM). Offline sm_90 SASS
 (benchmarks/gpu/sass_gluon_count.py P=2,PLAST=1,QROT=1 with and without MERGE=1): 168 registers either way, record
@@ -27,7 +27,7 @@ if GLUON:
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
 
-    from kvarn.kernels.decode_gluon_pool import _fwht32
+    from kvarn.kernels.decode_gluon_pool import _fwht128
 
     @gluon.jit
     def _merge_if_last(cnt_ptr, part_ptr, ml_ptr, o_ptr, b, hk, pid, nparts, stride_pb, stride_ph,
@@ -76,18 +76,11 @@ if GLUON:
                     a3 = a3 * wo + v3 * wn[None, :]
                     m = m_new
             f = (o_mult / gl.maximum(lsum, 1e-30))[None, :]
-            x0 = _fwht32(a0 * f, r)
-            x1 = _fwht32(a1 * f, r)
-            x2 = _fwht32(a2 * f, r)
-            x3 = _fwht32(a3 * f, r)
-            y0 = x0 + x1
-            y1 = x0 - x1
-            y2 = x2 + x3
-            y3 = x2 - x3
+            z0, z1, z2, z3 = _fwht128(a0 * f, a1 * f, a2 * f, a3 * f, r)  # channels 32c + lane, as the inputs
             ob = o_ptr + b * stride_ob + ((hk * QPK + i) * stride_oh)[None, :] + r[:, None]
             ty = o_ptr.dtype.element_ty
-            gl.store(ob, (y0 + y2).to(ty))  # channel lane (bits 5, 6 of the channel: 0, 0)
-            gl.store(ob + 32, (y1 + y3).to(ty))  # 32 + lane
-            gl.store(ob + 64, (y0 - y2).to(ty))  # 64 + lane
-            gl.store(ob + 96, (y1 - y3).to(ty))  # 96 + lane
+            gl.store(ob, z0.to(ty))
+            gl.store(ob + 32, z1.to(ty))
+            gl.store(ob + 64, z2.to(ty))
+            gl.store(ob + 96, z3.to(ty))
             gl.store(cnt_ptr + pid, 0)

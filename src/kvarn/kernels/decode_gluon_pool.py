@@ -73,6 +73,22 @@ if GLUON:
         return x
 
     @gluon.jit
+    def _fwht128(x0, x1, x2, x3, r):
+        """The four pieces x_c [32, 4] (channel 32c + lane, row r = lane) of a [128, 4] tensor -> the pieces of
+        S x along the 128 channels, S the unnormalized Sylvester matrix: H_32 within each piece (``_fwht32``), then
+        H_2 (x) H_2 across them (channel bit 5 = bit 0 of c, bit 6 = bit 1). Used by the q rotation and, since S is
+        symmetric, by the merge's rotation back (decode_gluon_merge)."""
+        x0 = _fwht32(x0, r)
+        x1 = _fwht32(x1, r)
+        x2 = _fwht32(x2, r)
+        x3 = _fwht32(x3, r)
+        y0 = x0 + x1
+        y1 = x0 - x1
+        y2 = x2 + x3
+        y3 = x2 - x3
+        return y0 + y2, y1 + y3, y0 - y2, y1 - y3
+
+    @gluon.jit
     def _q_rows(q_ptr, b, hk, stride_qb, stride_qh, q_mult, QROT: gl.constexpr, NW: gl.constexpr):
         """q^T [128, 4] fp32 (rotated, * scale * log2 e) of (request b, KV head hk)'s 4 query rows, in the layout
         BlockedLayout([1, 4], [32, 1], [NW, 1]). QROT: q_ptr is q in the model's frame (any float dtype, rows
@@ -89,15 +105,10 @@ if GLUON:
             r = gl.arange(0, 32, layout=gl.SliceLayout(1, pl))
             i = gl.arange(0, QPK, layout=gl.SliceLayout(0, pl))
             off = i[None, :] * stride_qh + r[:, None]
-            x0 = _fwht32(gl.load(base + off).to(gl.float32), r)
-            x1 = _fwht32(gl.load(base + off + 32).to(gl.float32), r)
-            x2 = _fwht32(gl.load(base + off + 64).to(gl.float32), r)
-            x3 = _fwht32(gl.load(base + off + 96).to(gl.float32), r)
-            y0 = x0 + x1
-            y1 = x0 - x1
-            y2 = x2 + x3
-            y3 = x2 - x3
-            j = gl.join(gl.join(y0 + y2, y1 + y3), gl.join(y0 - y2, y1 - y3))  # [32, 4, 2 (bit 5), 2 (bit 6)]
+            z0, z1, z2, z3 = _fwht128(gl.load(base + off).to(gl.float32), gl.load(base + off + 32).to(gl.float32),
+                                      gl.load(base + off + 64).to(gl.float32), gl.load(base + off + 96).to(gl.float32),
+                                      r)
+            j = gl.join(gl.join(z0, z1), gl.join(z2, z3))  # [32, 4, 2 (bit 5), 2 (bit 6)]
             qt = gl.convert_layout(gl.reshape(gl.permute(j, (3, 2, 0, 1)), [D, QPK]), qbl) * q_mult
         else:
             qd = gl.arange(0, D, layout=gl.SliceLayout(1, qbl))

@@ -131,16 +131,15 @@ class KvarnMetadataBuilder(AttentionMetadataBuilder[KvarnMetadata]):
         self.cuda = None
         if torch.device(device).type == "cuda":
             sc = vllm_config.scheduler_config
-            self.cuda = registry.cuda_state(cfg, device, int(num_blocks or 1024),
-                                            max(sc.max_num_batched_tokens, sc.max_num_seqs) + 1024)
+            rows = max(sc.max_num_batched_tokens, sc.max_num_seqs)  # tokens (or requests) of one step at most
+            self.cuda = registry.cuda_state(cfg, device, int(num_blocks or 1024), rows + 1024)
             from kvarn.kernels.decode_gluon import decode_path_note
             hf = getattr(vllm_config.model_config, "hf_text_config", None)
             n_q = int(getattr(hf, "num_attention_heads", 0) or 0)
             n_kv = int(getattr(hf, "num_key_value_heads", 0) or n_q)
             logger.info("kvarn: %s", decode_path_note(cfg, n_q // n_kv if n_kv else 0))
             from kvarn.kernels.decode_attention import reserve_arrival_counters
-            reserve_arrival_counters(torch.device(device),  # before any graph capture (its docstring)
-                                     max(sc.max_num_batched_tokens, sc.max_num_seqs) * max(n_kv, 1))
+            reserve_arrival_counters(torch.device(device), rows * max(n_kv, 1))  # before any graph capture
 
     def _log_capacity(self, cfg: KvarnConfig, spec, layer_names, vllm_config, num_blocks) -> None:
         per_layer = pool_bytes_per_layer(self.num_slots + self.row_slots, cfg.group, spec.num_kv_heads, spec.head_size)
