@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# One command on a CUDA host: kvarn kernel tests, then the write-path and decode-attention
-# microbenchmarks. Logs and JSON go to $OUT (the device tool's output folder) or ./gpu_results.
+# One command on a CUDA host: kvarn kernel tests, the end-to-end vLLM smoke test (a vLLM engine with
+# --kv-cache-dtype kvarn_k4v2_g128 and CUDA graphs generates, then bf16 for comparison; needs vLLM importable,
+# e.g. after `source .gpu/install.sh .gpu`), then the write-path and decode-attention microbenchmarks.
+# Logs and JSON go to $OUT (the device tool's output folder) or ./gpu_results.
 #   bash scripts/gpu_check.sh            # tests + benchmarks (~5-8 min on an H200)
 #   QUICK=1 bash scripts/gpu_check.sh    # tests + a reduced decode grid
 #   SWEEP=1 bash scripts/gpu_check.sh    # also the block_n / num_warps / split sweeps and the split-rule check
@@ -15,6 +17,18 @@ $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton
 
 $PY -m pytest tests/gpu -m gpu -q -rs -p no:cacheprovider 2>&1 | tee "$OUT/tests.log"
 rc_tests=${PIPESTATUS[0]}
+
+# end to end: skipped (and said so) only where vLLM or CUDA is missing; SMOKE=0 skips it on purpose
+rc_smoke=skipped
+if [ "${SMOKE:-1}" = 0 ]; then
+  echo "gpu_check: vLLM smoke test skipped (SMOKE=0)"
+elif $PY -c "import torch, vllm; assert torch.cuda.is_available()" > /dev/null 2>&1; then
+  OUT="$OUT" bash scripts/gpu_vllm_smoke.sh 2>&1 | tee "$OUT/smoke.log"
+  rc_smoke=${PIPESTATUS[0]}
+  grep -q "== kvarn_k4v2_g128 rc=0" "$OUT/smoke.log" || rc_smoke=1
+else
+  echo "gpu_check: vLLM smoke test skipped: vLLM or CUDA not importable here (source .gpu/install.sh .gpu first)"
+fi
 
 $PY benchmarks/gpu/bench_write.py --json "$OUT/bench_write.json" 2>&1 | tee "$OUT/bench_write.log"
 rc_write=${PIPESTATUS[0]}
@@ -33,5 +47,5 @@ if [ "${SWEEP:-0}" = 1 ]; then  # register cap / warps / split-K grid, and the s
   [ "${PIPESTATUS[0]}" = 0 ] || rc_split=1
 fi
 
-echo "gpu_check: tests rc=$rc_tests bench_write rc=$rc_write bench_decode rc=$rc_decode split rc=$rc_split"
-[ "$rc_tests" = 0 ] && [ "$rc_write" = 0 ] && [ "$rc_decode" = 0 ]
+echo "gpu_check: tests rc=$rc_tests vllm_smoke rc=$rc_smoke bench_write rc=$rc_write bench_decode rc=$rc_decode split rc=$rc_split"
+[ "$rc_tests" = 0 ] && [ "$rc_smoke" != 1 ] && [ "$rc_write" = 0 ] && [ "$rc_decode" = 0 ]
