@@ -48,7 +48,7 @@ def render_text(plan: dict) -> str:
         f"workload {w['name']}: {w['description'] or ''}",
         f"  {w['num_requests']} requests, mean prompt {w['mean_prompt_tokens']:.0f}, mean output "
         f"{w['mean_output_tokens']:.0f}, p95 context {w['p95_context_tokens']}, "
-        + (f"all at once" if w["burst"] else
+        + ("all at once" if w["burst"] else
            f"{w['request_rate']} req/s" if w["request_rate"] else f"{w['concurrency']} concurrent"),
         f"  per GPU: weights {m['weights_gib_per_gpu']:.2f} GiB, KV memory {m['kv_memory_gib_per_gpu']:.2f} GiB "
         f"(max_num_batched_tokens {i['max_num_batched_tokens']}, max_num_seqs {i['max_num_seqs']})",
