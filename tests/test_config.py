@@ -5,9 +5,12 @@ from kvarn.config import (
     PRESETS,
     KvarnConfig,
     kv_cache_dtype_names,
+    max_num_seqs_for_ratio,
     parse_kv_cache_dtype,
+    pool_bytes_per_layer,
     pool_slots,
     sink_row_slots,
+    total_pool_slots,
 )
 
 # method.md §1.5 byte table: (preset, head_dim) -> (record bytes, bytes per token per head)
@@ -91,3 +94,25 @@ def test_pool_slots_formula():
     # method.md §1.6: 2*max_num_seqs + ceil(max_num_batched_tokens / G) + 8
     assert pool_slots(64, 2048, 128) == 128 + 16 + 8
     assert pool_slots(1, 100, 64) == 2 + 2 + 8
+
+
+def test_max_num_seqs_for_ratio_inverts_the_pool_counted_capacity():
+    """The startup hint's max_num_seqs: the largest (multiple of 8) whose pool still leaves the target ratio."""
+    cfg = KvarnConfig.from_name("kvarn_k4v2_g128")
+    layers, heads, mbt = 36, 8, 16384
+    assert total_pool_slots(cfg, 1024, mbt) == 2184  # the H200 bursts' engine (docs/gpu.md)
+    tok = KvarnConfig.from_name("kvarn_k4v2_g128", sink="token")
+    assert total_pool_slots(tok, 1024, mbt) == 1024 + 136 + 16  # tail only, plus the sink-row slots
+
+    def ratio(c, seqs, total):
+        pool = pool_bytes_per_layer(total_pool_slots(c, seqs, mbt), c.group, heads, c.head_dim) * layers
+        return c.ratio_vs(2) * (total - pool) / total
+
+    total = 18628 * 128 * heads * 108 * layers + pool_bytes_per_layer(2184, 128, heads, 128) * layers
+    for c in (cfg, tok):
+        for target in (4.5, 4.2, 4.0):
+            seqs = max_num_seqs_for_ratio(c, target, total, layers, heads, mbt, 1024)
+            assert seqs % 8 == 0 and 8 <= seqs < 1024
+            assert ratio(c, seqs, total) >= target > ratio(c, seqs + 8, total)
+    assert max_num_seqs_for_ratio(cfg, 2.0, total, layers, heads, mbt, 1024) == 1024  # already there
+    assert max_num_seqs_for_ratio(cfg, 4.8, total, layers, heads, mbt, 1024) == 0  # above the records' own 4.74x

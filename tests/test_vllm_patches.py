@@ -221,3 +221,33 @@ def test_graph_size_hint_only_when_decode_batches_outgrow_the_graphs():
     assert graph_size_hint(256, 512, eager=False) == ""
     assert graph_size_hint(1024, 512, eager=True) == ""  # no graphs at all: nothing to enlarge
     assert graph_size_hint(1024, None, eager=False) == ""  # unknown limit: say nothing
+
+
+def test_capacity_line_counts_the_pool_and_names_a_max_num_seqs(caplog):
+    """The startup line of the H200 bursts' engine (Qwen3-8B shape, 18,628 blocks, 2,184 pool slots): the pool-counted
+    ratio on CUDA too, and the --max-num-seqs that would reach ~4.5x (what kvarn plan would size)."""
+    import logging
+
+    from kvarn.config import KvarnConfig
+    from kvarn.vllm_plugin.builder import KvarnMetadataBuilder
+
+    cfg = KvarnConfig.from_name("kvarn_k4v2_g128")
+    this = SimpleNamespace(num_slots=2184, row_slots=0)
+    spec = SimpleNamespace(num_kv_heads=8, head_size=128)
+    vc = SimpleNamespace(
+        scheduler_config=SimpleNamespace(max_num_seqs=1024, max_num_batched_tokens=16384),
+        device_config=SimpleNamespace(device_type="cuda"),
+        compilation_config=SimpleNamespace(max_cudagraph_capture_size=1024),
+        model_config=SimpleNamespace(enforce_eager=False),
+    )
+    with caplog.at_level(logging.WARNING, logger="vllm.kvarn"):
+        KvarnMetadataBuilder._log_capacity(this, cfg, spec, [f"l{i}" for i in range(36)], vc, 18628)
+    line = caplog.records[-1].getMessage()
+    assert "effective capacity vs bf16 with the pool counted: 3.05x" in line
+    assert "WARNING: the pool is 56% of the KV cache bytes" in line
+    assert "--max-num-seqs 80 would give ~4.5x bf16" in line
+    vc.scheduler_config.max_num_seqs = 64  # already small enough: no hint
+    this.num_slots = 2 * 64 + 128 + 8
+    with caplog.at_level(logging.WARNING, logger="vllm.kvarn"):
+        KvarnMetadataBuilder._log_capacity(this, cfg, spec, [f"l{i}" for i in range(36)], vc, 18628)
+    assert "would give" not in caplog.records[-1].getMessage()

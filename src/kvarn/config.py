@@ -355,8 +355,6 @@ def parse_kv_cache_dtype(value: str) -> str | None:
     return KvarnConfig.from_name(value).preset
 
 
-
-
 def pool_slots(max_num_seqs: int, max_num_batched_tokens: int, group: int, per_seq: int = 2) -> int:
     """Slots of the fp16 sink/tail pool (method.md §1.6): ``per_seq`` per sequence (2 = sink + tail;
     1 = the tail alone, with the sink quantized: ``KvarnConfig.pool_slots_per_seq``), one per tile a
@@ -377,3 +375,28 @@ def sink_row_slots(max_num_seqs: int, group: int) -> int:
 def pool_bytes_per_layer(slots: int, group: int, num_kv_heads: int, head_dim: int) -> int:
     """fp16 pool bytes of one attention layer (K and V)."""
     return slots * group * num_kv_heads * head_dim * 2 * 2
+
+
+def total_pool_slots(cfg: KvarnConfig, max_num_seqs: int, max_num_batched_tokens: int) -> int:
+    """Slots each layer's pool tensors hold for ``cfg`` at these scheduler limits (sink-row slots included)."""
+    rows = sink_row_slots(max_num_seqs, cfg.group) if cfg.token_sink else 0
+    return pool_slots(max_num_seqs, max_num_batched_tokens, cfg.group, cfg.pool_slots_per_seq) + rows
+
+
+def max_num_seqs_for_ratio(cfg: KvarnConfig, target: float, total_bytes: int, num_layers: int, num_kv_heads: int,
+                           max_num_batched_tokens: int, upto: int) -> int:
+    """Largest max_num_seqs <= ``upto`` (a multiple of 8, or ``upto`` itself) whose pool leaves a capacity of at
+    least ``target`` x bf16 with the pool counted, 0 if none does.
+
+    ``total_bytes``: the memory shared by records and pool (records' bytes + pool bytes now). With pool bytes P(s)
+    at max_num_seqs s, capacity vs bf16 = ratio * (total - P(s)) / total, ratio = bf16 bytes / record bytes."""
+    def ratio_at(seqs: int) -> float:
+        slots = total_pool_slots(cfg, seqs, max_num_batched_tokens)
+        pool = pool_bytes_per_layer(slots, cfg.group, num_kv_heads, cfg.head_dim) * num_layers
+        return cfg.ratio_vs(2) * (total_bytes - pool) / total_bytes
+    if upto >= 1 and ratio_at(upto) >= target:
+        return upto
+    for seqs in range((upto - 1) // 8 * 8, 0, -8):
+        if ratio_at(seqs) >= target:
+            return seqs
+    return 0

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from vllm.v1.attention.backend import AttentionCGSupport, AttentionMetadataBuilder, CommonAttentionMetadata
 
-from kvarn.config import KvarnConfig, pool_bytes_per_layer, pool_slots, sink_row_slots
+from kvarn.config import KvarnConfig, max_num_seqs_for_ratio, pool_bytes_per_layer, pool_slots, sink_row_slots
 from kvarn.vllm_plugin.host_plan import host_step
 from kvarn.vllm_plugin.pool import registry
 from kvarn.vllm_plugin.routing import StepRoute, plan_route
@@ -158,11 +158,10 @@ class KvarnMetadataBuilder(AttentionMetadataBuilder[KvarnMetadata]):
         )
         if num_blocks:
             kv_bytes = num_blocks * cfg.group * spec.num_kv_heads * cfg.bytes_per_token * len(layer_names)
-            if vllm_config.device_config.device_type == "cpu":
-                # CPU: the KV budget (VLLM_CPU_KVCACHE_SPACE) excludes the pool, so count it here
-                eff = cfg.ratio_vs(2) * kv_bytes / (kv_bytes + pool_total)
-                msg += f"; effective capacity vs bf16 with the pool counted: {eff:.2f}x"
-            else:
+            # records and pool share the memory bf16 pages would fill: (kv_bytes + pool) / bf16 bytes per token
+            eff = cfg.ratio_vs(2) * kv_bytes / (kv_bytes + pool_total)
+            msg += f"; effective capacity vs bf16 with the pool counted: {eff:.2f}x"
+            if vllm_config.device_config.device_type != "cpu":
                 # GPU: the pool was allocated before memory profiling, so the KV size already excludes it
                 msg += "; the pool was allocated before memory profiling, so the KV cache size above already excludes it"
                 cc = getattr(vllm_config, "compilation_config", None)
@@ -174,6 +173,12 @@ class KvarnMetadataBuilder(AttentionMetadataBuilder[KvarnMetadata]):
                     f". WARNING: the pool is {pool_total / kv_bytes:.0%} of the KV cache bytes; lower --max-num-seqs"
                     " (or max_num_batched_tokens) to give the memory back to the KV cache"
                 )
+                sc = vllm_config.scheduler_config
+                want = round(0.95 * cfg.ratio_vs(2), 1)
+                seqs = max_num_seqs_for_ratio(cfg, want, kv_bytes + pool_total, len(layer_names), spec.num_kv_heads,
+                                              sc.max_num_batched_tokens, sc.max_num_seqs)
+                if 0 < seqs < sc.max_num_seqs:
+                    msg += f" (--max-num-seqs {seqs} would give ~{want:.1f}x bf16 with the pool counted)"
         logger.warning(msg)
 
     def _step_layout(self, cm, n: int, qsl: np.ndarray):
