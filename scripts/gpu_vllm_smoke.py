@@ -30,13 +30,14 @@ if __name__ == "__main__":
     outs = llm.generate(prompts, sp, use_tqdm=False)
     dt = time.time() - t1
     toks = [list(o.outputs[0].token_ids) for o in outs]
+    full = all(len(t) == olen for t in toks)
     cc = llm.llm_engine.vllm_config.cache_config
     capacity = int(cc.num_gpu_blocks or 0) * int(cc.block_size)
     print("RESULT " + json.dumps({
         "kv_cache_dtype": dtype, "engine_start_s": round(start_s, 1), "requests": n, "prompt_len": plen,
         "output_len": olen, "seconds": round(dt, 2), "output_tok_s": round(n * olen / dt, 1),
-        "first_tokens": toks[0][:16], "all_same_len": all(len(t) == olen for t in toks),
+        "first_tokens": toks[0][:16], "all_same_len": full,
         "capacity_tokens": capacity, "block_size": cc.block_size, "cuda_graphs": "--eager" not in sys.argv,
     }), flush=True)
-    if not (all(len(t) == olen for t in toks) and capacity > 0):
+    if not (full and capacity > 0):
         sys.exit(1)

@@ -383,17 +383,23 @@ def total_pool_slots(cfg: KvarnConfig, max_num_seqs: int, max_num_batched_tokens
     return pool_slots(max_num_seqs, max_num_batched_tokens, cfg.group, cfg.pool_slots_per_seq) + rows
 
 
+def pool_counted_ratio(cfg: KvarnConfig, record_bytes: int, pool_bytes: int) -> float:
+    """Capacity vs bf16 with the fp16 pool counted: records and pool share the memory bf16 pages would fill, so
+    ratio_vs(2) * record_bytes / (record_bytes + pool_bytes)."""
+    return cfg.ratio_vs(2) * record_bytes / (record_bytes + pool_bytes)
+
+
 def max_num_seqs_for_ratio(cfg: KvarnConfig, target: float, total_bytes: int, num_layers: int, num_kv_heads: int,
                            max_num_batched_tokens: int, upto: int) -> int:
     """Largest max_num_seqs <= ``upto`` (a multiple of 8, or ``upto`` itself) whose pool leaves a capacity of at
     least ``target`` x bf16 with the pool counted, 0 if none does.
 
     ``total_bytes``: the memory shared by records and pool (records' bytes + pool bytes now). With pool bytes P(s)
-    at max_num_seqs s, capacity vs bf16 = ratio * (total - P(s)) / total, ratio = bf16 bytes / record bytes."""
+    at max_num_seqs s, capacity vs bf16 = :func:`pool_counted_ratio` of (total - P(s), P(s))."""
     def ratio_at(seqs: int) -> float:
         slots = total_pool_slots(cfg, seqs, max_num_batched_tokens)
         pool = pool_bytes_per_layer(slots, cfg.group, num_kv_heads, cfg.head_dim) * num_layers
-        return cfg.ratio_vs(2) * (total_bytes - pool) / total_bytes
+        return pool_counted_ratio(cfg, total_bytes - pool, pool)
     if upto >= 1 and ratio_at(upto) >= target:
         return upto
     for seqs in range((upto - 1) // 8 * 8, 0, -8):

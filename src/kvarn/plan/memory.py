@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from kvarn.config import pool_bytes_per_layer, pool_slots, sink_row_slots
+from kvarn.config import pool_bytes_per_layer, pool_slots, total_pool_slots
 
 from kvarn.plan.formats import KVFormat
 from kvarn.plan.gpus import GPU
@@ -67,9 +67,7 @@ class Capacity:
 def kvarn_pool_bytes(shape: ModelShape, fmt: KVFormat, tp: int, max_num_seqs: int, mbt: int) -> tuple[int, int]:
     """(slots, bytes over all layers) of the kvarn fp16 pool on one GPU."""
     g = fmt.block_size
-    slots = pool_slots(max_num_seqs, mbt, g, fmt.kvarn.pool_slots_per_seq if fmt.kvarn else 2)
-    if fmt.kvarn and fmt.kvarn.token_sink:
-        slots += sink_row_slots(max_num_seqs, g)
+    slots = total_pool_slots(fmt.kvarn, max_num_seqs, mbt) if fmt.kvarn else pool_slots(max_num_seqs, mbt, g)
     return slots, shape.num_layers * pool_bytes_per_layer(slots, g, shape.kv_heads_per_gpu(tp), shape.head_dim)
 
 

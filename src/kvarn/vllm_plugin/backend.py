@@ -20,9 +20,9 @@ from typing import ClassVar
 import torch
 from vllm.v1.attention.backend import AttentionBackend, AttentionImpl, AttentionType
 
-from kvarn.config import DEFAULT_PRESET, PRESETS, SUPPORTED_HEAD_DIMS, KvarnConfig, kv_cache_dtype_names
-from kvarn.vllm_plugin.builder import (KvarnMetadata, KvarnMetadataBuilder, _vllm_config, kvarn_config, num_pool_slots,
-                                      num_row_slots)
+from kvarn.config import (DEFAULT_PRESET, PRESETS, SUPPORTED_HEAD_DIMS, KvarnConfig, kv_cache_dtype_names,
+                          total_pool_slots)
+from kvarn.vllm_plugin.builder import KvarnMetadata, KvarnMetadataBuilder, _vllm_config, kvarn_config
 from kvarn.vllm_plugin.layer_cache import LayerCache
 from kvarn.vllm_plugin.pool import registry
 from kvarn.vllm_plugin.patches import backend_class_name
@@ -179,7 +179,8 @@ class KvarnImpl(AttentionImpl[KvarnMetadata]):
         self.kv_sharing_target_layer_name = None
         dtype_name = kv_cache_dtype if kv_cache_dtype.startswith("kvarn_") else DEFAULT_PRESET
         self.cfg = kvarn_config(dtype_name, head_size)
-        self.num_slots = num_pool_slots(_vllm_config(), self.cfg) + num_row_slots(_vllm_config(), self.cfg)
+        sc = _vllm_config().scheduler_config
+        self.num_slots = total_pool_slots(self.cfg, sc.max_num_seqs, sc.max_num_batched_tokens)
         self.cache: LayerCache | None = None
 
     def _layer_cache(self, device) -> LayerCache:

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from vllm.v1.attention.backend import AttentionCGSupport, AttentionMetadataBuilder, CommonAttentionMetadata
 
-from kvarn.config import KvarnConfig, max_num_seqs_for_ratio, pool_bytes_per_layer, pool_slots, sink_row_slots
+from kvarn.config import (KvarnConfig, max_num_seqs_for_ratio, pool_bytes_per_layer, pool_counted_ratio, pool_slots,
+                          sink_row_slots)
 from kvarn.vllm_plugin.host_plan import host_step
 from kvarn.vllm_plugin.pool import registry
 from kvarn.vllm_plugin.routing import StepRoute, plan_route
@@ -158,8 +159,7 @@ class KvarnMetadataBuilder(AttentionMetadataBuilder[KvarnMetadata]):
         )
         if num_blocks:
             kv_bytes = num_blocks * cfg.group * spec.num_kv_heads * cfg.bytes_per_token * len(layer_names)
-            # records and pool share the memory bf16 pages would fill: (kv_bytes + pool) / bf16 bytes per token
-            eff = cfg.ratio_vs(2) * kv_bytes / (kv_bytes + pool_total)
+            eff = pool_counted_ratio(cfg, kv_bytes, pool_total)
             msg += f"; effective capacity vs bf16 with the pool counted: {eff:.2f}x"
             if vllm_config.device_config.device_type != "cpu":
                 # GPU: the pool was allocated before memory profiling, so the KV size already excludes it
