@@ -48,12 +48,14 @@ TRITON_INT_ATTN_EFF = 0.078  # vLLM TRITON_ATTN on int4/int8_per_token_head: fit
 TRITON_INT_PREFILL_EFF = 0.5  # TRITON_ATTN prefill vs FA3 (prior; barely matters in the baselines)
 TURBOQUANT_ATTN_EFF = 0.15   # TurboQuant decode (Lloyd-Max dequant + rotation); TQB: 40-52% lower tok/s
 TURBOQUANT_PREFILL_EFF = 0.5
-# kvarn: measured on the H200 (docs/gpu.md). The decode path of 2026-12-01 14:49 (the Gluon record pass, cp.async
-# staging, after the Triton kernel's pool pass) takes 418.8 us per layer call at 768 x 1,152 with ragged tails
-# (probe_decode_shapes.py --ragged, results/h200-gluon-2026-12-01q), against 450.1 us for the Triton kernel of
-# 07:56, which read at 62% of the 4,256 GB/s copy rate counting bytes as this planner does (sink and a half-full
-# tail read as fp16): attn_eff 0.62 x 450.1 / 418.8 = 0.67.
-# Before: 0.62 (Triton kernel, record pass transposed, 2026-12-01 07:56), 0.58 (2-warp programs, 482.8 us,
+# kvarn: measured on the H200 (docs/gpu.md). The final decode path (one launch: Gluon record programs, pool
+# programs, in-kernel q rotation, split-K merge) takes 389.5 us per layer call at 768 x 1,152 with ragged tails
+# (probe_decode_shapes.py --ragged, 2026-12-02 04:52, results/h200-check-2026-12-02b), against 418.8 us for the
+# decode path of 2026-12-01 14:49 (0.67) and 450.1 us for the Triton kernel of 07:56, which read at 62% of the
+# 4,256 GB/s copy rate counting bytes as this planner does (sink and a half-full tail read as fp16):
+# attn_eff 0.67 x 418.8 / 389.5 = 0.72.
+# Before: 0.67 (Gluon record pass, 2026-12-01 14:49), 0.62 (Triton kernel, record pass transposed, 2026-12-01
+# 07:56), 0.58 (2-warp programs, 482.8 us,
 # 2026-12-01 05:40), 0.51 (operand-order code bytes, loads ahead, L2 prefetch, 2026-11-30), 0.47 (loads ahead),
 # 0.40 (v3 kernel), 0.27 (v2).
 # The flush encodes all layers' tiles of a step in one launch at ~0.42 us per
@@ -68,7 +70,7 @@ TURBOQUANT_PREFILL_EFF = 0.5
 # prefill against bf16's 19,922.0 (1.164x); 0.63 makes the planner's kvarn / bf16 prefill-time ratio of one such
 # prompt 1.164 (the flush included).
 KVARN_CACHED_PREFILL_EFF = 0.63
-KVARN_ATTN_EFF = 0.67
+KVARN_ATTN_EFF = 0.72
 # Layouts the Gluon record pass does not serve (kvarn.kernels.decode_gluon.gluon_applies: it covers kvarn_k4v2_g128
 # at head_dim 128 with 4 query heads per KV head) run the Triton kernel: its 0.62 of 2026-12-01 07:56 (measured at
 # GQA 4, head_dim 128; other shapes not measured separately).
