@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 from types import SimpleNamespace
 
 import pytest
@@ -207,6 +208,29 @@ def test_block_size_defaults_to_tile_and_mismatch_is_refused():
     assert b.max_num_seqs == 8
     with pytest.raises(KvarnConfigError, match="needs --block-size 128"):
         prepare_engine_args(SimpleNamespace(kv_cache_dtype="kvarn_k4v2_g128", block_size=16))
+
+
+def test_v2_model_runner_is_refused_and_v1_chosen(monkeypatch):
+    """kvarn's pool is released through the V1 runner: an explicit V2 request fails at startup, naming the variable;
+    unset (vLLM 0.26 would pick V2 for dense models) or 0 gives V1."""
+    from kvarn.vllm_plugin.validate import KvarnConfigError, prepare_engine_args
+
+    def args():
+        return SimpleNamespace(kv_cache_dtype="kvarn_k4v2_g128", block_size=None, max_num_seqs=None)
+
+    monkeypatch.setenv("VLLM_USE_V2_MODEL_RUNNER", "1")
+    a = args()
+    with pytest.raises(KvarnConfigError, match="VLLM_USE_V2_MODEL_RUNNER=1 asks for V2"):
+        prepare_engine_args(a)
+    assert a.block_size is None  # refused before anything was changed
+    for value in (None, "0"):
+        if value is None:
+            monkeypatch.delenv("VLLM_USE_V2_MODEL_RUNNER", raising=False)
+        else:
+            monkeypatch.setenv("VLLM_USE_V2_MODEL_RUNNER", value)
+        a = args()
+        prepare_engine_args(a)
+        assert os.environ["VLLM_USE_V2_MODEL_RUNNER"] == "0" and a.block_size == 128
 
 
 def test_graph_size_hint_only_when_decode_batches_outgrow_the_graphs():

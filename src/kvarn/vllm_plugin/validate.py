@@ -84,8 +84,14 @@ def prepare_engine_args(args) -> None:
     length when omitted; refuses a different one."""
     cfg = KvarnConfig.from_name(args.kv_cache_dtype)
     # The pool is released through the V1 runner's _update_states (patches.py, patch 4); vLLM 0.26
-    # defaults dense models to the V2 runner, which that hook does not cover.
-    os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")
+    # defaults dense models to the V2 runner, which that hook does not cover: pick V1, refuse an explicit V2.
+    v2 = os.environ.get("VLLM_USE_V2_MODEL_RUNNER", "").strip()
+    if v2 not in ("", "0"):
+        raise KvarnConfigError(
+            f"--kv-cache-dtype {cfg.kv_cache_dtype} runs on vLLM's V1 model runner (its fp16 pool is released "
+            f"through it); VLLM_USE_V2_MODEL_RUNNER={v2} asks for V2: unset it or set it to 0."
+        )
+    os.environ["VLLM_USE_V2_MODEL_RUNNER"] = "0"
     # every running sequence may hold two fp16 blocks in the pool: keep vLLM's large GPU default
     # (up to 1024) from spending tens of GiB on it unless the user asks
     if getattr(args, "max_num_seqs", 0) is None:
