@@ -220,7 +220,7 @@ def test_v2_model_runner_is_refused_and_v1_chosen(monkeypatch):
 
     monkeypatch.setenv("VLLM_USE_V2_MODEL_RUNNER", "1")
     a = args()
-    with pytest.raises(KvarnConfigError, match="VLLM_USE_V2_MODEL_RUNNER=1 asks for V2"):
+    with pytest.raises(KvarnConfigError, match="needs VLLM_USE_V2_MODEL_RUNNER unset or 0 \\(got '1'"):
         prepare_engine_args(a)
     assert a.block_size is None  # refused before anything was changed
     for value in (None, "0"):

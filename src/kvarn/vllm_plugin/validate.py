@@ -89,7 +89,7 @@ def prepare_engine_args(args) -> None:
     if v2 not in ("", "0"):
         raise KvarnConfigError(
             f"--kv-cache-dtype {cfg.kv_cache_dtype} runs on vLLM's V1 model runner (its fp16 pool is released "
-            f"through it); VLLM_USE_V2_MODEL_RUNNER={v2} asks for V2: unset it or set it to 0."
+            f"through it) and needs VLLM_USE_V2_MODEL_RUNNER unset or 0 (got {v2!r}, which asks vLLM for V2)."
         )
     os.environ["VLLM_USE_V2_MODEL_RUNNER"] = "0"
     # every running sequence may hold two fp16 blocks in the pool: keep vLLM's large GPU default
