@@ -14,18 +14,18 @@ from the bf16 row of shared/baselines.md (Qwen3-8B, H200, util 0.90, T = 16384, 
     => RESERVE_BYTES = 486,545,408 B (0.45 GiB).
 The same constants then predict the fp8 and int4 rows and the Qwen3-4B row (tests/test_plan_baselines.py).
 
-kvarn formats also allocate the fp16 sink/tail pool per attention layer
-(``pool_slots(max_num_seqs, max_num_batched_tokens, G)`` slots), counted against kv_memory (the vLLM plugin
-allocates it before the memory profiler runs, so vLLM's printed KV size already excludes it). As upstream
-does, the planner caps max_num_seqs so that the pool stays within ``POOL_BUDGET_FRAC * (util * total -
-weights)``; the plugin does not cap, so the report tells which --max-num-seqs to pass.
+kvarn formats also allocate the fp16 sink/tail pool per attention layer (``kvarn.config.total_pool_slots``
+slots: sink/tail slots plus token-sink rows), counted against kv_memory (the vLLM plugin allocates it before
+the memory profiler runs, so vLLM's printed KV size already excludes it). As upstream does, the planner caps
+max_num_seqs so that the pool stays within ``POOL_BUDGET_FRAC * (util * total - weights)``; the plugin does not
+cap, so the report tells which --max-num-seqs to pass.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from kvarn.config import pool_bytes_per_layer, pool_slots, total_pool_slots
+from kvarn.config import pool_bytes_per_layer, total_pool_slots
 
 from kvarn.plan.formats import KVFormat
 from kvarn.plan.gpus import GPU
@@ -65,10 +65,10 @@ class Capacity:
 
 
 def kvarn_pool_bytes(shape: ModelShape, fmt: KVFormat, tp: int, max_num_seqs: int, mbt: int) -> tuple[int, int]:
-    """(slots, bytes over all layers) of the kvarn fp16 pool on one GPU."""
-    g = fmt.block_size
-    slots = total_pool_slots(fmt.kvarn, max_num_seqs, mbt) if fmt.kvarn else pool_slots(max_num_seqs, mbt, g)
-    return slots, shape.num_layers * pool_bytes_per_layer(slots, g, shape.kv_heads_per_gpu(tp), shape.head_dim)
+    """(slots, bytes over all layers) of the kvarn fp16 pool on one GPU (fmt: a supported kvarn format)."""
+    slots = total_pool_slots(fmt.kvarn, max_num_seqs, mbt)
+    return slots, shape.num_layers * pool_bytes_per_layer(slots, fmt.block_size, shape.kv_heads_per_gpu(tp),
+                                                          shape.head_dim)
 
 
 def capacity(
